@@ -1,0 +1,40 @@
+"""Shared fixtures: a small synthetic data set and its shards, made once per test session."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    from trainer.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, num_patients=40, seed=1, image_size=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards_dir(synth_dir, tmp_path_factory):
+    from trainer.records import ShardOptions, convert
+
+    out = tmp_path_factory.mktemp("shards")
+    convert(synth_dir, str(out), ShardOptions(num_shards=4, val_fraction=0.2, seed=0, image_size=32), show_progress=False)
+    return out
+
+
+def run_xray(*args, timeout=600, env=None, check=True):
+    """Runs the real `xray` command line in a subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    result = subprocess.run([sys.executable, "-m", "xray", *map(str, args)], cwd=REPO, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"xray {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result

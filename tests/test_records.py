@@ -1,0 +1,190 @@
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from trainer import records
+from trainer.records import ShardOptions, SourceLayoutError, convert
+
+
+def _read_all(out):
+    rows = {}
+    for path in sorted(tf.io.gfile.glob(f"{out}/*.tfrecord")):
+        split = Path(path).name.split("-")[0]
+        for raw in tf.data.TFRecordDataset(path):
+            parsed = records.parse_example(raw)
+            rows[parsed["source_path"].numpy().decode()] = (split, parsed)
+    return rows
+
+
+def _jpeg(value=128, size=(40, 36), mode="L"):
+    buffer = io.BytesIO()
+    pixels = np.full((size[1], size[0]) if mode == "L" else (size[1], size[0], 4 if mode == "CMYK" else 3), value, np.uint8)
+    pixels[::3] = 255 - value  # not a flat image, and different per value
+    Image.fromarray(pixels, mode=mode).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _make_tree(root, files):
+    for relative, data in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+
+
+def test_round_trip_every_image_once_with_label_and_pixels(synth_dir, tmp_path):
+    out = tmp_path / "shards"
+    manifest = convert(synth_dir, str(out), ShardOptions(num_shards=3, val_fraction=0.2), show_progress=False)
+    sources = sorted(p.relative_to(synth_dir).as_posix() for p in synth_dir.rglob("*.jpeg"))
+    rows = _read_all(out)
+    assert sorted(rows) == sources  # each valid image in exactly one record
+    for relative, (split, parsed) in rows.items():
+        source_split, cls, _ = relative.split("/")
+        assert parsed["label"].numpy() == records.CLASS_NAMES.index(cls)
+        assert (split == "test") == (source_split == "test")
+        # No --image-size: the record holds the original bytes; TF's and PIL's JPEG decoders differ by
+        # rounding (IDCT method) only.
+        assert parsed["image_bytes"].numpy() == (synth_dir / relative).read_bytes()
+        original = np.asarray(Image.open(synth_dir / relative)).astype(int)
+        decoded = tf.io.decode_jpeg(parsed["image_bytes"], channels=1).numpy()[..., 0].astype(int)
+        assert np.abs(decoded - original).mean() < 1.0
+        assert (parsed["original_height"].numpy(), parsed["original_width"].numpy()) == original.shape
+    total = sum(sum(c.values()) for c in manifest["counts"].values())
+    assert total == len(sources) == manifest["num_images_found"]
+    assert manifest["num_skipped"] == 0
+
+
+def test_image_size_reencodes_to_small_grayscale_jpeg(shards_dir):
+    rows = _read_all(shards_dir)
+    _, parsed = next(iter(rows.values()))
+    image = tf.io.decode_jpeg(parsed["image_bytes"]).numpy()
+    assert image.shape == (32, 32, 1)
+    assert parsed["original_width"].numpy() == 64  # the source size is kept
+
+
+def test_manifest_counts_shards_and_hashes_match_files(shards_dir):
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    for split in records.SPLITS:
+        listed = manifest["shards"][split]
+        assert listed, split
+        for shard in listed:
+            data = (shards_dir / shard["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+            assert sum(1 for _ in tf.data.TFRecordDataset(str(shards_dir / shard["file"]))) == shard["records"]
+        assert sum(s["records"] for s in listed) == sum(manifest["counts"][split].values())
+    assert manifest["options"]["image_size"] == 32
+    assert not list(shards_dir.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_validation_is_patient_disjoint_and_stratified(tmp_path):
+    files = {}
+    # 30 patients with 4 images each per class, 3:1 like Kaggle; val carved from train only.
+    for patient in range(40):
+        cls, name = ("NORMAL", f"IM-{patient:04d}-{{k:04d}}.jpeg") if patient < 10 else ("PNEUMONIA", f"person{patient}_bacteria_{{k}}.jpeg")
+        for k in range(4):
+            files[f"train/{cls}/{name.format(k=patient * 10 + k)}"] = _jpeg(value=(patient * 4 + k) % 250)
+    files["test/NORMAL/IM-9999-0001.jpeg"] = _jpeg(value=251)
+    files["test/PNEUMONIA/person999_virus_1.jpeg"] = _jpeg(value=252)
+    _make_tree(tmp_path / "src", files)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.25, seed=7), show_progress=False)
+    rows = _read_all(tmp_path / "out")
+    patients = {}
+    for split, parsed in rows.values():
+        patients.setdefault(parsed["patient_id"].numpy().decode(), set()).add(split)
+    assert all(len(splits) == 1 for splits in patients.values()), "a patient is in two splits"
+    assert len(patients) == 42  # ids parsed from the names, 4 images each
+    counts = manifest["counts"]
+    for cls, total in (("NORMAL", 40), ("PNEUMONIA", 120)):
+        fraction = counts["val"][cls] / total
+        assert 0.2 <= fraction <= 0.35, (cls, fraction)  # stratified: each class ~25%
+    assert manifest["num_patients"]["val"] == (counts["val"]["NORMAL"] + counts["val"]["PNEUMONIA"]) // 4
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, monkeypatch):
+    good = _jpeg(value=10)
+    truncated = _jpeg(value=20)[:200]
+    png = io.BytesIO()
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)).save(png, format="PNG")
+    files = {
+        "train/NORMAL/IM-0001-0001.jpeg": good,
+        "train/NORMAL/IM-0002-0001.jpeg": _jpeg(value=30),
+        "train/NORMAL/IM-0003-0001.png": png.getvalue(),
+        "train/NORMAL/IM-0004-0001.jpeg": good,  # duplicate bytes
+        "train/NORMAL/empty.jpeg": b"",
+        "train/NORMAL/notes.jpeg": b"this is not an image",
+        "train/PNEUMONIA/person1_virus_1.jpeg": truncated,
+        "train/PNEUMONIA/person2_virus_2.jpeg": _jpeg(value=40),
+        "train/PNEUMONIA/person3_virus_3.jpeg": _jpeg(value=50),
+        "train/PNEUMONIA/person4_virus_4.jpeg": _jpeg(value=60, mode="CMYK"),
+        "train/PNEUMONIA/person5_virus_5.jpeg": _jpeg(value=70),
+        "test/NORMAL/IM-0100-0001.jpeg": _jpeg(value=80),
+        "test/PNEUMONIA/person100_virus_9.jpeg": _jpeg(value=90),
+    }
+    _make_tree(tmp_path / "src", files)
+    unreadable = tmp_path / "src/train/PNEUMONIA/person6_virus_6.jpeg"
+    unreadable.write_bytes(_jpeg(value=100))
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self):
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.3), show_progress=False)
+    reasons = {item["path"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
+    assert reasons["empty.jpeg"] == "empty file"
+    assert reasons["notes.jpeg"].startswith("not a readable image")
+    assert reasons["person1_virus_1.jpeg"].startswith("truncated image")
+    assert reasons["person4_virus_4.jpeg"].startswith("unsupported image mode CMYK")
+    assert reasons["IM-0004-0001.jpeg"] == "duplicate of train/NORMAL/IM-0001-0001.jpeg (same bytes)"
+    assert reasons["person6_virus_6.jpeg"].startswith("unreadable file")
+    assert manifest["num_skipped"] == 6
+    written = sorted(_read_all(tmp_path / "out"))
+    assert len(written) == len(files) + 1 - 6
+    assert "train/NORMAL/IM-0003-0001.png" in written or "val/NORMAL/IM-0003-0001.png" in written
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: None, "does not exist"),
+    (lambda root: (root / "train").mkdir(parents=True), "has no train/NORMAL"),
+    (lambda root: [(root / s / c).mkdir(parents=True) for s in ("train", "test") for c in ("NORMAL", "PNEUMONIA")], "no files"),
+])
+def test_bad_source_directory_is_a_clear_error(tmp_path, make, message):
+    src = tmp_path / "src"
+    make(src)
+    with pytest.raises(SourceLayoutError, match=message) as info:
+        convert(src, str(tmp_path / "out"), show_progress=False)
+    assert "SRC/train/NORMAL" in str(info.value)  # says which layout is expected
+
+
+def test_crash_mid_conversion_leaves_no_shard_under_a_final_name(synth_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = records.encode_example
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(records, "encode_example", failing)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        convert(synth_dir, str(out), ShardOptions(num_shards=2), show_progress=False)
+    assert not list(out.glob("*.tfrecord")) and not (out / "manifest.json").exists()
+
+
+def test_class_weights_are_balanced_from_manifest_counts():
+    manifest = {"class_names": ["NORMAL", "PNEUMONIA"], "counts": {"train": {"NORMAL": 100, "PNEUMONIA": 300}}}
+    weights = records.class_weights(manifest)
+    assert weights == pytest.approx({0: 2.0, 1: 400 / 600})

@@ -1,0 +1,188 @@
+"""Held-out evaluation: threshold chosen on val, metrics on test with bootstrap CIs, plots.
+
+    xray evaluate --data build/shards --workdir build/run
+
+Writes ``<workdir>/eval/``: metrics.json, predictions.csv, roc.png, pr.png, confusion.png.
+All metric arithmetic is scikit-learn's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import numpy as np
+from sklearn import metrics as skm
+
+from trainer.config import Config, EvalConfig
+
+METRIC_NAMES = ("loss", "accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1")
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, config: EvalConfig) -> float:
+    """Youden's J (max TPR - FPR) on the validation split, or the highest threshold reaching the target sensitivity."""
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("the validation split needs both classes to choose a threshold")
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
+    if config.threshold_method == "youden":
+        index = int(np.argmax(tpr - fpr))
+    else:
+        index = int(np.flatnonzero(tpr >= config.target_sensitivity)[0])
+    return float(thresholds[index])
+
+
+def point_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predicted = (probabilities >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    return {
+        "loss": float(skm.log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if both else float("nan"),
+        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if both else float("nan"),
+        "sensitivity": float(skm.recall_score(labels, predicted, pos_label=1, zero_division=0)),
+        "specificity": float(skm.recall_score(labels, predicted, pos_label=0, zero_division=0)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+    }
+
+
+def bootstrap_intervals(labels, probabilities, threshold: float, samples: int, seed: int) -> dict:
+    """95% percentile intervals over resamples of the test set (resamples with one class are skipped for AUCs)."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities)
+    rng = np.random.default_rng(seed)
+    values = {name: [] for name in METRIC_NAMES}
+    for _ in range(samples):
+        index = rng.integers(0, len(labels), len(labels))
+        result = point_metrics(labels[index], probabilities[index], threshold)
+        for name, value in result.items():
+            if not np.isnan(value):
+                values[name].append(value)
+    return {
+        name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None
+        for name, v in values.items()
+    }
+
+
+def summarize(labels, probabilities, threshold: float, config: EvalConfig) -> dict:
+    labels = np.asarray(labels).astype(int)
+    result = point_metrics(labels, probabilities, threshold)
+    matrix = skm.confusion_matrix(labels, (np.asarray(probabilities) >= threshold).astype(int), labels=[0, 1])
+    return {
+        "threshold": threshold,
+        "metrics": result,
+        "ci95": bootstrap_intervals(labels, probabilities, threshold, config.bootstrap_samples, config.seed),
+        "confusion_matrix": {"labels": ["NORMAL", "PNEUMONIA"], "rows_true_cols_predicted": matrix.tolist()},
+        "num_examples": int(len(labels)),
+        "num_positive": int(labels.sum()),
+    }
+
+
+def predict_split(model, data_uri: str, split: str, image_size: int, batch_size: int = 64):
+    """(labels, probabilities, paths) for one split, in a fixed order."""
+    from trainer import data, records
+
+    dataset = data.make_dataset(records.shard_pattern(data_uri, split), batch_size, training=False,
+                                image_size=image_size, with_paths=True)
+    labels, probabilities, paths = [], [], []
+    for images, batch_labels, batch_paths in dataset:
+        probabilities.append(model(images, training=False).numpy().reshape(-1))
+        labels.append(batch_labels.numpy().reshape(-1))
+        paths.extend(p.decode() for p in batch_paths.numpy())
+    return np.concatenate(labels).astype(int), np.concatenate(probabilities), paths
+
+
+def save_plots(labels, probabilities, threshold: float, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    written = []
+    predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    plots = {
+        "roc.png": lambda ax: skm.RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, name="test"),
+        "pr.png": lambda ax: skm.PrecisionRecallDisplay.from_predictions(labels, probabilities, ax=ax, name="test"),
+        "confusion.png": lambda ax: skm.ConfusionMatrixDisplay.from_predictions(
+            labels, predicted, display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False),
+    }
+    for name, draw in plots.items():
+        figure, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+        draw(ax)
+        ax.set_title(f"{name[:-4]} (threshold {threshold:.3f})" if name == "confusion.png" else name[:-4].upper())
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png")
+        plt.close(figure)
+        with tf.io.gfile.GFile(f"{out_dir}/{name}", "wb") as f:
+            f.write(buffer.getvalue())
+        written.append(name)
+    return written
+
+
+def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict:
+    """Evaluates ``<workdir>/best_model.keras``; returns and writes metrics.json."""
+    import tensorflow as tf
+
+    from trainer.kerasapi import keras
+    from trainer.train import Workdir
+
+    paths = Workdir(workdir)
+    if not tf.io.gfile.exists(paths.best_model):
+        raise FileNotFoundError(f"no trained model at {paths.best_model}; run xray train --workdir {workdir} first")
+    config = Config.load(paths.config).override(overrides or [])
+    model = keras.models.load_model(paths.best_model, compile=False)
+    size = config.model.image_size
+    val_labels, val_probabilities, _ = predict_split(model, data_uri, "val", size)
+    threshold = choose_threshold(val_labels, val_probabilities, config.eval)
+    test_labels, test_probabilities, test_paths = predict_split(model, data_uri, "test", size)
+
+    out_dir = paths.path("eval")
+    tf.io.gfile.makedirs(out_dir)
+    result = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": paths.best_model,
+        "data": data_uri,
+        "threshold_method": config.eval.threshold_method,
+        "target_sensitivity": config.eval.target_sensitivity if config.eval.threshold_method == "sensitivity" else None,
+        "val": {"num_examples": len(val_labels), "roc_auc": float(skm.roc_auc_score(val_labels, val_probabilities))},
+        "test": summarize(test_labels, test_probabilities, threshold, config.eval),
+    }
+    result["plots"] = save_plots(test_labels, test_probabilities, threshold, out_dir)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "probability", "predicted"])
+    for path, label, probability in zip(test_paths, test_labels, test_probabilities):
+        writer.writerow([path, int(label), f"{probability:.6f}", int(probability >= threshold)])
+    with tf.io.gfile.GFile(f"{out_dir}/predictions.csv", "w") as f:
+        f.write(buffer.getvalue())
+    with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as f:
+        json.dump(result, f, indent=2)
+    result["out_dir"] = out_dir
+    return result
+
+
+def format_summary(result: dict) -> str:
+    test = result["test"]
+    m, ci = test["metrics"], test["ci95"]
+
+    def line(name):
+        interval = ci.get(name)
+        bounds = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        return f"  {name:12s} {m[name]:.3f}{bounds}"
+
+    lines = [f"test split: {test['num_examples']} images ({test['num_positive']} pneumonia); threshold "
+             f"{test['threshold']:.3f} ({result['threshold_method']}, chosen on {result['val']['num_examples']} val images)",
+             "  metric       value  [95% bootstrap CI]"]
+    lines += [line(name) for name in METRIC_NAMES]
+    (tn, fp), (fn, tp) = test["confusion_matrix"]["rows_true_cols_predicted"]
+    lines.append(f"  confusion    TN {tn}  FP {fp}  FN {fn}  TP {tp}")
+    lines.append(f"written to {result['out_dir']}/ (metrics.json, predictions.csv, {', '.join(result['plots'])})")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Runs the training entry point as N local worker processes, the way N pods would run it.
+
+Each worker gets the TF_CONFIG a pod would get (hosts on free 127.0.0.1 ports), a share of the CPU
+cores, and its output prefixed with ``[worker i]``. If one worker fails the others are stopped
+(a worker blocked in a collective ignores SIGTERM, hence SIGKILL after a grace period) and the
+launcher exits with the failed worker's status. Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from trainer import cluster
+
+GRACE_SECONDS = 10
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _stream(process: subprocess.Popen, prefix: str, sink) -> None:
+    for line in iter(process.stdout.readline, b""):
+        sink.write(f"{prefix} {line.decode(errors='replace').rstrip()}\n")
+        sink.flush()
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
+    """Starts ``python -m xray <worker_args>`` N times; returns 0 when all succeed, else the first failure's code."""
+    if num_workers < 1:
+        raise ValueError(f"--workers {num_workers} must be at least 1")
+    sink = sink or sys.stdout
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    threads = max(1, (os.cpu_count() or 1) // num_workers)
+    processes, streams = [], []
+    for index in range(num_workers):
+        env = dict(os.environ)
+        env.pop("JOB_COMPLETION_INDEX", None)
+        env["TF_CONFIG"] = json.dumps(cluster.tf_config_for(hosts, index))
+        env[cluster.THREADS_ENV] = env.get(cluster.THREADS_ENV) or str(threads)
+        env["PYTHONUNBUFFERED"] = "1"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xray", *worker_args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        processes.append(process)
+        sink.write(f"[launcher] worker {index} pid {process.pid} at {hosts[index]} ({env[cluster.THREADS_ENV]} thread(s))\n")
+        thread = threading.Thread(target=_stream, args=(process, f"[worker {index}]", sink), daemon=True)
+        thread.start()
+        streams.append(thread)
+    sink.flush()
+    try:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                index, code = failed[0]
+                sink.write(f"[launcher] worker {index} exited with status {code}; stopping the others\n")
+                _stop(processes)
+                return code if code > 0 else 128 - code  # killed by signal N -> 128 + N, like a shell
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        sink.write("[launcher] interrupted; stopping workers (the backup keeps finished epochs)\n")
+        _stop(processes)
+        return 130
+    finally:
+        for thread in streams:
+            thread.join(timeout=5)
+        sink.flush()

@@ -1,0 +1,95 @@
+"""The team's model: ResNet50V2 backbone + Flatten/Dense(256, L2)/Dropout/Dense(128)/Dropout/sigmoid.
+
+No device, strategy or worker code here: ``train.py`` builds this inside a strategy scope.
+
+Fine-tuning as the team meant it: their snippet set ``trainable = True`` on the last 10 backbone
+layers, but never froze the rest first (Keras layers are trainable by default), so it trained all
+of them. Here the backbone is frozen, the last ``trainable_layers`` layers are unfrozen, and
+BatchNormalization layers stay frozen, which in TF2 Keras also keeps them in inference mode, so
+fine-tuning does not wreck the pretrained statistics with batches of 16.
+"""
+
+from __future__ import annotations
+
+import os
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.kerasapi import keras
+
+OUTPUT_NAME = "probability"
+IMAGENET_WEIGHTS_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def backbone_weights(weights: str) -> str | None:
+    """'imagenet' -> Keras' download/cache; 'none' -> random init; otherwise a weights file path."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.exists(weights) and "://" not in weights:
+        raise FileNotFoundError(
+            f"model.weights={weights!r}: no such file. Use 'imagenet', 'none' or the path of "
+            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        )
+    return weights
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """Uncompiled model: float image [batch, size, size, 3] in [-1, 1] -> probability [batch, 1]."""
+    size = config.image_size
+    try:
+        backbone = keras.applications.ResNet50V2(
+            include_top=False, weights=backbone_weights(config.weights), input_shape=(size, size, 3)
+        )
+    except Exception as error:  # Keras raises a bare Exception for a failed download
+        if config.weights != "imagenet" or "fetch failure" not in str(error):
+            raise
+        raise RuntimeError(
+            f"could not download the ImageNet weights ({error}). On a machine without internet, copy "
+            f"{IMAGENET_WEIGHTS_FILE} into $KERAS_HOME/models/ (default ~/.keras/models/, must be "
+            "writable) or pass model.weights=/path/to/that/file"
+        ) from None
+    set_trainable(backbone, config.trainable_layers, config.train_batchnorm)
+
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    x = backbone(inputs)
+    x = keras.layers.Flatten(name="flatten")(x) if config.pooling == "flatten" else keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dense(config.dense1_units, activation="relu", kernel_regularizer=keras.regularizers.l2(config.l2), name="dense1")(x)
+    x = keras.layers.Dropout(config.dropout1, name="dropout1")(x)
+    x = keras.layers.Dense(config.dense2_units, activation="relu", name="dense2")(x)
+    x = keras.layers.Dropout(config.dropout2, name="dropout2")(x)
+    # float32 even under a mixed-precision policy: a bfloat16 sigmoid saturates and the loss suffers.
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="xray_resnet50v2")
+
+
+def set_trainable(backbone: keras.Model, trainable_layers: str, train_batchnorm: bool) -> None:
+    backbone.trainable = True
+    num = len(backbone.layers) if trainable_layers == "all" else int(trainable_layers)
+    first_trainable = len(backbone.layers) - num
+    for index, layer in enumerate(backbone.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first_trainable and (train_batchnorm or not is_bn)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, jit_compile: bool = False) -> keras.Model:
+    """Adam on CosineDecayRestarts, binary cross-entropy, accuracy/AUC/precision/recall."""
+    schedule = keras.optimizers.schedules.CosineDecayRestarts(
+        initial_learning_rate=config.learning_rate,
+        first_decay_steps=config.first_decay_steps,
+        t_mul=config.t_mul,
+        m_mul=config.m_mul,
+        alpha=config.alpha,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+        jit_compile=jit_compile,
+    )
+    return model

@@ -1,0 +1,203 @@
+"""Training entry point: config -> cluster/strategy -> data -> model -> fit -> artifacts.
+
+    xray train --data build/shards --workdir build/run --preset demo --workers 2
+
+Without ``--workers`` this is what one pod of the Kubernetes Indexed Job runs; ``trainer.launch``
+starts N of these as local processes. Workdir layout (only the chief writes it):
+
+    config.json      the full config of this run (a resume must match it)
+    backup/          BackupAndRestore state; removed when training finishes
+    best_model.keras best epoch by val_loss
+    history.jsonl    one line per finished epoch (history.csv: the same as a table)
+    tensorboard/     TensorBoard logs
+    training.json    written last: the run finished (epochs, best epoch, seconds, workers)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+import tensorflow as tf
+
+from trainer import callbacks as xcallbacks
+from trainer import cluster, data, records
+from trainer.config import Config, ConfigError
+from trainer.kerasapi import keras
+from trainer.model import build_model, compile_model
+
+log = logging.getLogger("xray.train")
+
+# Exit codes the Kubernetes Job's podFailurePolicy tells apart: retry the group, or fail fast.
+EXIT_CONFIG_ERROR = 2
+EXIT_PEER_LOST = 75
+PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    root: str
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    config = property(lambda self: self.path("config.json"))
+    backup = property(lambda self: self.path("backup"))
+    best_model = property(lambda self: self.path("best_model.keras"))
+    history_jsonl = property(lambda self: self.path("history.jsonl"))
+    history_csv = property(lambda self: self.path("history.csv"))
+    tensorboard = property(lambda self: self.path("tensorboard"))
+    summary = property(lambda self: self.path("training.json"))
+
+
+def read_summary(workdir: str) -> dict | None:
+    path = Workdir(workdir).summary
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> None:
+    """A resume must use the config the run started with; the chief records it on the first start."""
+    if tf.io.gfile.exists(paths.config):
+        saved = Config.load(paths.config).to_dict()
+        new = config.to_dict()
+        diffs = [
+            f"{section}.{key}: {saved[section][key]!r} -> {new[section][key]!r}"
+            for section in new
+            for key in new[section]
+            if saved[section][key] != new[section][key]
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{paths.root} holds a run with a different config ({'; '.join(diffs)}). Resume with the same "
+                f"preset and overrides (or --config {paths.config}), or use a new --workdir"
+            )
+    elif is_chief:
+        tf.io.gfile.makedirs(paths.root)
+        tmp = f"{paths.config}.tmp-{uuid.uuid4().hex[:6]}"
+        config.save(tmp)
+        tf.io.gfile.rename(tmp, paths.config, overwrite=True)
+
+
+def run(data_uri: str, workdir: str, config: Config) -> dict:
+    """Trains (or resumes) and returns the training summary; the chief also writes it to the workdir."""
+    started = time.time()
+    # --- cluster and strategy -------------------------------------------------------------------
+    spec = cluster.resolve()
+    paths = Workdir(workdir)
+    finished = read_summary(workdir)
+    if finished:
+        log.info("%s already finished training (%s epochs, best epoch %s); nothing to do. Use a new --workdir "
+                 "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
+        return finished
+    check_or_write_config(paths, config, spec.is_chief)
+    strategy = cluster.make_strategy(spec, config.train.collective_timeout_s)
+    log.info("%s of %d worker(s) (%s), %d replica(s) in sync; global batch %d = %s per replica",
+             spec.name, spec.num_workers, spec.source, strategy.num_replicas_in_sync, config.train.batch_size,
+             config.train.batch_size / strategy.num_replicas_in_sync)
+
+    # --- data -------------------------------------------------------------------------------------
+    manifest = records.read_manifest(data_uri)
+    counts = {split: sum(manifest["counts"][split].values()) for split in ("train", "val")}
+    if not counts["val"]:
+        raise ConfigError(f"{data_uri} has no validation split: re-run xray shards with --val-fraction > 0")
+    class_weights = records.class_weights(manifest)
+    batch = config.train.batch_size
+    steps_per_epoch = config.train.steps_per_epoch or records.num_steps(counts["train"], batch)
+    validation_steps = records.num_steps(counts["val"], batch)
+    log.info("train %d images, val %d; %d steps/epoch, %d val steps; class weights %s",
+             counts["train"], counts["val"], steps_per_epoch, validation_steps, class_weights)
+
+    def dataset_fn(split, training, weights=None):
+        def make(input_context):
+            return data.make_dataset(
+                records.shard_pattern(data_uri, split), batch, training,
+                image_size=config.model.image_size, input_context=input_context, seed=config.train.seed,
+                class_weights=weights, repeat=True, augment=config.train.augment,
+            )
+        return strategy.distribute_datasets_from_function(make)
+
+    train_ds = dataset_fn("train", True, class_weights)
+    val_ds = dataset_fn("val", False)
+
+    # --- model ------------------------------------------------------------------------------------
+    if config.train.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.train.mixed_precision}")
+    keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():
+        model = compile_model(build_model(config.model), config.train, jit_compile=config.train.xla)
+
+    # --- fit --------------------------------------------------------------------------------------
+    # Non-chief workers write into a throwaway directory; BackupAndRestore handles them itself.
+    out = paths if spec.is_chief else Workdir(tempfile.mkdtemp(prefix=f"xray-{spec.name}-"))
+    if spec.is_chief:
+        tf.io.gfile.makedirs(paths.root)
+    run_id = uuid.uuid4().hex[:8]
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True, verbose=1)
+    checkpoint = keras.callbacks.ModelCheckpoint(out.best_model, monitor="val_loss", save_best_only=True)
+    history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers)
+    fit_callbacks = [
+        # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
+        keras.callbacks.BackupAndRestore(paths.backup),
+        xcallbacks.RestoreSelectionState(paths.history_jsonl, early_stopping, checkpoint),
+        history_log,
+        checkpoint,
+        early_stopping,
+        keras.callbacks.TensorBoard(out.tensorboard, profile_batch=0),
+    ]
+    try:
+        model.fit(
+            train_ds, epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds, validation_steps=validation_steps,
+            callbacks=fit_callbacks, verbose=2 if spec.is_chief else 0,
+        )
+    except PEER_ERRORS as error:
+        # A lost peer: MWMS cannot continue with fewer workers. Exit hard and non-zero so the whole group
+        # restarts and resumes from the backup (a lingering process blocks replacements from joining).
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"{spec.name}: lost contact with a peer ({type(error).__name__}: {first_line}); exiting with "
+              f"{EXIT_PEER_LOST} so the group restarts and resumes from {paths.backup}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_PEER_LOST)
+
+    # --- artifacts --------------------------------------------------------------------------------
+    history = xcallbacks.read_history(out.history_jsonl)
+    best = xcallbacks.best_epoch(history)
+    summary = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "epochs_run": len(history),
+        "max_epochs": config.train.epochs,
+        "stopped_early": len(history) < config.train.epochs,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_auc": best.get("val_auc") if best else None,
+        "workers": spec.num_workers,
+        "run_ids": sorted({r["run_id"] for r in history}),
+        "seconds_this_run": round(time.time() - started, 1),
+        "data": data_uri,
+        "best_model": paths.best_model,
+    }
+    if spec.is_chief:
+        with tf.io.gfile.GFile(paths.summary + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        tf.io.gfile.rename(paths.summary + ".tmp", paths.summary, overwrite=True)
+        log.info("finished: %d epochs, best epoch %s (val_loss %.4f); model at %s",
+                 summary["epochs_run"], summary["best_epoch"], summary["best_val_loss"] or float("nan"), paths.best_model)
+    else:
+        shutil.rmtree(out.root, ignore_errors=True)
+    return summary

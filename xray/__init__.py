@@ -1,0 +1,1 @@
+"""The `xray` console script (see ``xray.cli``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from xray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""The `xray` command line: one subcommand per pipeline stage.
+
+Each stage's module is imported only when its subcommand runs, so `xray --help` is instant and the
+REST client never imports TensorFlow. Errors the user can fix print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+EXAMPLES = """examples:
+  xray synth --out build/synth --num-patients 300 --seed 1
+  xray shards --src build/synth --out build/shards --num-shards 8 --image-size 64
+  xray train --data build/shards --workdir build/run --preset demo --workers 2
+  xray evaluate --data build/shards --workdir build/run
+"""
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit status 2."""
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write a synthetic chest X-ray-like data set (Kaggle layout)",
+                       description="Writes OUT/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg: drawn chest films "
+                       "where pneumonia adds opacities. Not medical data; deterministic for a seed.")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--num-patients", type=int, default=300, help="patients (1-3 images each, ~3:1 pneumonia:normal)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--image-size", type=int, default=256, help="image width in pixels (height varies +-15%%)")
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args):
+    from tqdm import tqdm
+
+    from trainer import synth
+
+    started = time.monotonic()
+    with tqdm(desc="synth", unit="img", dynamic_ncols=True) as bar:
+        summary = synth.synthesize(args.out, args.num_patients, args.seed, args.image_size, progress=bar.update)
+    for split, per_class in summary.counts.items():
+        patients = summary.patients[split]
+        print(f"{split:5s}: " + ", ".join(f"{n} {c} images ({patients[c]} patients)" for c, n in per_class.items()))
+    print(f"wrote {summary.num_images} images to {args.out} in {time.monotonic() - started:.1f}s")
+
+
+def _add_shards(sub):
+    from trainer.records import DEFAULT_PATIENT_PATTERN
+
+    p = sub.add_parser("shards", help="convert image folders to sharded TFRecords + manifest.json",
+                       description="Reads SRC/{train,test[,val]}/{NORMAL,PNEUMONIA}/ (Kaggle chest_xray layout), "
+                       "skips bad files (listed in the manifest), carves a patient-disjoint, class-stratified "
+                       "validation split from train, and writes train/val/test shards atomically.")
+    p.add_argument("--src", required=True, help="image folder in the Kaggle chest_xray layout")
+    p.add_argument("--out", required=True, help="output directory or URI (gs://, s3:// via tf.io.gfile)")
+    p.add_argument("--num-shards", type=int, default=8, help="shards per split (>= the number of training workers)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train images (by patient) for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and shard order")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="re-encode each image as a PX x PX grayscale JPEG (default: keep the original bytes)")
+    p.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN,
+                   help="regex whose first group is the patient id in a file name (default: Kaggle's names)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(run=_run_shards)
+
+
+def _run_shards(args):
+    from trainer import records
+
+    try:
+        options = records.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern)
+        manifest = records.convert(args.src, args.out, options, show_progress=True)
+    except (records.SourceLayoutError, ValueError) as error:
+        raise UserError(str(error)) from None
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return
+    for split in records.SPLITS:
+        counts = manifest["counts"][split]
+        shards = manifest["shards"][split]
+        print(f"{split:5s}: {sum(counts.values()):6d} images ({', '.join(f'{n} {c}' for c, n in counts.items())}), "
+              f"{manifest['num_patients'][split]} patients, {len(shards)} shard(s)")
+    if manifest["num_skipped"]:
+        print(f"skipped {manifest['num_skipped']} file(s):")
+        for item in manifest["skipped"][:20]:
+            print(f"  {item['path']}: {item['reason']}")
+        if manifest["num_skipped"] > 20:
+            print(f"  ... and {manifest['num_skipped'] - 20} more (see manifest.json)")
+    if manifest["test_patients_also_in_train"]:
+        print(f"warning: {len(manifest['test_patients_also_in_train'])} patient id(s) of test/ also appear in train/ "
+              "(from the source folders); see manifest.json")
+    print(f"{manifest['num_images_found']} files in {manifest['seconds']:.1f}s "
+          f"({manifest['images_per_second']} images/s, {manifest['source_megabytes']} MB read); "
+          f"manifest: {args.out.rstrip('/')}/manifest.json")
+
+
+def _config_from_args(args):
+    from trainer.config import Config, preset
+
+    config = Config.load(args.config) if args.config else preset(args.preset)
+    return config.override(args.overrides)
+
+
+def _add_train(sub):
+    from trainer.config import PRESETS
+
+    p = sub.add_parser("train", help="train (or resume) the classifier; --workers N runs N local processes",
+                       description="Trains the ResNet50V2 classifier with MultiWorkerMirroredStrategy. Without "
+                       "--workers this process is one worker (its identity comes from TF_CONFIG, an Indexed Job's "
+                       "JOB_COMPLETION_INDEX, or it is alone). Re-running on the same workdir resumes from the "
+                       "backup; a finished run is not retrained.",
+                       epilog="overrides: key=value, e.g. train.epochs=5 model.dropout1=0.4 learning_rate=3e-4")
+    p.add_argument("--data", required=True, help="shards directory/URI written by xray shards")
+    p.add_argument("--workdir", required=True, help="run directory/URI (shared by all workers)")
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="named config (default: seed)")
+    p.add_argument("--config", help="a config.json to start from instead of a preset (e.g. the tuner's best_config.json)")
+    p.add_argument("--workers", type=int, help="start N local worker processes on 127.0.0.1 (the pod entry point without it)")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    from trainer.config import ConfigError
+
+    try:
+        config = _config_from_args(args)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    if args.workers is not None:
+        from trainer import launch
+
+        if args.workers < 1:
+            raise UserError(f"--workers {args.workers} must be at least 1")
+        worker_args = ["train", "--data", args.data, "--workdir", args.workdir]
+        worker_args += ["--config", args.config] if args.config else ["--preset", args.preset]
+        code = launch.launch(args.workers, worker_args + list(args.overrides))
+        if code:
+            print(f"training failed (status {code}); re-run the same command to resume from the backup", file=sys.stderr)
+        return code
+    from trainer import train
+
+    try:
+        summary = train.run(args.data, args.workdir, config)
+    except (ConfigError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="test-split metrics, threshold from val, ROC/PR/confusion plots",
+                       description="Loads WORKDIR/best_model.keras, picks the decision threshold on the validation "
+                       "split, and writes WORKDIR/eval/metrics.json with bootstrap 95%% CIs plus roc.png, pr.png, "
+                       "confusion.png and predictions.csv.")
+    p.add_argument("--data", required=True, help="shards directory/URI")
+    p.add_argument("--workdir", required=True, help="run directory holding best_model.keras and config.json")
+    p.add_argument("--threshold-method", choices=("youden", "sensitivity"), help="override eval.threshold_method")
+    p.add_argument("--target-sensitivity", type=float, help="override eval.target_sensitivity (with --threshold-method sensitivity)")
+    p.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from trainer import evaluate
+    from trainer.config import ConfigError
+
+    overrides = []
+    if args.threshold_method:
+        overrides.append(f"eval.threshold_method={args.threshold_method}")
+    if args.target_sensitivity is not None:
+        overrides.append(f"eval.target_sensitivity={args.target_sensitivity}")
+    try:
+        metrics = evaluate.run(args.data, args.workdir, overrides)
+    except (ConfigError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(evaluate.format_summary(metrics))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xray", description="Chest X-ray classifier pipeline: data, training, evaluation.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_synth, _add_shards, _add_train, _add_evaluate):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # TensorFlow's Python loggers print a line per collective op at INFO.
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return args.run(args) or 0
+    except UserError as error:
+        print(f"xray {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xray {args.command}: interrupted", file=sys.stderr)
+        return 130
