@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 XRAY := $(BIN)/xray
 BUILD ?= build
 # The demo data set (synthetic, not medical data) and run.
-PATIENTS ?= 300
+PATIENTS ?= 240
 SEED ?= 1
 SYNTH_SIZE ?= 128
 IMAGE_SIZE ?= 64
@@ -41,7 +41,7 @@ $(DATA)/manifest.json: $(BUILD)/synth/.done
 train: $(VENV)/.installed $(DATA)/manifest.json ## synth data -> shards -> train on $(WORKERS) local workers -> evaluate
 	$(XRAY) train --data $(DATA) --workdir $(WORKDIR) --preset $(PRESET) --workers $(WORKERS)
 	$(XRAY) evaluate --data $(DATA) --workdir $(WORKDIR)
-	@echo "artifacts: $(WORKDIR)/ (best_model.keras, history.csv, tensorboard/, eval/)"
+	@echo "artifacts: $(WORKDIR)/ (best.weights.h5, history.csv, tensorboard/, eval/)"
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -35,6 +35,9 @@ class ModelConfig:
     # BatchNormalization stays frozen (inference mode) when fine-tuning pretrained weights; set true
     # only when training a backbone from scratch (weights=none), where frozen BN would be identity.
     train_batchnorm: bool = False
+    # Momentum of the BN moving statistics when they train. Keras' 0.99 needs hundreds of steps before
+    # inference-mode outputs mean anything; a short from-scratch run wants ~0.9.
+    batchnorm_momentum: float = 0.99
     pooling: str = "flatten"
     dense1_units: int = 256
     dense2_units: int = 128
@@ -50,6 +53,7 @@ class ModelConfig:
         for name in ("dropout1", "dropout2"):
             value = getattr(self, name)
             _check(0 <= value < 1, f"model.{name}", value, "a rate in [0, 1)")
+        _check(0 < self.batchnorm_momentum < 1, "model.batchnorm_momentum", self.batchnorm_momentum, "a value in (0, 1)")
         _check(self.l2 >= 0, "model.l2", self.l2, "a non-negative L2 factor, e.g. 1e-4")
         _check(self.dense1_units > 0 and self.dense2_units > 0, "model.dense*_units", (self.dense1_units, self.dense2_units), "positive integers")
 
@@ -229,8 +233,8 @@ def demo() -> Config:
     A larger learning rate and a short cosine cycle to converge in a few minutes.
     """
     return Config(
-        model=ModelConfig(image_size=64, weights="none", trainable_layers="all", train_batchnorm=True),
-        train=TrainConfig(epochs=12, learning_rate=5e-4, first_decay_steps=200, early_stopping_patience=4),
+        model=ModelConfig(image_size=64, weights="none", trainable_layers="all", train_batchnorm=True, batchnorm_momentum=0.9),
+        train=TrainConfig(epochs=10, learning_rate=5e-4, first_decay_steps=200, early_stopping_patience=4),
         eval=EvalConfig(),
     )
 
@@ -241,7 +245,8 @@ def tiny() -> Config:
     Smoke test of the whole path in seconds (the tests use it): 32x32 images, 2 epochs of 2 steps.
     """
     return Config(
-        model=ModelConfig(image_size=32, weights="none", trainable_layers="all", train_batchnorm=True, dense1_units=16, dense2_units=8),
+        model=ModelConfig(image_size=32, weights="none", trainable_layers="all", train_batchnorm=True, batchnorm_momentum=0.9,
+                          dense1_units=16, dense2_units=8),
         train=TrainConfig(batch_size=4, epochs=2, steps_per_epoch=2, first_decay_steps=10, early_stopping_patience=2),
         eval=EvalConfig(bootstrap_samples=50),
     )

@@ -26,7 +26,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, config: Eval
     labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         raise ValueError("the validation split needs both classes to choose a threshold")
-    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
     if config.threshold_method == "youden":
         index = int(np.argmax(tpr - fpr))
@@ -128,17 +128,17 @@ def save_plots(labels, probabilities, threshold: float, out_dir: str) -> list[st
 
 
 def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict:
-    """Evaluates ``<workdir>/best_model.keras``; returns and writes metrics.json."""
+    """Evaluates the run's best weights; returns and writes metrics.json."""
     import tensorflow as tf
 
-    from trainer.kerasapi import keras
+    from trainer.model import load_trained
     from trainer.train import Workdir
 
     paths = Workdir(workdir)
-    if not tf.io.gfile.exists(paths.best_model):
-        raise FileNotFoundError(f"no trained model at {paths.best_model}; run xray train --workdir {workdir} first")
+    if not tf.io.gfile.exists(paths.best_weights):
+        raise FileNotFoundError(f"no trained model at {paths.best_weights}; run xray train --workdir {workdir} first")
     config = Config.load(paths.config).override(overrides or [])
-    model = keras.models.load_model(paths.best_model, compile=False)
+    model = load_trained(config.model, paths.best_weights)
     size = config.model.image_size
     val_labels, val_probabilities, _ = predict_split(model, data_uri, "val", size)
     threshold = choose_threshold(val_labels, val_probabilities, config.eval)
@@ -148,7 +148,7 @@ def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict
     tf.io.gfile.makedirs(out_dir)
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": paths.best_model,
+        "model": paths.best_weights,
         "data": data_uri,
         "threshold_method": config.eval.threshold_method,
         "target_sensitivity": config.eval.target_sensitivity if config.eval.threshold_method == "sensitivity" else None,

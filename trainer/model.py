@@ -1,6 +1,6 @@
 """The team's model: ResNet50V2 backbone + Flatten/Dense(256, L2)/Dropout/Dense(128)/Dropout/sigmoid.
 
-No device, strategy or worker code here: ``train.py`` builds this inside a strategy scope.
+Nothing here knows about hardware or distribution; ``train.py`` decides where the model lives.
 
 Fine-tuning as the team meant it: their snippet set ``trainable = True`` on the last 10 backbone
 layers, but never froze the rest first (Keras layers are trainable by default), so it trained all
@@ -50,6 +50,10 @@ def build_model(config: ModelConfig) -> keras.Model:
             "writable) or pass model.weights=/path/to/that/file"
         ) from None
     set_trainable(backbone, config.trainable_layers, config.train_batchnorm)
+    if config.train_batchnorm:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.batchnorm_momentum
 
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = backbone(inputs)
@@ -61,6 +65,15 @@ def build_model(config: ModelConfig) -> keras.Model:
     # float32 even under a mixed-precision policy: a bfloat16 sigmoid saturates and the loss suffers.
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="xray_resnet50v2")
+
+
+def load_trained(config: ModelConfig, weights_path: str) -> keras.Model:
+    """The trained model from its config and a weights file (no backbone download: all weights are in the file)."""
+    import dataclasses
+
+    model = build_model(dataclasses.replace(config, weights="none"))
+    model.load_weights(weights_path)
+    return model
 
 
 def set_trainable(backbone: keras.Model, trainable_layers: str, train_batchnorm: bool) -> None:

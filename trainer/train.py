@@ -7,7 +7,7 @@ starts N of these as local processes. Workdir layout (only the chief writes it):
 
     config.json      the full config of this run (a resume must match it)
     backup/          BackupAndRestore state; removed when training finishes
-    best_model.keras best epoch by val_loss
+    best.weights.h5  weights of the best epoch by val_loss (the architecture is config.json)
     history.jsonl    one line per finished epoch (history.csv: the same as a table)
     tensorboard/     TensorBoard logs
     training.json    written last: the run finished (epochs, best epoch, seconds, workers)
@@ -55,7 +55,7 @@ class Workdir:
 
     config = property(lambda self: self.path("config.json"))
     backup = property(lambda self: self.path("backup"))
-    best_model = property(lambda self: self.path("best_model.keras"))
+    best_weights = property(lambda self: self.path("best.weights.h5"))
     history_jsonl = property(lambda self: self.path("history.jsonl"))
     history_csv = property(lambda self: self.path("history.csv"))
     tensorboard = property(lambda self: self.path("tensorboard"))
@@ -149,7 +149,10 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     run_id = uuid.uuid4().hex[:8]
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True, verbose=1)
-    checkpoint = keras.callbacks.ModelCheckpoint(out.best_model, monitor="val_loss", save_best_only=True)
+    # Weights only: a full .keras file (~3x larger with the optimizer slots) loads very slowly, since h5py
+    # seeks inside the zip archive; the architecture is rebuilt from config.json (trainer.model.load_trained).
+    checkpoint = keras.callbacks.ModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
+                                                 save_weights_only=True)
     history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers)
     fit_callbacks = [
         # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
@@ -190,14 +193,20 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         "run_ids": sorted({r["run_id"] for r in history}),
         "seconds_this_run": round(time.time() - started, 1),
         "data": data_uri,
-        "best_model": paths.best_model,
+        "best_weights": paths.best_weights,
     }
     if spec.is_chief:
+        # BackupAndRestore deletes its checkpoint but leaves the (empty) directory behind.
+        try:
+            if tf.io.gfile.exists(paths.backup):
+                tf.io.gfile.rmtree(paths.backup)
+        except tf.errors.OpError:
+            pass  # a non-chief still removing its own temporary backup; harmless
         with tf.io.gfile.GFile(paths.summary + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
         tf.io.gfile.rename(paths.summary + ".tmp", paths.summary, overwrite=True)
         log.info("finished: %d epochs, best epoch %s (val_loss %.4f); model at %s",
-                 summary["epochs_run"], summary["best_epoch"], summary["best_val_loss"] or float("nan"), paths.best_model)
+                 summary["epochs_run"], summary["best_epoch"], summary["best_val_loss"] or float("nan"), paths.best_weights)
     else:
         shutil.rmtree(out.root, ignore_errors=True)
     return summary

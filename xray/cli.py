@@ -154,11 +154,11 @@ def _run_train(args):
 
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test-split metrics, threshold from val, ROC/PR/confusion plots",
-                       description="Loads WORKDIR/best_model.keras, picks the decision threshold on the validation "
+                       description="Rebuilds the model from WORKDIR/config.json and best.weights.h5, picks the decision threshold on the validation "
                        "split, and writes WORKDIR/eval/metrics.json with bootstrap 95%% CIs plus roc.png, pr.png, "
                        "confusion.png and predictions.csv.")
     p.add_argument("--data", required=True, help="shards directory/URI")
-    p.add_argument("--workdir", required=True, help="run directory holding best_model.keras and config.json")
+    p.add_argument("--workdir", required=True, help="run directory holding best.weights.h5 and config.json")
     p.add_argument("--threshold-method", choices=("youden", "sensitivity"), help="override eval.threshold_method")
     p.add_argument("--target-sensitivity", type=float, help="override eval.target_sensitivity (with --threshold-method sensitivity)")
     p.add_argument("--json", action="store_true", help="print metrics.json on stdout")

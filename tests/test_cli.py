@@ -1,0 +1,50 @@
+"""The command line as a user meets it: help, one-line errors with exit status 2, the summaries."""
+
+import json
+
+import pytest
+
+from conftest import run_xray
+from trainer.config import ConfigError, preset
+
+
+def test_help_lists_the_stages():
+    out = run_xray("--help").stdout
+    for command in ("synth", "shards", "train", "evaluate"):
+        assert command in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["shards", "--src", "/nonexistent/images", "--out", "/tmp/x"], "source directory /nonexistent/images does not exist"),
+    (["shards", "--src", ".", "--out", "/tmp/x", "--val-fraction", "1.5"], "--val-fraction 1.5 must be in [0, 1)"),
+    (["train", "--data", "/nonexistent/shards", "--workdir", "/tmp/never", "--preset", "tiny"], "no manifest.json under /nonexistent/shards"),
+    (["train", "--data", "x", "--workdir", "y", "epochs=abc"], "train.epochs='abc' is not a valid int"),
+    (["train", "--data", "x", "--workdir", "y", "--workers", "0"], "--workers 0 must be at least 1"),
+    (["evaluate", "--data", "x", "--workdir", "/nonexistent/run"], "no trained model at /nonexistent/run/best.weights.h5"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    result = run_xray(*args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_synth_then_shards_print_summaries_and_write_the_manifest(tmp_path):
+    synth = run_xray("synth", "--out", tmp_path / "s", "--num-patients", 12, "--seed", 1, "--image-size", 48).stdout
+    assert "wrote" in synth and "PNEUMONIA images" in synth
+    (tmp_path / "s/train/NORMAL/broken.jpeg").write_bytes(b"\xff\xd8\xff garbage")
+    shards = run_xray("shards", "--src", tmp_path / "s", "--out", tmp_path / "out", "--num-shards", 2).stdout
+    assert "skipped 1 file(s):" in shards and "train/NORMAL/broken.jpeg" in shards
+    assert "images/s" in shards
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["num_skipped"] == 1 and manifest["shards"]["train"]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    from trainer.train import Workdir, check_or_write_config
+
+    paths = Workdir(str(tmp_path))
+    check_or_write_config(paths, preset("tiny"), is_chief=True)
+    check_or_write_config(paths, preset("tiny"), is_chief=False)  # same config: fine
+    with pytest.raises(ConfigError, match=r"train.epochs: 2 -> 3"):
+        check_or_write_config(paths, preset("tiny").override(["epochs=3"]), is_chief=True)

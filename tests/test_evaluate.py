@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from trainer.config import EvalConfig
+from trainer.evaluate import bootstrap_intervals, choose_threshold, point_metrics, summarize
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+PROBS = np.array([0.1, 0.3, 0.35, 0.8, 0.4, 0.55, 0.6, 0.7, 0.9, 0.95])
+
+
+def test_point_metrics_match_scikit_learn_and_hand_counts():
+    m = point_metrics(LABELS, PROBS, threshold=0.5)
+    # At 0.5: TN 3 (0.1, 0.3, 0.35), FP 1 (0.8), FN 1 (0.4), TP 5.
+    assert m["sensitivity"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(5 / 6)
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["f1"] == pytest.approx(5 / 6)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(LABELS, PROBS))
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(LABELS, PROBS))
+    assert m["loss"] == pytest.approx(skm.log_loss(LABELS, PROBS))
+
+
+def test_youden_threshold_maximises_tpr_minus_fpr():
+    threshold = choose_threshold(LABELS, PROBS, EvalConfig(threshold_method="youden"))
+    predicted = PROBS >= threshold
+    j = predicted[LABELS == 1].mean() - predicted[LABELS == 0].mean()
+    for candidate in np.unique(PROBS):
+        p = PROBS >= candidate
+        assert j >= p[LABELS == 1].mean() - p[LABELS == 0].mean() - 1e-12
+
+
+def test_target_sensitivity_threshold_is_the_highest_that_reaches_it():
+    threshold = choose_threshold(LABELS, PROBS, EvalConfig(threshold_method="sensitivity", target_sensitivity=1.0))
+    assert threshold == pytest.approx(0.4)  # the lowest positive score: all 6 positives caught
+    threshold = choose_threshold(LABELS, PROBS, EvalConfig(threshold_method="sensitivity", target_sensitivity=0.5))
+    assert threshold == pytest.approx(0.7)  # 0.7, 0.9, 0.95 = 3 of 6
+
+
+def test_single_class_validation_is_a_clear_error():
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.ones(4), np.full(4, 0.5), EvalConfig())
+
+
+def test_bootstrap_interval_brackets_the_point_estimate_and_shrinks_with_data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 400), 0, 1)
+    small = bootstrap_intervals(labels[:40], probs[:40], 0.5, 300, seed=1)
+    large = bootstrap_intervals(labels, probs, 0.5, 300, seed=1)
+    auc = skm.roc_auc_score(labels, probs)
+    assert large["roc_auc"][0] < auc < large["roc_auc"][1]
+    assert large["roc_auc"][1] - large["roc_auc"][0] < small["roc_auc"][1] - small["roc_auc"][0]
+
+
+def test_summary_confusion_matrix_rows_are_truth():
+    result = summarize(LABELS, PROBS, 0.5, EvalConfig(bootstrap_samples=20))
+    assert result["confusion_matrix"]["rows_true_cols_predicted"] == [[3, 1], [1, 5]]
+    assert result["num_examples"] == 10 and result["num_positive"] == 6

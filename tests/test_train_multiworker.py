@@ -1,0 +1,116 @@
+"""Real multi-process MultiWorkerMirroredStrategy runs on 127.0.0.1 (the same entry point as the pods)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, run_xray
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--preset", "tiny"]
+
+
+def _history(workdir):
+    path = workdir / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _worker_summaries(stdout):
+    """The JSON summary line each worker prints at the end, by worker index."""
+    found = {}
+    for match in re.finditer(r"^\[worker (\d+)\] (\{.*\})$", stdout, re.M):
+        found[int(match.group(1))] = json.loads(match.group(2))
+    return found
+
+
+def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_path):
+    workdir = tmp_path / "run"
+    result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2")
+    summaries = _worker_summaries(result.stdout)
+    assert set(summaries) == {0, 1}, result.stdout[-3000:]
+    assert summaries[0]["workers"] == 2
+    # Both workers saw the same globally reduced metrics, epoch by epoch.
+    for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_auc"):
+        assert summaries[0][key] == pytest.approx(summaries[1][key]), key
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "best.weights.h5", "config.json", "history.csv", "history.jsonl", "tensorboard", "training.json"]
+    history = _history(workdir)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(row["workers"] == 2 and "val_auc" in row and "lr" in row for row in history)
+    assert "2 replica(s) in sync; global batch 4 = 2.0 per replica" in result.stdout
+
+    again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2")
+    assert "already finished training" in again.stdout
+    assert _history(workdir) == history
+
+    evaluation = run_xray("evaluate", "--data", shards_dir, "--workdir", workdir)
+    assert "roc_auc" in evaluation.stdout and "confusion" in evaluation.stdout
+    metrics = json.loads((workdir / "eval/metrics.json").read_text())
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    assert metrics["test"]["num_examples"] == sum(manifest["counts"]["test"].values())
+    assert 0.0 <= metrics["test"]["threshold"] <= 1.0
+    for name in ("roc.png", "pr.png", "confusion.png", "predictions.csv"):
+        assert (workdir / "eval" / name).stat().st_size > 0
+
+
+def _start(shards_dir, workdir, workers, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "xray", "train", "--data", str(shards_dir), "--workdir", str(workdir), *TINY,
+         "--workers", str(workers), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_a_worker_after_epochs(process, workdir, num_epochs, worker_index=1, timeout=300):
+    """Waits for ``num_epochs`` history lines, then SIGKILLs one worker process (as a node failure would)."""
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\[launcher\] worker (\d+) pid (\d+)", "".join(lines))}
+        if len(_history(workdir)) >= num_epochs and worker_index in pids:
+            os.kill(pids[worker_index], signal.SIGKILL)
+            break
+        if process.poll() is not None:
+            raise AssertionError("training ended before the kill:\n" + "".join(lines)[-3000:])
+        time.sleep(0.1)
+    else:
+        process.kill()
+        raise AssertionError("no epoch finished in time:\n" + "".join(lines)[-3000:])
+    code = process.wait(timeout=120)
+    reader.join(timeout=10)
+    return code, "".join(lines)
+
+
+@pytest.mark.parametrize("resume_workers", [2, 1], ids=["same-command", "shrunk-to-1-worker"])
+def test_killed_worker_resumes_from_backup_without_repeating_epochs(shards_dir, tmp_path, resume_workers):
+    workdir = tmp_path / "run"
+    extra = ["train.epochs=5", "train.early_stopping_patience=10"]
+    code, output = _kill_a_worker_after_epochs(_start(shards_dir, workdir, 2, *extra), workdir, num_epochs=1)
+    assert code != 0, "the launcher must fail when a worker dies"
+    assert "exited with status" in output
+    before = _history(workdir)
+    assert before and (workdir / "backup").exists()
+    assert not (workdir / "training.json").exists()
+
+    result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", resume_workers, *extra)
+    after = _history(workdir)
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4, 5], "an epoch was repeated or lost"
+    assert after[: len(before)] == before  # finished epochs kept as they were, not retrained
+    resumed = after[len(before):]
+    assert {row["run_id"] for row in resumed} != {row["run_id"] for row in before}
+    assert all(row["workers"] == resume_workers for row in resumed)
+    summary = json.loads((workdir / "training.json").read_text())
+    assert summary["epochs_run"] == 5 and len(summary["run_ids"]) == 2
+    assert not (workdir / "backup").exists()
+    assert f"{resume_workers} replica(s) in sync" in result.stdout
