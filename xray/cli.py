@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 EXAMPLES = """examples:
   xray synth --out build/synth --num-patients 300 --seed 1
   xray shards --src build/synth --out build/shards --num-shards 8 --image-size 64
   xray train --data build/shards --workdir build/run --preset demo --workers 2
   xray evaluate --data build/shards --workdir build/run
+  xray export --workdir build/run --model-base build/models
+  xray predict build/synth/test --model build/models
+  xray predict chest.jpeg --grpc localhost:8500      (or --rest http://localhost:8501)
 """
 
 
@@ -184,13 +189,145 @@ def _run_evaluate(args):
         print(evaluate.format_summary(metrics))
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="export the best model as a versioned SavedModel for TF Serving (gated)",
+                       description="Evaluates the run's best model on the held-out test split, refuses to push when its "
+                       "AUC is lower than the current highest version's by more than --tolerance, then writes "
+                       "MODEL_BASE/<version>/ atomically (SavedModel, warmup requests, model card). --list shows the "
+                       "versions; --label points stable/canary at a version in MODEL_BASE/models.config.")
+    p.add_argument("--model-base", required=True, help="directory/URI holding the integer version directories")
+    p.add_argument("--workdir", help="training run to export (required unless --list or --label)")
+    p.add_argument("--data", help="shards to evaluate on (default: the data the run trained on)")
+    p.add_argument("--name", default=None, help="model name in TF Serving (default: xray)")
+    p.add_argument("--version", type=int, help="version number (default: next free); with --label, the version to label")
+    p.add_argument("--force", action="store_true", help="push even when the gate refuses")
+    p.add_argument("--tolerance", type=float, default=None, help="allowed AUC drop vs the current version (default 0.01)")
+    p.add_argument("--list", action="store_true", help="list versions with their metrics")
+    p.add_argument("--label", choices=("stable", "canary"), help="point this label at --version (default: newest)")
+    p.add_argument("--serving-base-path", default=None,
+                   help="the model base path as the server sees it, written into models.config (default: /models/<name>)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args):
+    from serving import config as serving_config
+    from serving import contract, export
+
+    name = args.name or contract.MODEL_NAME
+    base = args.model_base.rstrip("/")
+    if args.list:
+        versions = export.list_versions(base)
+        labels = serving_config.read_labels(base)
+        if not versions:
+            print(f"no versions under {base}")
+        for v in versions:
+            card = v["card"] or {}
+            m = card.get("metrics", {})
+            tags = ",".join(label for label, version in labels.items() if version == v["version"])
+            print(f"{v['version']:>4d}  {card.get('created', '?'):20s}  auc {m.get('roc_auc', float('nan')):.4f}  "
+                  f"sens {m.get('sensitivity', float('nan')):.3f}  spec {m.get('specificity', float('nan')):.3f}  "
+                  f"threshold {card.get('threshold', float('nan')):.3f}  {tags}")
+        return 0
+    if args.label:
+        versions = {v["version"] for v in export.list_versions(base)}
+        version = args.version if args.version is not None else max(versions, default=0)
+        try:
+            labels = serving_config.set_label(f"{base}/models.config", args.serving_base_path or f"/models/{name}",
+                                              args.label, version, versions)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        print(f"{args.label} -> version {version} in {base}/models.config (labels: {labels})")
+        return 0
+    if not args.workdir:
+        raise UserError("--workdir is required to export (or use --list / --label)")
+    request = export.ExportRequest(
+        workdir=args.workdir, model_base=base, model_name=name, version=args.version, data_uri=args.data,
+        force=args.force, tolerance=export.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
+    try:
+        card = export.export(request)
+    except export.GateRefused as error:
+        print(f"xray export: {error}", file=sys.stderr)
+        return 3
+    except (export.ExportError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    print(json.dumps({"version": card["version"], "path": card["path"], "roc_auc": card["metrics"]["roc_auc"],
+                      "threshold": card["threshold"]}))
+    return 0
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="probability and label for images, via TF Serving (gRPC/REST) or in-process",
+                       description="Sends images in batches and prints one JSON line per file: "
+                       '{"path", "probability", "label"} (or {"path", "error"} for a file that could not be scored).')
+    p.add_argument("images", nargs="+", help="image files, directories (searched recursively) or glob patterns")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--rest", metavar="URL", help="TF Serving REST endpoint, e.g. http://localhost:8501")
+    target.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC endpoint, e.g. localhost:8500")
+    target.add_argument("--model", metavar="DIR", help="a SavedModel (or model base: newest version) run in-process")
+    p.add_argument("--name", default=None, help="model name on the server (default: xray)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="a specific model version")
+    which.add_argument("--label", help="a version label (stable, canary)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per request (1-64)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("--tls", action="store_true", help="gRPC over TLS (system root certificates)")
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format")
+    p.add_argument("--explain", metavar="OUTDIR", help="also write a Grad-CAM overlay PNG per image (needs --model)")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args):
+    from clients import ServingError
+    from clients import predict as predicting
+    from serving import contract
+
+    name = args.name or contract.MODEL_NAME
+    if args.explain and not args.model:
+        raise UserError("--explain runs the model in-process: use it with --model DIR")
+    paths = predicting.collect_files(args.images)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.images)}")
+    try:
+        if args.rest:
+            from clients.rest import RestClient
+
+            client = RestClient(args.rest, name, args.version, args.label, timeout=args.timeout)
+        elif args.grpc:
+            from clients.grpc import GrpcClient
+
+            client = GrpcClient(args.grpc, name, args.version, args.label, timeout=args.timeout, tls=args.tls)
+        else:
+            client = predicting.LocalModel(args.model)
+        rows = []
+        for row in predicting.predict_files(client, paths, args.batch_size):
+            rows.append(row)
+            if args.format == "jsonl":
+                print(predicting.format_jsonl(row), flush=True)
+    except ServingError as error:
+        raise UserError(f"{error.code}: {error.message}") from None
+    if args.format == "table":
+        print(predicting.format_table(rows))
+    if args.explain:
+        os.makedirs(args.explain, exist_ok=True)
+        for row in rows:
+            if "error" not in row:
+                data = predicting.read_image(row["path"])
+                out = os.path.join(args.explain, Path(row["path"]).stem + "_gradcam.png")
+                predicting.save_overlay(data, client.explain(data), out)
+        print(f"Grad-CAM overlays written to {args.explain}/", file=sys.stderr)
+    failed = sum(1 for row in rows if "error" in row)
+    if failed:
+        print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xray", description="Chest X-ray classifier pipeline: data, training, evaluation.",
+        prog="xray", description="Chest X-ray classifier pipeline: data, training, evaluation, export, prediction.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_shards, _add_train, _add_evaluate):
+    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_export, _add_predict):
         add(sub)
     return parser
 

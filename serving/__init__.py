@@ -1,0 +1,1 @@
+"""Export for TF Serving (export.py), its configuration files (config.py), and the serving contract."""

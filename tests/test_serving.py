@@ -1,0 +1,328 @@
+"""Export, serving configuration, and the gRPC/REST clients against a TF Serving stand-in (tests/tfserving_stub.py)
+that runs the REAL exported SavedModel."""
+
+import base64
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from clients import ServingError
+from clients.grpc import GrpcClient
+from clients.predict import LocalModel, predict_files
+from clients.rest import RestClient
+from conftest import REPO, run_xray
+from serving import config as serving_config
+from serving import contract, export
+from tfserving_stub import StubModelServer
+from trainer import data, records
+from trainer.config import preset
+from trainer.kerasapi import keras
+from trainer.model import build_model
+from trainer.train import Workdir
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(shards_dir, tmp_path_factory):
+    """A finished run as `xray train` leaves it (config, best weights, training.json), without the training time."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = preset("tiny")
+    paths = Workdir(str(workdir))
+    config.save(paths.config)
+    keras.utils.set_random_seed(0)
+    build_model(config.model).save_weights(paths.best_weights)
+    (workdir / "training.json").write_text(json.dumps({"data": str(shards_dir), "epochs_run": 1, "best_epoch": 1}))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def model_base(trained_workdir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
+    export.export(export.ExportRequest(str(trained_workdir), str(base), force=True), log=lambda *_: None)
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(model_base):
+    stub = StubModelServer(str(model_base), labels={"stable": 1, "canary": 2}).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture(scope="module")
+def images(synth_dir):
+    paths = sorted(synth_dir.glob("test/*/*.jpeg"))[:6]
+    return [p.read_bytes() for p in paths]
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+
+def test_versions_are_integer_directories_with_card_and_no_leftovers(model_base):
+    assert sorted(p.name for p in model_base.iterdir()) == ["1", "2"]
+    card = json.loads((model_base / "1" / contract.MODEL_CARD).read_text())
+    for key in ("config", "data_manifest_sha256", "metrics", "threshold", "code_version", "created", "ci95"):
+        assert card[key] is not None, key
+    assert card["version"] == 1 and 0 <= card["threshold"] <= 1
+    assert [v["version"] for v in export.list_versions(str(model_base))] == [1, 2]
+
+
+def test_signatures_as_saved_model_cli_shows_them(model_base):
+    cli = REPO / ".venv/bin/saved_model_cli"
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    out = subprocess.run([*command, "show", "--dir", str(model_base / "1"), "--all"],
+                         capture_output=True, text=True, check=True).stdout
+    default = out.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
+    assert "inputs['image_bytes'] tensor_info:" in default and "dtype: DT_STRING" in default and "shape: (-1)" in default
+    assert "outputs['probability'] tensor_info:" in default and "dtype: DT_FLOAT" in default
+    assert "outputs['label'] tensor_info:" in default
+    tensor = out.split("signature_def['predict_tensor']:")[1].split("signature_def[")[0]
+    assert "inputs['image'] tensor_info:" in tensor and "shape: (-1, 32, 32, 3)" in tensor
+    assert "signature_def['explain']" in out
+
+
+def test_serving_default_decodes_like_the_training_reader(model_base, shards_dir):
+    loaded = tf.saved_model.load(str(model_base / "1"))
+    path = sorted(shards_dir.glob("test-*.tfrecord"))[0]
+    raw = [records.parse_example(r)["image_bytes"] for r in tf.data.TFRecordDataset(str(path)).take(3)]
+    from_bytes = loaded.signatures["serving_default"](image_bytes=tf.stack(raw))["probability"].numpy()
+    reader_images = tf.stack([data.preprocess_image(r, 32) for r in raw])
+    from_tensor = loaded.signatures["predict_tensor"](image=reader_images)["probability"].numpy()
+    np.testing.assert_allclose(from_bytes, from_tensor, rtol=0, atol=1e-6)
+
+
+def test_warmup_file_is_prediction_logs_the_model_answers(model_base):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    loaded = tf.saved_model.load(str(model_base / "1"))
+    logs = []
+    for raw in tf.data.TFRecordDataset(str(model_base / "1" / contract.WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(raw.numpy())
+        logs.append(log)
+    assert 1 <= len(logs) <= 1000
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.name == contract.MODEL_NAME
+        batch = tf.make_ndarray(request.inputs[contract.INPUT_BYTES])
+        out = loaded.signatures[request.model_spec.signature_name](image_bytes=tf.constant(batch))
+        assert out["probability"].shape == (len(batch),)
+
+
+def test_crash_during_export_leaves_no_version_directory(trained_workdir, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the warmup file")
+
+    monkeypatch.setattr(export, "warmup_records", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(export.ExportRequest(str(trained_workdir), str(tmp_path)), log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gate_accepts_better_and_refuses_worse():
+    def versions(auc):
+        return [{"version": 3, "card": {"metrics": {"roc_auc": auc}}}]
+
+    assert export.check_gate(0.90, [], 0.01)[0]
+    assert export.check_gate(0.95, versions(0.90), 0.01)[0]
+    assert export.check_gate(0.895, versions(0.90), 0.01)[0]  # within tolerance
+    ok, message = export.check_gate(0.80, versions(0.90), 0.01)
+    assert not ok and "version 3" in message and "0.9000" in message
+
+
+def test_export_refuses_a_worse_candidate_unless_forced(trained_workdir, tmp_path):
+    better = tmp_path / "7" / "assets.extra"
+    better.mkdir(parents=True)
+    (better / "model.json").write_text(json.dumps({"metrics": {"roc_auc": 1.01}}))  # unbeatable
+    with pytest.raises(export.GateRefused, match="refusing to push"):
+        export.export(export.ExportRequest(str(trained_workdir), str(tmp_path)), log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["7"]
+    card = export.export(export.ExportRequest(str(trained_workdir), str(tmp_path), force=True), log=lambda *_: None)
+    assert card["version"] == 8 and card["gate"]["forced"]
+
+
+def test_export_cli_gate_exit_status_and_list(trained_workdir, model_base, tmp_path):
+    result = run_xray("export", "--workdir", trained_workdir, "--model-base", model_base, "--version", 1, check=False)
+    assert result.returncode == 2 and "version 1 already exists" in result.stderr
+    listing = run_xray("export", "--model-base", model_base, "--list").stdout
+    assert listing.splitlines()[0].split()[0] == "1" and "auc" in listing
+
+
+# --- serving configuration ---------------------------------------------------------------------------
+
+
+def test_config_files_parse_with_the_serving_protos(tmp_path):
+    names = serving_config.write_all(str(tmp_path), "/models/xray", {"stable": 1, "canary": 2})
+    assert names == ["batching.config", "models.config", "monitoring.config"]
+    models = serving_config.read_models_config(str(tmp_path / "models.config"))
+    (entry,) = models.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == ("xray", "/models/xray", "tensorflow")
+    assert list(entry.model_version_policy.specific.versions) == [1, 2]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+    batching = serving_config.parse_text("BatchingParameters", (tmp_path / "batching.config").read_text())
+    assert batching.max_batch_size.value == contract.MAX_BATCH and batching.allowed_batch_sizes[-1] == contract.MAX_BATCH
+    monitoring = serving_config.parse_text("MonitoringConfig", (tmp_path / "monitoring.config").read_text())
+    assert monitoring.prometheus_config.enable and monitoring.prometheus_config.path.startswith("/monitoring")
+
+
+def test_labels_point_only_at_existing_versions(tmp_path):
+    path = str(tmp_path / "models.config")
+    assert serving_config.set_label(path, "/models/xray", "canary", 2, {1, 2}) == {"canary": 2}
+    assert serving_config.set_label(path, "/models/xray", "stable", 1, {1, 2}) == {"canary": 2, "stable": 1}
+    with pytest.raises(ValueError, match="version 5 does not exist"):
+        serving_config.set_label(path, "/models/xray", "stable", 5, {1, 2})
+    without = serving_config.models_config("/models/xray")
+    assert without.model_config_list.config[0].model_version_policy.latest.num_versions == 1
+
+
+# --- clients against the stand-in server ------------------------------------------------------------
+
+
+def test_grpc_rest_and_in_process_agree(server, model_base, images):
+    local = LocalModel(str(model_base / "2")).predict(images)
+    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as grpc_client:
+        via_grpc = grpc_client.predict(images)
+    via_rest = RestClient(f"http://127.0.0.1:{server.rest_port}").predict(images)
+    for a, b, c in zip(local, via_grpc, via_rest):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-6) == pytest.approx(c["probability"], abs=1e-6)
+        assert a["label"] == b["label"] == c["label"] and a["label"] in contract.CLASS_NAMES
+
+
+def test_b64_round_trip_reaches_the_model_byte_for_byte(server, images):
+    body = RestClient(f"http://127.0.0.1:{server.rest_port}").build_request(images[:1])
+    encoded = body["instances"][0][contract.INPUT_BYTES]["b64"]
+    assert base64.b64decode(encoded) == images[0]
+    columnar = requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/xray:predict",
+                             json={"inputs": {contract.INPUT_BYTES: [{"b64": encoded}]}}).json()
+    row = requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/xray:predict", json=body).json()
+    assert columnar["outputs"]["probability"][0] == pytest.approx(row["predictions"][0]["probability"])
+
+
+def test_versions_and_labels_route_to_the_right_model(server, images):
+    rest = f"http://127.0.0.1:{server.rest_port}"
+    grpc_target = f"127.0.0.1:{server.grpc_port}"
+    for version, label in ((1, "stable"), (2, "canary")):
+        by_version = RestClient(rest, version=version).predict(images[:2])
+        by_label = RestClient(rest, label=label).predict(images[:2])
+        with GrpcClient(grpc_target, label=label) as client:
+            by_grpc_label = client.predict(images[:2])
+        assert by_version == by_label
+        assert [r["probability"] for r in by_label] == pytest.approx([r["probability"] for r in by_grpc_label], abs=1e-6)
+    status = RestClient(rest).status()
+    assert [s["version"] for s in status["model_version_status"]] == ["1", "2"]
+    with GrpcClient(grpc_target) as client:
+        assert [s.version for s in client.status().model_version_status] == [1, 2]
+        metadata = client.metadata()
+    assert metadata.model_spec.name == "xray" and "signature_def" in metadata.metadata
+    assert "serving_default" in RestClient(rest).metadata()["metadata"]["signature_def"]["signatureDef"]
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b"", "document is empty"),
+    (json.dumps({"instances": [{contract.INPUT_BYTES: {"b64": base64.b64encode(b"not an image").decode()}}]}).encode(), ""),
+    (json.dumps({"instances": [{contract.INPUT_BYTES: {"b64": "!!!not-base64!!!"}}]}).encode(), "base64"),
+    (json.dumps({"instances": [{"pixels": {"b64": base64.b64encode(b"x").decode()}}]}).encode(), "input keys"),
+    (json.dumps({"instances": [{contract.INPUT_BYTES: 3.5}]}).encode(), "string"),
+    (json.dumps({"instances": [1], "inputs": [1]}).encode(), "Not both"),
+])
+def test_bad_rest_requests_get_400_and_the_server_stays_up(server, images, body, expected):
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/xray:predict"
+    response = requests.post(url, data=body)
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["error"]
+    assert RestClient(f"http://127.0.0.1:{server.rest_port}").predict(images[:1])[0]["label"] in contract.CLASS_NAMES
+
+
+def test_truncated_jpeg_and_oversized_batch_are_invalid_argument(server, images):
+    truncated = images[0][: len(images[0]) // 3]
+    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+        with pytest.raises(ServingError) as info:
+            client.predict([truncated])
+        assert info.value.code == "INVALID_ARGUMENT"
+        request = client.build_request(images[:1])
+        request.inputs[contract.INPUT_BYTES].string_val.extend([images[0]] * contract.MAX_BATCH)
+        request.inputs[contract.INPUT_BYTES].tensor_shape.dim[0].size = contract.MAX_BATCH + 1
+        with pytest.raises(ServingError) as info:
+            client._call(client.prediction.Predict, request)
+        assert info.value.code == "INVALID_ARGUMENT" and "batch size" in info.value.message
+        assert client.predict(images[:1])  # still up
+    with pytest.raises(ServingError, match="limit is 64"):
+        RestClient("http://127.0.0.1:1").build_request([images[0]] * (contract.MAX_BATCH + 1))
+    response = requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/xray:predict",
+                             json={"instances": [{contract.INPUT_BYTES: {"b64": base64.b64encode(images[0]).decode()}}] * 65})
+    assert response.status_code == 400
+
+
+def test_unknown_model_or_version_is_not_found(server, images):
+    with pytest.raises(ServingError) as info:
+        RestClient(f"http://127.0.0.1:{server.rest_port}", model_name="nope").predict(images[:1])
+    assert info.value.code == "NOT_FOUND"
+    with GrpcClient(f"127.0.0.1:{server.grpc_port}", version=9) as client:
+        with pytest.raises(ServingError) as info:
+            client.predict(images[:1])
+    assert info.value.code == "NOT_FOUND"
+
+
+def test_server_down_is_one_clear_error_after_retries():
+    with pytest.raises(ServingError) as info:
+        RestClient("http://127.0.0.1:9", timeout=2).predict([b"\xff\xd8\xff"])
+    assert info.value.code == "UNAVAILABLE" and "cannot reach TF Serving" in info.value.message
+    with GrpcClient("127.0.0.1:9", timeout=2, retries=2, backoff=0.01) as client:
+        with pytest.raises(ServingError) as info:
+            client.predict([b"\xff\xd8\xff"])
+    assert info.value.code == "UNAVAILABLE" and "after 3 attempt(s)" in info.value.message
+
+
+def test_a_bad_file_in_a_batch_does_not_cost_the_others_their_answers(server, synth_dir, tmp_path):
+    good = sorted(synth_dir.glob("test/*/*.jpeg"))[:3]
+    fake_jpeg = tmp_path / "fake.jpeg"
+    fake_jpeg.write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)  # passes the magic check, fails decoding on the server
+    text = tmp_path / "notes.jpeg"
+    text.write_text("not an image")
+    paths = [str(good[0]), str(fake_jpeg), str(good[1]), str(text), str(good[2])]
+    rows = list(predict_files(RestClient(f"http://127.0.0.1:{server.rest_port}"), paths, batch_size=4))
+    assert [r["path"] for r in rows] == paths
+    assert ["error" in r for r in rows] == [False, True, False, True, False]
+    assert "not a JPEG/PNG/BMP/GIF image" in rows[3]["error"]
+
+
+def test_rest_client_does_not_import_tensorflow():
+    code = "import clients.rest, sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize("flag", ["--grpc", "--rest", "--model"])
+def test_xray_predict_cli(server, model_base, synth_dir, tmp_path, flag):
+    target = {"--grpc": f"127.0.0.1:{server.grpc_port}", "--rest": f"http://127.0.0.1:{server.rest_port}",
+              "--model": str(model_base)}[flag]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    result = run_xray("predict", synth_dir / "test" / "NORMAL", broken, flag, target, check=False)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1 and "1 of" in result.stderr
+    assert rows[-1] == {"path": str(broken), "error": "empty file"}
+    assert all(0 <= r["probability"] <= 1 and r["label"] in contract.CLASS_NAMES for r in rows[:-1])
+    assert len(rows) - 1 == len(list((synth_dir / "test" / "NORMAL").glob("*.jpeg")))
+
+
+def test_xray_predict_explain_writes_overlays(model_base, synth_dir, tmp_path):
+    image = sorted(synth_dir.glob("test/PNEUMONIA/*.jpeg"))[0]
+    run_xray("predict", image, "--model", model_base, "--explain", tmp_path / "cam", "--format", "table")
+    (overlay,) = (tmp_path / "cam").iterdir()
+    assert overlay.name == f"{image.stem}_gradcam.png" and overlay.read_bytes().startswith(b"\x89PNG")
+
+
+def test_xray_predict_against_a_dead_server_is_one_line(synth_dir):
+    image = sorted(synth_dir.glob("test/*/*.jpeg"))[0]
+    for flag, target in (("--rest", "http://127.0.0.1:9"), ("--grpc", "127.0.0.1:9")):
+        result = run_xray("predict", image, flag, target, "--timeout", 2, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "UNAVAILABLE" in result.stderr and "cannot reach TF Serving" in result.stderr
+        assert "Traceback" not in result.stderr
+    result = run_xray("predict", "/nonexistent/*.jpeg", "--grpc", "127.0.0.1:9", check=False)
+    assert result.returncode == 2 and "no image files found" in result.stderr
