@@ -16,9 +16,15 @@ PRESET ?= demo
 DATA ?= $(BUILD)/shards
 WORKDIR ?= $(BUILD)/run
 PYTEST_ARGS ?=
+MODEL_BASE ?= $(BUILD)/models
+SERVING_CONFIG ?= $(BUILD)/serving-config
+# TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21).
+SERVING_IMAGE ?= tensorflow/serving:2.21.0
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test clean
+.PHONY: help venv train export serve predict test clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +48,27 @@ train: $(VENV)/.installed $(DATA)/manifest.json ## synth data -> shards -> train
 	$(XRAY) train --data $(DATA) --workdir $(WORKDIR) --preset $(PRESET) --workers $(WORKERS)
 	$(XRAY) evaluate --data $(DATA) --workdir $(WORKDIR)
 	@echo "artifacts: $(WORKDIR)/ (best.weights.h5, history.csv, tensorboard/, eval/)"
+
+export: $(VENV)/.installed ## export $(WORKDIR)'s best model to $(MODEL_BASE)/<version> (gated on test AUC)
+	$(XRAY) export --workdir $(WORKDIR) --model-base $(MODEL_BASE)
+	$(XRAY) export --model-base $(MODEL_BASE) --list
+
+serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :$(GRPC_PORT), REST :$(REST_PORT)
+	@command -v docker >/dev/null 2>&1 || { echo "make serve runs TF Serving with Docker, which is not installed here."; \
+	  echo "Install Docker Engine (https://docs.docker.com/engine/install/), or run tensorflow_model_server yourself with"; \
+	  echo "  --model_config_file=$(SERVING_CONFIG)/models.config (base path /models/xray -> $(MODEL_BASE))."; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "Docker is installed but its engine is not reachable (is the daemon running? are you in the docker group?)"; exit 1; }
+	@ls $(MODEL_BASE)/[0-9]* >/dev/null 2>&1 || { echo "no exported version under $(MODEL_BASE): run make export first"; exit 1; }
+	$(XRAY) export --model-base $(MODEL_BASE) --serving-config $(SERVING_CONFIG) --serving-base-path /models/xray
+	docker run --rm --name xray-serving -p $(GRPC_PORT):8500 -p $(REST_PORT):8501 \
+	  -v $(abspath $(MODEL_BASE)):/models/xray:ro -v $(abspath $(SERVING_CONFIG)):/config:ro \
+	  --entrypoint tensorflow_model_server $(SERVING_IMAGE) \
+	  --port=8500 --rest_api_port=8501 --model_config_file=/config/models.config \
+	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
+	  --monitoring_config_file=/config/monitoring.config
+
+predict: $(VENV)/.installed ## score the synthetic test images with the exported model in-process
+	$(XRAY) predict $(BUILD)/synth/test --model $(MODEL_BASE) --format table
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

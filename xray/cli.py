@@ -206,6 +206,8 @@ def _add_export(sub):
     p.add_argument("--label", choices=("stable", "canary"), help="point this label at --version (default: newest)")
     p.add_argument("--serving-base-path", default=None,
                    help="the model base path as the server sees it, written into models.config (default: /models/<name>)")
+    p.add_argument("--serving-config", metavar="OUTDIR",
+                   help="write models.config (with MODEL_BASE's labels), batching.config and monitoring.config to OUTDIR")
     p.set_defaults(run=_run_export)
 
 
@@ -228,6 +230,11 @@ def _run_export(args):
                   f"sens {m.get('sensitivity', float('nan')):.3f}  spec {m.get('specificity', float('nan')):.3f}  "
                   f"threshold {card.get('threshold', float('nan')):.3f}  {tags}")
         return 0
+    if args.serving_config:
+        labels = serving_config.read_labels(base)
+        names = serving_config.write_all(args.serving_config, args.serving_base_path or f"/models/{name}", labels)
+        print(f"wrote {', '.join(names)} to {args.serving_config} (labels: {labels or 'none: serve the newest version'})")
+        return 0
     if args.label:
         versions = {v["version"] for v in export.list_versions(base)}
         version = args.version if args.version is not None else max(versions, default=0)
@@ -239,7 +246,7 @@ def _run_export(args):
         print(f"{args.label} -> version {version} in {base}/models.config (labels: {labels})")
         return 0
     if not args.workdir:
-        raise UserError("--workdir is required to export (or use --list / --label)")
+        raise UserError("--workdir is required to export (or use --list, --label or --serving-config)")
     request = export.ExportRequest(
         workdir=args.workdir, model_base=base, model_name=name, version=args.version, data_uri=args.data,
         force=args.force, tolerance=export.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
