@@ -16,6 +16,10 @@ PRESET ?= demo
 DATA ?= $(BUILD)/shards
 WORKDIR ?= $(BUILD)/run
 PYTEST_ARGS ?=
+TUNE_DIR ?= $(BUILD)/tune
+TRIALS ?= 4
+TRIAL_EPOCHS ?= 3
+PARALLEL ?= 2
 MODEL_BASE ?= $(BUILD)/models
 SERVING_CONFIG ?= $(BUILD)/serving-config
 # TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21).
@@ -24,7 +28,7 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train export serve predict test clean
+.PHONY: help venv train tune export serve predict test clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +52,11 @@ train: $(VENV)/.installed $(DATA)/manifest.json ## synth data -> shards -> train
 	$(XRAY) train --data $(DATA) --workdir $(WORKDIR) --preset $(PRESET) --workers $(WORKERS)
 	$(XRAY) evaluate --data $(DATA) --workdir $(WORKDIR)
 	@echo "artifacts: $(WORKDIR)/ (best.weights.h5, history.csv, tensorboard/, eval/)"
+
+tune: $(VENV)/.installed $(DATA)/manifest.json ## KerasTuner search ($(TRIALS) trials, $(PARALLEL) parallel workers), then train + evaluate the best
+	$(XRAY) tune --data $(DATA) --workdir $(TUNE_DIR) --preset $(PRESET) --max-trials $(TRIALS) \
+	  --epochs-per-trial $(TRIAL_EPOCHS) --parallel $(PARALLEL) --retrain --workers $(WORKERS)
+	@echo "trials: $(TUNE_DIR)/trials.csv; best config: $(TUNE_DIR)/best_config.json; model: $(TUNE_DIR)/best/ (make export WORKDIR=$(TUNE_DIR)/best)"
 
 export: $(VENV)/.installed ## export $(WORKDIR)'s best model to $(MODEL_BASE)/<version> (gated on test AUC)
 	$(XRAY) export --workdir $(WORKDIR) --model-base $(MODEL_BASE)

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from trainer.config import ModelConfig, TrainConfig, preset
+from trainer.config import TrainConfig, preset
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
 

@@ -54,27 +54,18 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
-    """Starts ``python -m xray <worker_args>`` N times; returns 0 when all succeed, else the first failure's code."""
-    if num_workers < 1:
-        raise ValueError(f"--workers {num_workers} must be at least 1")
+def run_group(members: list[tuple[str, list[str], dict]], sink=None) -> int:
+    """Starts ``python -m xray <args>`` per (label, args, extra env); returns 0 when all succeed, else the
+    first failure's status (after stopping the others)."""
     sink = sink or sys.stdout
-    hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
-    threads = max(1, (os.cpu_count() or 1) // num_workers)
     processes, streams = [], []
-    for index in range(num_workers):
-        env = dict(os.environ)
-        env.pop("JOB_COMPLETION_INDEX", None)
-        env["TF_CONFIG"] = json.dumps(cluster.tf_config_for(hosts, index))
-        env[cluster.THREADS_ENV] = env.get(cluster.THREADS_ENV) or str(threads)
-        env["PYTHONUNBUFFERED"] = "1"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "xray", *worker_args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    for label, args, extra_env in members:
+        env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen([sys.executable, "-m", "xray", *args], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(process)
-        sink.write(f"[launcher] worker {index} pid {process.pid} at {hosts[index]} ({env[cluster.THREADS_ENV]} thread(s))\n")
-        thread = threading.Thread(target=_stream, args=(process, f"[worker {index}]", sink), daemon=True)
+        sink.write(f"[launcher] {label} pid {process.pid}\n")
+        thread = threading.Thread(target=_stream, args=(process, f"[{label}]", sink), daemon=True)
         thread.start()
         streams.append(thread)
     sink.flush()
@@ -84,17 +75,33 @@ def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 index, code = failed[0]
-                sink.write(f"[launcher] worker {index} exited with status {code}; stopping the others\n")
+                sink.write(f"[launcher] {members[index][0]} exited with status {code}; stopping the others\n")
                 _stop(processes)
                 return code if code > 0 else 128 - code  # killed by signal N -> 128 + N, like a shell
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(0.2)
     except KeyboardInterrupt:
-        sink.write("[launcher] interrupted; stopping workers (the backup keeps finished epochs)\n")
+        sink.write("[launcher] interrupted; stopping all processes\n")
         _stop(processes)
         return 130
     finally:
         for thread in streams:
             thread.join(timeout=5)
         sink.flush()
+
+
+def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
+    """Runs the training entry point as ``num_workers`` local processes with pod-identical TF_CONFIGs."""
+    if num_workers < 1:
+        raise ValueError(f"--workers {num_workers} must be at least 1")
+    sink = sink or sys.stdout
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    threads = os.environ.get(cluster.THREADS_ENV) or str(max(1, (os.cpu_count() or 1) // num_workers))
+    members = []
+    for index in range(num_workers):
+        # TF_CONFIG takes precedence over any Indexed Job variables in the environment.
+        env = {"TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), cluster.THREADS_ENV: threads}
+        members.append((f"worker {index}", worker_args, env))
+        sink.write(f"[launcher] worker {index} at {hosts[index]} ({threads} thread(s))\n")
+    return run_group(members, sink)

@@ -328,13 +328,104 @@ def _run_predict(args):
     return 1 if failed else 0
 
 
+def _add_tune(sub):
+    from trainer.config import PRESETS
+
+    p = sub.add_parser("tune", help="KerasTuner search of dropout, L2 and learning rate around the defaults",
+                       description="Searches dropout1, dropout2, l2 and learning_rate around the preset's values (the "
+                       "first trial is the preset itself). Writes WORKDIR/trials.csv, trials.json and best_config.json "
+                       "(a trainer config: xray train --config WORKDIR/best_config.json). Re-running on the same "
+                       "workdir continues the search. --parallel N runs a chief (oracle) and N worker processes, the "
+                       "same roles the Kubernetes tuner manifests run (KERASTUNER_TUNER_ID/ORACLE_IP/ORACLE_PORT).")
+    p.add_argument("--data", required=True, help="shards directory/URI")
+    p.add_argument("--workdir", required=True, help="search directory (shared by chief and workers)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="base config (default: demo)")
+    p.add_argument("--config", help="a config.json to search around instead of a preset")
+    p.add_argument("--algorithm", default="bayesian", choices=("bayesian", "hyperband", "random"))
+    p.add_argument("--objective", default="val_loss", choices=("val_loss", "val_auc"))
+    p.add_argument("--max-trials", type=int, default=8, help="trials in total, counting earlier runs on this workdir")
+    p.add_argument("--epochs-per-trial", type=int, default=0, help="default: the preset's train.epochs")
+    p.add_argument("--patience", type=int, default=3, help="early stopping inside a trial")
+    p.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH",
+                   help="override a search range, e.g. --range dropout1=0.1:0.5 --range learning_rate=1e-5:1e-2")
+    p.add_argument("--parallel", type=int, help="run a chief and N worker processes on this machine")
+    p.add_argument("--retrain", action="store_true", help="then train the best config (WORKDIR/best) and evaluate it")
+    p.add_argument("--workers", type=int, default=1, help="with --retrain: local training workers")
+    p.add_argument("overrides", nargs="*", help="config overrides for the base config, key=value")
+    p.set_defaults(run=_run_tune)
+
+
+def _run_tune(args):
+    from trainer.config import ConfigError
+
+    try:
+        base = _config_from_args(args)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    if args.parallel is not None:
+        from trainer import launch
+
+        if args.parallel < 1:
+            raise UserError(f"--parallel {args.parallel} must be at least 1")
+        port = launch.free_ports(1)[0]
+        role_args = ["tune", "--data", args.data, "--workdir", args.workdir, "--algorithm", args.algorithm,
+                     "--objective", args.objective, "--max-trials", str(args.max_trials),
+                     "--epochs-per-trial", str(args.epochs_per_trial), "--patience", str(args.patience)]
+        role_args += ["--config", args.config] if args.config else ["--preset", args.preset]
+        for item in args.range:
+            role_args += ["--range", item]
+        role_args += list(args.overrides)
+        threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
+        oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+        members = [("chief", role_args, {**oracle, "KERASTUNER_TUNER_ID": "chief", "CUDA_VISIBLE_DEVICES": ""})]
+        members += [(f"tuner{i}", role_args, {**oracle, "KERASTUNER_TUNER_ID": f"tuner{i}", "XRAY_THREADS": threads})
+                    for i in range(args.parallel)]
+        code = launch.run_group(members)
+        if code:
+            print(f"tuning failed (status {code}); re-run the same command to continue the search", file=sys.stderr)
+            return code
+        return _tune_report_and_retrain(args)
+    from tuner import search
+
+    try:
+        options = search.SearchOptions(args.algorithm, args.objective, args.max_trials, args.epochs_per_trial,
+                                       args.patience)
+        space = search.SearchSpace.parse(args.range)
+        rows = search.run(args.data, args.workdir, base, options, space)
+    except (ValueError, TimeoutError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+    if search.role() != "alone":
+        return 0
+    return _tune_report_and_retrain(args, rows)
+
+
+def _tune_report_and_retrain(args, rows=None):
+    workdir = args.workdir.rstrip("/")
+    if rows is None:
+        with open(f"{workdir}/trials.json") as f:
+            rows = json.load(f)
+    from tuner.search import format_table
+
+    print(format_table(rows, args.objective))
+    print(f"best config: {workdir}/best_config.json  (xray train --config {workdir}/best_config.json ...)")
+    if args.retrain:
+        from trainer import launch
+
+        train_args = ["train", "--data", args.data, "--workdir", f"{workdir}/best", "--config", f"{workdir}/best_config.json"]
+        code = launch.launch(args.workers, train_args)
+        if code:
+            return code
+        return main(["evaluate", "--data", args.data, "--workdir", f"{workdir}/best"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xray", description="Chest X-ray classifier pipeline: data, training, evaluation, export, prediction.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_export, _add_predict):
+    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_predict):
         add(sub)
     return parser
 

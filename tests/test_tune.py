@@ -1,0 +1,97 @@
+"""Real KerasTuner searches through the `xray tune` command line (tiny images, few trials)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_xray
+from trainer.config import Config, preset
+
+pytestmark = pytest.mark.slow
+TINY = ["--preset", "tiny", "--epochs-per-trial", 1]
+
+
+def _trials(workdir):
+    return json.loads((workdir / "trials.json").read_text())
+
+
+def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, tmp_path):
+    workdir = tmp_path / "tune"
+    result = run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 3)
+    rows = _trials(workdir)
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    first = next(r for r in rows if r["trial"] == "0")
+    defaults = preset("tiny")
+    assert (first["dropout1"], first["dropout2"], first["l2"], first["learning_rate"]) == (
+        defaults.model.dropout1, defaults.model.dropout2, defaults.model.l2, defaults.train.learning_rate)
+    assert sorted(r["rank"] for r in rows) == [1, 2, 3]
+    assert result.stdout.count("[tune] trial") == 3 and "rank  trial" in result.stdout
+    assert (workdir / "trials.csv").read_text().splitlines()[0].startswith("trial,status,rank,objective")
+
+    best_row = next(r for r in rows if r["rank"] == 1)
+    best = Config.load(str(workdir / "best_config.json"))  # loads in the trainer
+    assert (best.model.dropout1, best.model.l2, best.train.learning_rate) == (
+        best_row["dropout1"], best_row["l2"], best_row["learning_rate"])
+    assert best.model.image_size == defaults.model.image_size  # the rest is the base preset
+
+    run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 4)
+    resumed = _trials(workdir)
+    assert len(resumed) == 4
+    def without_rank(row):
+        return {key: value for key, value in row.items() if key != "rank"}
+
+    # The earlier trials are kept as they were (only their rank may change); one new trial ran.
+    assert [without_rank(r) for r in resumed if r["trial"] != "3"] == [without_rank(r) for r in rows]
+
+
+def test_crashing_trials_are_recorded_failed_and_the_search_goes_on(shards_dir, tmp_path):
+    workdir = tmp_path / "tune"
+    # Dropout rates >= 1 are rejected when the model is built: those trials crash.
+    run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 4, "--algorithm", "random",
+             "--range", "dropout1=0.8:1.1", "dropout1=0.85")
+    rows = _trials(workdir)
+    statuses = {r["trial"]: r["status"] for r in rows}
+    assert "FAILED" in statuses.values() and "COMPLETED" in statuses.values(), statuses
+    assert all((r["status"] == "FAILED") == (r["dropout1"] >= 1) for r in rows)
+    assert all("rank" not in r for r in rows if r["status"] == "FAILED")
+
+
+def test_chief_and_two_workers_record_every_trial_once(shards_dir, tmp_path):
+    workdir = tmp_path / "tune"
+    result = run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 4, "--parallel", 2)
+    rows = _trials(workdir)
+    assert sorted(r["trial"] for r in rows) == ["0", "1", "2", "3"]
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    assert "[launcher] chief" in result.stdout and "[launcher] tuner1" in result.stdout
+    # Both workers ran trials.
+    assert "[tuner0]" in result.stdout and "[tuner1]" in result.stdout
+
+
+def test_worker_without_a_chief_fails_clearly(shards_dir, tmp_path):
+    env = {"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "9",
+           "XRAY_TUNE_ORACLE_WAIT_S": "2"}
+    result = run_xray("tune", "--data", shards_dir, "--workdir", tmp_path, *TINY, env=env, check=False, timeout=120)
+    assert result.returncode == 2
+    assert "the tuner chief (oracle) at 127.0.0.1:9 did not answer within 2s" in result.stderr
+
+
+def test_worker_stops_when_its_chief_goes_away(shards_dir, tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    env = {"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    worker = subprocess.Popen([sys.executable, "-m", "xray", "tune", "--data", str(shards_dir), "--workdir", str(tmp_path),
+                               "--preset", "tiny"], cwd=REPO, env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(10)  # the worker found its "chief" and is waiting on it
+    assert worker.poll() is None
+    listener.close()  # the chief dies
+    output, _ = worker.communicate(timeout=90)
+    assert worker.returncode == 3, output[-2000:]
+    assert f"the chief at 127.0.0.1:{port} is gone; this worker stops" in output

@@ -1,0 +1,19 @@
+"""The one place that imports KerasTuner.
+
+KerasTuner 1.4 imports `keras` (Keras 3) and rejects tf-keras models, so `keras` must resolve to
+tf_keras before keras_tuner is imported (and KerasTuner needs tensorboard installed).
+"""
+
+import sys
+
+import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from trainer.kerasapi import keras
+
+if "keras_tuner" not in sys.modules:
+    if "keras" in sys.modules and sys.modules["keras"] is not keras:
+        raise RuntimeError("Keras 3 was imported before the tuner: import tuner.kt first")
+    sys.modules["keras"] = keras
+
+import keras_tuner as kt  # noqa: E402
+
+__all__ = ["kt"]

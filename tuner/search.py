@@ -1,0 +1,345 @@
+"""KerasTuner search around the documented defaults; writes trials.csv/json and best_config.json.
+
+    xray tune --data build/shards --workdir build/tune --preset demo --max-trials 4 --parallel 2
+
+Space (bounds overridable): dropout1 in [0, 0.6] (default 0.3), dropout2 in [0, 0.6] (0.2),
+l2 log-uniform in [1e-6, 1e-2] (1e-4), learning_rate log-uniform in [1e-5, 1e-3] (1e-4), the
+defaults being the preset's values. With Bayesian optimisation and random search the first trial is
+exactly the defaults, so the search can only improve on them.
+
+Roles (KerasTuner's distributed mode): with KERASTUNER_TUNER_ID=chief this process is the oracle;
+with another id it is a worker that runs trials; with neither it searches alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+
+import tensorflow as tf
+
+from trainer import data, records
+from trainer.config import Config
+from trainer.kerasapi import keras
+from trainer.model import build_model, compile_model
+from tuner.kt import kt
+
+ALGORITHMS = ("bayesian", "hyperband", "random")
+OBJECTIVES = {"val_loss": "min", "val_auc": "max"}
+PROJECT = "search"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    dropout1: tuple[float, float] = (0.0, 0.6)
+    dropout2: tuple[float, float] = (0.0, 0.6)
+    l2: tuple[float, float] = (1e-6, 1e-2)
+    learning_rate: tuple[float, float] = (1e-5, 1e-3)
+
+    @classmethod
+    def parse(cls, assignments: list[str]) -> "SearchSpace":
+        """``name=low:high`` strings, e.g. ``dropout1=0.1:0.5`` or ``learning_rate=1e-5:1e-2``."""
+        values = {}
+        names = [f.name for f in dataclasses.fields(cls)]
+        for assignment in assignments:
+            name, _, bounds = assignment.partition("=")
+            low, sep, high = bounds.partition(":")
+            if name not in names or not sep:
+                raise ValueError(f"--range {assignment!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(names)}")
+            try:
+                values[name] = (float(low), float(high))
+            except ValueError:
+                raise ValueError(f"--range {assignment!r}: LOW and HIGH must be numbers") from None
+            if not values[name][0] < values[name][1]:
+                raise ValueError(f"--range {assignment!r}: LOW must be below HIGH")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    algorithm: str = "bayesian"
+    objective: str = "val_loss"
+    max_trials: int = 8
+    epochs_per_trial: int = 0  # 0: the preset's train.epochs
+    patience: int = 3  # early stopping inside a trial
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.max_trials < 1:
+            raise ValueError(f"--max-trials {self.max_trials} must be at least 1")
+
+
+def config_for(base: Config, values: dict) -> Config:
+    """The trainer config for one set of hyperparameter values."""
+    model = dataclasses.replace(base.model, dropout1=values["dropout1"], dropout2=values["dropout2"], l2=values["l2"])
+    train = dataclasses.replace(base.train, learning_rate=values["learning_rate"])
+    return dataclasses.replace(base, model=model, train=train)
+
+
+class XrayHyperModel(kt.HyperModel):
+    """Builds through trainer.model, reads through trainer.data; reports metrics at the best epoch."""
+
+    def __init__(self, base: Config, space: SearchSpace, options: SearchOptions, data_uri: str):
+        super().__init__(name="xray")
+        self.base, self.space, self.options, self.data_uri = base, space, options, data_uri
+        self.manifest = records.read_manifest(data_uri)
+
+    def values(self, hp) -> dict:
+        base, space = self.base, self.space
+        return {
+            "dropout1": hp.Float("dropout1", *space.dropout1, default=base.model.dropout1),
+            "dropout2": hp.Float("dropout2", *space.dropout2, default=base.model.dropout2),
+            "l2": hp.Float("l2", *space.l2, sampling="log", default=base.model.l2),
+            "learning_rate": hp.Float("learning_rate", *space.learning_rate, sampling="log", default=base.train.learning_rate),
+        }
+
+    def build(self, hp):
+        config = config_for(self.base, self.values(hp))
+        return compile_model(build_model(config.model), config.train)
+
+    def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, **kwargs):
+        config = config_for(self.base, self.values(hp))
+        batch = config.train.batch_size
+        size = config.model.image_size
+        weights = records.class_weights(self.manifest)
+        train = data.make_dataset(records.shard_pattern(self.data_uri, "train"), batch, True, image_size=size,
+                                  seed=config.train.seed, class_weights=weights, augment=config.train.augment)
+        val = data.make_dataset(records.shard_pattern(self.data_uri, "val"), batch, False, image_size=size)
+        steps = config.train.steps_per_epoch or records.num_steps(sum(self.manifest["counts"]["train"].values()), batch)
+        monitor = self.options.objective
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=OBJECTIVES[monitor], patience=self.options.patience)
+        started = time.monotonic()
+        history = model.fit(train, epochs=epochs or self.options.epochs_per_trial or config.train.epochs,
+                            initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=val,
+                            callbacks=[*(callbacks or []), stop], verbose=0).history
+        scores = history[monitor]
+        best = (min if OBJECTIVES[monitor] == "min" else max)(range(len(scores)), key=scores.__getitem__)
+        # Report the best epoch's metrics (not the last), with the trial's length and duration.
+        metrics = {key: float(values[best]) for key, values in history.items() if values}
+        metrics.update({"epochs": float(len(scores)), "seconds": round(time.monotonic() - started, 1)})
+        return metrics
+
+
+class _ReportingOracle:
+    """Mixin for an Oracle: the defaults as the first trial, and a progress line + files per finished trial."""
+
+    report = None  # set by make_tuner: a callable(oracle) that writes the trial files
+
+    def populate_space(self, trial_id):
+        defaults = {hp.name: hp.default for hp in self.hyperparameters.space}
+        tried = [t.hyperparameters.values for tid, t in self.trials.items() if tid != trial_id]
+        if defaults and not any(all(v.get(k) == d for k, d in defaults.items()) for v in tried):
+            return {"status": "RUNNING", "values": defaults}
+        return super().populate_space(trial_id)
+
+    def end_trial(self, trial):
+        result = super().end_trial(trial)
+        if self.report:
+            self.report(self)
+        return result
+
+
+class DefaultsFirstBayesian(_ReportingOracle, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class DefaultsFirstRandom(_ReportingOracle, kt.oracles.RandomSearchOracle):
+    pass
+
+
+class ReportingHyperband(kt.oracles.HyperbandOracle):
+    """Hyperband keeps its own bracket schedule (so no forced defaults), but reports like the others."""
+
+    report = None
+
+    def end_trial(self, trial):
+        result = super().end_trial(trial)
+        if self.report:
+            self.report(self)
+        return result
+
+
+def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str):
+    objective = kt.Objective(options.objective, OBJECTIVES[options.objective])
+    common = dict(objective=objective, seed=options.seed, max_consecutive_failed_trials=3)
+    if options.algorithm == "hyperband":
+        max_epochs = options.epochs_per_trial or hypermodel.base.train.epochs
+        oracle = ReportingHyperband(max_epochs=max_epochs, factor=3, hyperband_iterations=1, **common)
+        tuner_cls = kt.Hyperband
+    else:
+        oracle_cls = DefaultsFirstBayesian if options.algorithm == "bayesian" else DefaultsFirstRandom
+        oracle = oracle_cls(max_trials=options.max_trials, **common)
+        tuner_cls = kt.Tuner
+    oracle.report = lambda o: write_reports(o, hypermodel, options, workdir)
+    if tuner_cls is kt.Hyperband:
+        # kt.Hyperband builds its own oracle; hand it ours by building the base Tuner with Hyperband's trial logic.
+        tuner = _HyperbandTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
+    else:
+        tuner = kt.Tuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
+    return tuner
+
+
+class _HyperbandTuner(kt.Tuner):
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        if "tuner/epochs" in hp.values:
+            kwargs["epochs"] = hp.values["tuner/epochs"]
+            kwargs["initial_epoch"] = hp.values["tuner/initial_epoch"]
+        return super().run_trial(trial, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reports: trials.csv, trials.json, best_config.json and a progress line.
+# ----------------------------------------------------------------------------------------------------
+
+TRIAL_FIELDS = ("dropout1", "dropout2", "l2", "learning_rate")
+
+
+def trial_rows(oracle, objective: str) -> list[dict]:
+    rows = []
+    for trial_id, trial in sorted(oracle.trials.items(), key=lambda item: _trial_order(item[0])):
+        metrics = {name: trial.metrics.get_best_value(name) for name in trial.metrics.metrics}
+        row = {"trial": trial_id, "status": trial.status, "objective": trial.score,
+               **{name: trial.hyperparameters.values.get(name) for name in TRIAL_FIELDS},
+               "val_auc": metrics.get("val_auc"), "val_loss": metrics.get("val_loss"),
+               "epochs": int(metrics["epochs"]) if metrics.get("epochs") is not None else None,
+               "seconds": metrics.get("seconds")}
+        rows.append(row)
+    reverse = OBJECTIVES[objective] == "max"
+    finished = [r for r in rows if r["objective"] is not None and not math.isnan(r["objective"])]
+    for rank, row in enumerate(sorted(finished, key=lambda r: r["objective"], reverse=reverse), 1):
+        row["rank"] = rank
+    return rows
+
+
+def _trial_order(trial_id: str):
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+
+
+def write_reports(oracle, hypermodel: XrayHyperModel, options: SearchOptions, workdir: str,
+                  announce: bool = True) -> list[dict]:
+    rows = trial_rows(oracle, options.objective)
+    tf.io.gfile.makedirs(workdir)
+    _write(f"{workdir}/trials.json", json.dumps(rows, indent=2))
+    buffer = io.StringIO()
+    columns = ["trial", "status", "rank", "objective", *TRIAL_FIELDS, "val_auc", "val_loss", "epochs", "seconds"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write(f"{workdir}/trials.csv", buffer.getvalue())
+    ranked = sorted((r for r in rows if "rank" in r), key=lambda r: r["rank"])
+    if ranked:
+        best = ranked[0]
+        config = config_for(hypermodel.base, best)
+        _write(f"{workdir}/best_config.json", json.dumps(config.to_dict(), indent=2))
+    done = [r for r in rows if r["status"] in ("COMPLETED", "FAILED", "INVALID")]
+    last = max(done, key=lambda r: _trial_order(r["trial"])) if done else None
+    if last and announce:
+        score = f"{options.objective} {last['objective']:.4f}" if last["objective"] is not None else "FAILED"
+        best_text = f"; best {ranked[0]['objective']:.4f} (trial {ranked[0]['trial']})" if ranked else ""
+        print(f"[tune] trial {last['trial']} {last['status'].lower()}: {score}{best_text} "
+              f"({len(done)} of {options.max_trials} done)", flush=True)
+    return rows
+
+
+def _write(path: str, text: str) -> None:
+    with tf.io.gfile.GFile(f"{path}.tmp", "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+
+
+def format_table(rows: list[dict], objective: str) -> str:
+    ranked = sorted(rows, key=lambda r: (r.get("rank") is None, r.get("rank") or 0, _trial_order(r["trial"])))
+    lines = [f"{'rank':>4s}  {'trial':>5s}  {'status':9s}  {objective:>9s}  {'val_auc':>7s}  {'dropout1':>8s}  "
+             f"{'dropout2':>8s}  {'l2':>9s}  {'lr':>9s}  {'epochs':>6s}"]
+    for r in ranked:
+        number = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
+        lines.append(f"{r.get('rank', '-')!s:>4s}  {r['trial']:>5s}  {r['status']:9s}  {number(r['objective'], '9.4f')}  "
+                     f"{number(r['val_auc'], '7.4f')}  {number(r['dropout1'], '8.3f')}  {number(r['dropout2'], '8.3f')}  "
+                     f"{number(r['l2'], '9.2e')}  {number(r['learning_rate'], '9.2e')}  {number(r['epochs'], '6d')}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed roles.
+# ----------------------------------------------------------------------------------------------------
+
+ORACLE_WAIT_ENV = "XRAY_TUNE_ORACLE_WAIT_S"
+
+
+def role() -> str:
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
+    if not tuner_id:
+        return "alone"
+    return "chief" if "chief" in tuner_id else "worker"
+
+
+def _oracle_address() -> tuple[str, int]:
+    host = os.environ.get("KERASTUNER_ORACLE_IP")
+    port = os.environ.get("KERASTUNER_ORACLE_PORT")
+    if not host or not port:
+        raise ValueError("KERASTUNER_TUNER_ID is set but KERASTUNER_ORACLE_IP/KERASTUNER_ORACLE_PORT are not")
+    return ("127.0.0.1" if host == "0.0.0.0" else host), int(port)
+
+
+def _reachable(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_oracle(deadline_s: float) -> None:
+    """A worker that starts before the chief retries until ``deadline_s``, then fails with a clear error."""
+    address = _oracle_address()
+    deadline = time.monotonic() + deadline_s
+    while not _reachable(address):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the tuner chief (oracle) at {address[0]}:{address[1]} did not answer within "
+                               f"{deadline_s:.0f}s; is the chief running and KERASTUNER_ORACLE_IP/PORT right?")
+        time.sleep(1)
+
+
+def watch_oracle(interval_s: float = 5, misses: int = 3) -> threading.Thread:
+    """KerasTuner's client waits up to an hour for a dead chief; stop the worker when the chief is gone."""
+    address = _oracle_address()
+
+    def watch():
+        missed = 0
+        while True:
+            time.sleep(interval_s)
+            missed = 0 if _reachable(address) else missed + 1
+            if missed >= misses:
+                print(f"[tune] the chief at {address[0]}:{address[1]} is gone; this worker stops", file=sys.stderr, flush=True)
+                os._exit(3)
+
+    thread = threading.Thread(target=watch, daemon=True, name="oracle-watch")
+    thread.start()
+    return thread
+
+
+def run(data_uri: str, workdir: str, base: Config, options: SearchOptions, space: SearchSpace = SearchSpace()) -> list[dict]:
+    """Searches (or continues a search in ``workdir``) in this process's role; returns the trial rows."""
+    current = role()
+    if current == "worker":
+        wait_for_oracle(float(os.environ.get(ORACLE_WAIT_ENV, "300")))
+        watch_oracle()
+    hypermodel = XrayHyperModel(base, space, options, data_uri)
+    tuner = make_tuner(hypermodel, options, workdir)
+    tuner.search()
+    if current == "worker":
+        return []
+    return write_reports(tuner.oracle, hypermodel, options, workdir, announce=False)
