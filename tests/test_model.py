@@ -91,3 +91,21 @@ def test_model_module_has_no_device_or_distribution_code():
     source = inspect.getsource(trainer.model)
     for word in ("strategy", "tf.distribute", "TF_CONFIG", "device(", "worker"):
         assert word not in source, word
+
+
+def test_mixed_precision_keeps_the_sigmoid_in_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = compile_model(build_model(SMALL), TrainConfig())
+        assert model.get_layer("dense1").compute_dtype == "bfloat16"
+        assert model.get_layer("probability").compute_dtype == "float32"
+        assert model.output.dtype == "float32"
+        logs = model.train_on_batch(np.zeros((2, 32, 32, 3), np.float32), np.array([[0.0], [1.0]]), return_dict=True)
+        assert np.isfinite(logs["loss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_xla_switch_reaches_compile():
+    assert compile_model(build_model(SMALL), TrainConfig(), jit_compile=True).jit_compile is True
+    assert compile_model(build_model(SMALL), TrainConfig()).jit_compile is False
