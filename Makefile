@@ -16,10 +16,21 @@ PRESET ?= demo
 DATA ?= $(BUILD)/shards
 WORKDIR ?= $(BUILD)/run
 PYTEST_ARGS ?=
+# Cluster runs: the project image, the overlay (k8s/overlays/<OVERLAY>), and paths as the pods see them.
+IMAGE ?=
+TAG ?= 0.1.0
+VARIANT ?= cpu
+OVERLAY ?= local
+NAMESPACE ?= xray
+CLUSTER_DATA ?= /mnt/xray/shards
+CLUSTER_WORKDIR ?= /mnt/xray/runs/train
+JOB ?= xray-train
 TUNE_DIR ?= $(BUILD)/tune
 TRIALS ?= 4
 TRIAL_EPOCHS ?= 3
 PARALLEL ?= 2
+# val_auc: after 3 epochs from scratch, val_loss mostly measures how settled the BatchNorm statistics are.
+OBJECTIVE ?= val_auc
 MODEL_BASE ?= $(BUILD)/models
 SERVING_CONFIG ?= $(BUILD)/serving-config
 # TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21).
@@ -28,10 +39,10 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train tune export serve predict test clean
+.PHONY: help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +66,7 @@ train: $(VENV)/.installed $(DATA)/manifest.json ## synth data -> shards -> train
 
 tune: $(VENV)/.installed $(DATA)/manifest.json ## KerasTuner search ($(TRIALS) trials, $(PARALLEL) parallel workers), then train + evaluate the best
 	$(XRAY) tune --data $(DATA) --workdir $(TUNE_DIR) --preset $(PRESET) --max-trials $(TRIALS) \
-	  --epochs-per-trial $(TRIAL_EPOCHS) --parallel $(PARALLEL) --retrain --workers $(WORKERS)
+	  --epochs-per-trial $(TRIAL_EPOCHS) --objective $(OBJECTIVE) --parallel $(PARALLEL) --retrain --workers $(WORKERS)
 	@echo "trials: $(TUNE_DIR)/trials.csv; best config: $(TUNE_DIR)/best_config.json; model: $(TUNE_DIR)/best/ (make export WORKDIR=$(TUNE_DIR)/best)"
 
 export: $(VENV)/.installed ## export $(WORKDIR)'s best model to $(MODEL_BASE)/<version> (gated on test AUC)
@@ -78,6 +89,42 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 
 predict: $(VENV)/.installed ## score the synthetic test images with the exported model in-process
 	$(XRAY) predict $(BUILD)/synth/test --model $(MODEL_BASE) --format table
+
+image: ## build the project image: make image IMAGE=registry/xray TAG=0.1.0 [VARIANT=gpu]
+	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make image IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
+	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(TAG) .
+
+push: ## push the project image: make push IMAGE=registry/xray TAG=0.1.0
+	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make push IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
+	docker push $(IMAGE):$(TAG)
+
+train-cluster: $(VENV)/.installed ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CLUSTER_DATA, CLUSTER_WORKDIR), follow it
+	$(XRAY) preflight --component train --overlay $(OVERLAY) --image $(IMAGE):$(TAG) --workers $(WORKERS) \
+	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --out $(BUILD)/k8s/train
+	kubectl -n $(NAMESPACE) delete job xray-train --ignore-not-found --wait=true
+	kubectl apply -k $(BUILD)/k8s/train
+	$(XRAY) jobs watch xray-train -n $(NAMESPACE)
+
+tune-cluster: $(VENV)/.installed ## pre-flight, apply the tuner chief + PARALLEL workers, follow the workers
+	$(XRAY) preflight --component tune --overlay $(OVERLAY) --image $(IMAGE):$(TAG) --workers $(PARALLEL) \
+	  --data $(CLUSTER_DATA) --namespace $(NAMESPACE) --out $(BUILD)/k8s/tune
+	kubectl -n $(NAMESPACE) delete job xray-tune-chief xray-tune-workers --ignore-not-found --wait=true
+	kubectl apply -k $(BUILD)/k8s/tune
+	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE)
+
+deploy-serving: $(VENV)/.installed ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
+	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving
+	kubectl apply -k $(BUILD)/k8s/serving
+	kubectl -n $(NAMESPACE) rollout status deployment/xray-serving --timeout=10m
+
+status: $(VENV)/.installed ## worker table, latest epoch and warnings of JOB (default xray-train)
+	$(XRAY) jobs status $(JOB) -n $(NAMESPACE)
+
+logs: $(VENV)/.installed ## follow the chief's log of JOB
+	$(XRAY) jobs logs $(JOB) -n $(NAMESPACE) --follow
+
+delete: $(VENV)/.installed ## delete JOB and its pods (the workdir on the volume stays)
+	$(XRAY) jobs delete $(JOB) -n $(NAMESPACE)
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -48,6 +48,8 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(row["workers"] == 2 and "val_auc" in row and "lr" in row for row in history)
     assert "2 replica(s) in sync; global batch 4 = 2.0 per replica" in result.stdout
+    assert result.stdout.count("[worker 0] xray-epoch {") == 2  # what `xray jobs status` reads from the chief's log
+    assert "[worker 1] xray-epoch" not in result.stdout
 
     again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2")
     assert "already finished training" in again.stdout

@@ -46,8 +46,9 @@ def _write_text(path: str, text: str) -> None:
 class HistoryLog(keras.callbacks.Callback):
     """Appends ``{"epoch": 1-based, "time", "run_id", "workers", "lr", metrics...}`` per epoch."""
 
-    def __init__(self, jsonl_path: str, csv_path: str, run_id: str, num_workers: int):
+    def __init__(self, jsonl_path: str, csv_path: str, run_id: str, num_workers: int, announce: bool = False):
         super().__init__()
+        self.announce = announce  # the chief prints each line too, for `xray jobs status` to read from its log
         self.jsonl_path, self.csv_path = jsonl_path, csv_path
         self.run_id, self.num_workers = run_id, num_workers
         self._first_epoch_seen = False
@@ -75,6 +76,8 @@ class HistoryLog(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self._rows.append(row)
         self._write_all()
+        if self.announce:
+            print(f"xray-epoch {json.dumps(row)}", flush=True)
         self._epoch_started = time.time()
 
     def _write_all(self):

@@ -153,7 +153,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     # seeks inside the zip archive; the architecture is rebuilt from config.json (trainer.model.load_trained).
     checkpoint = keras.callbacks.ModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
                                                  save_weights_only=True)
-    history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers)
+    history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers,
+                                        announce=spec.is_chief)
     fit_callbacks = [
         # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
         keras.callbacks.BackupAndRestore(paths.backup),

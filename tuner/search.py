@@ -279,7 +279,14 @@ def format_table(rows: list[dict], objective: str) -> str:
 ORACLE_WAIT_ENV = "XRAY_TUNE_ORACLE_WAIT_S"
 
 
+def complete_tuner_id(env=os.environ) -> None:
+    """In a Kubernetes Indexed Job every worker pod gets KERASTUNER_TUNER_ID=tuner; make it unique."""
+    if env.get("KERASTUNER_TUNER_ID") == "tuner" and env.get("JOB_COMPLETION_INDEX", "").isdigit():
+        env["KERASTUNER_TUNER_ID"] = f"tuner{env['JOB_COMPLETION_INDEX']}"
+
+
 def role() -> str:
+    complete_tuner_id()
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
     if not tuner_id:
         return "alone"

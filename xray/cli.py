@@ -419,13 +419,80 @@ def _tune_report_and_retrain(args, rows=None):
     return 0
 
 
+def _add_preflight(sub):
+    p = sub.add_parser("preflight", help="check a cluster run before applying it, and render its kustomization",
+                       description="Checks the kube context, the namespace and volume claim, the image, that there are "
+                       "at least as many train shards as workers (when DATA is readable from here) and that no job of "
+                       "the same name is still running; then writes OUT/kustomization.yaml on top of "
+                       "k8s/overlays/OVERLAY/COMPONENT (apply it with kubectl apply -k OUT).")
+    p.add_argument("--component", choices=("train", "tune", "serving"), default="train")
+    p.add_argument("--overlay", default="local", help="k8s/overlays/<overlay> (local, gpu)")
+    p.add_argument("--image", default="", help="project image registry/name:tag (train, tune)")
+    p.add_argument("--workers", type=int, default=2, help="training workers / tuning trial workers")
+    p.add_argument("--data", default="/mnt/xray/shards", help="shards URI as the pods see it")
+    p.add_argument("--workdir", default="", help="run directory as the pods see it (default: the overlay's)")
+    p.add_argument("--namespace", default="xray")
+    p.add_argument("--out", required=True, help="directory for the rendered kustomization")
+    p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
+    p.set_defaults(run=_run_preflight)
+
+
+def _run_preflight(args):
+    from xray import kube
+
+    request = kube.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
+                                 args.namespace)
+    try:
+        warnings = kube.preflight(request, args.out, check_cluster=not args.offline)
+    except kube.ClusterError as error:
+        raise UserError(str(error)) from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
+
+
+def _add_jobs(sub):
+    p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: status, watch, logs, delete",
+                       description="Like kubectl, for our jobs: one row per worker pod (index, phase, restarts, node, age), "
+                       "the latest epoch and metrics from the chief's log, recent warning events, and a summary.")
+    p.add_argument("action", choices=("status", "watch", "logs", "delete"))
+    p.add_argument("name", nargs="?", default="xray-train", help="job name (default: xray-train)")
+    p.add_argument("-n", "--namespace", default="xray")
+    p.add_argument("--index", type=int, default=0, help="logs: the worker index (0 is the chief)")
+    p.add_argument("-f", "--follow", action="store_true", help="logs: stream")
+    p.add_argument("--tail", type=int, default=None, help="logs: last N lines")
+    p.add_argument("--interval", type=float, default=10.0, help="watch: seconds between refreshes")
+    p.set_defaults(run=_run_jobs)
+
+
+def _run_jobs(args):
+    from xray import kube
+
+    try:
+        if args.action == "status":
+            state, text = kube.status(args.name, args.namespace)
+            print(text)
+            return {"succeeded": 0, "failed": 1}.get(state, 0)
+        if args.action == "watch":
+            return kube.watch(args.name, args.namespace, args.interval)
+        if args.action == "logs":
+            kube.logs(args.name, args.namespace, args.index, args.follow, args.tail)
+            return 0
+        kube.delete(args.name, args.namespace)
+        print(f"deleted job {args.namespace}/{args.name} and its pods")
+    except kube.ClusterError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xray", description="Chest X-ray classifier pipeline: data, training, evaluation, export, prediction.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_predict):
+    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_predict,
+                _add_preflight, _add_jobs):
         add(sub)
     return parser
 

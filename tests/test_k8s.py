@@ -1,0 +1,211 @@
+"""Kubernetes manifests, checked with what is real here: kubectl kustomize, the official OpenAPI schemas
+(kubernetes-validate), and the trainer's own TF_CONFIG logic. No API server is available."""
+
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import REPO
+from serving import config as serving_config
+from trainer import cluster
+
+K8S = REPO / "k8s"
+OVERLAYS = sorted(str(p.relative_to(REPO)) for p in K8S.glob("overlays/*/*") if p.name != "namespace")
+BASES = sorted(str(p.relative_to(REPO)) for p in K8S.glob("base/*"))
+KUBERNETES_VERSIONS = ("1.30.0", "1.32.0", "1.34.0")
+POD_KINDS = {"Job": ("spec", "template", "spec"), "Deployment": ("spec", "template", "spec")}
+
+
+def render(path: str) -> list[dict]:
+    result = subprocess.run(["kubectl", "kustomize", str(REPO / path)], capture_output=True, text=True)
+    assert result.returncode == 0, f"kustomize {path} failed: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_spec(obj: dict) -> dict | None:
+    keys = POD_KINDS.get(obj["kind"])
+    if not keys:
+        return None
+    spec = obj
+    for key in keys:
+        spec = spec[key]
+    return spec
+
+
+def _with_tensorboard():
+    """The optional TensorBoard component, rendered on top of the local train overlay."""
+    out = REPO / "build" / "k8s-test" / "tensorboard"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../../../k8s/overlays/local/train"], "components": ["../../../k8s/components/tensorboard"]}))
+    return str(out.relative_to(REPO))
+
+
+def all_rendered():
+    return [(path, obj) for path in BASES + OVERLAYS + [_with_tensorboard()] for obj in render(path)]
+
+
+def test_every_base_and_overlay_renders():
+    assert len(OVERLAYS) == 6 and {"k8s/base/train", "k8s/base/tune", "k8s/base/serving"} <= set(BASES)
+    for path in BASES + OVERLAYS:
+        kinds = {obj["kind"] for obj in render(path)}
+        assert kinds, path
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_validates_against_the_official_schemas(version):
+    for path, obj in all_rendered():
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            raise AssertionError(f"{path}: {obj['kind']}/{obj['metadata']['name']} invalid for {version}: {error.message}")
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard_and_has_resources():
+    checked = 0
+    for path, obj in all_rendered():
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        checked += 1
+        where = f"{path}: {obj['kind']}/{obj['metadata']['name']}"
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), where
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{where}: no writable /tmp with a read-only root filesystem"
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+    assert checked >= 13
+
+
+def test_app_kubernetes_io_labels_everywhere():
+    for path, obj in all_rendered():
+        labels = obj["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/part-of") == "xray", f"{path}: {obj['kind']}/{obj['metadata']['name']}"
+
+
+def _selected(policy: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+
+
+def test_every_unauthenticated_grpc_port_is_covered_by_a_network_policy():
+    for path in OVERLAYS + [_with_tensorboard()]:
+        objects = render(path)
+        policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        for obj in objects:
+            spec = pod_spec(obj)
+            if spec is None:
+                continue
+            labels = dict(obj["spec"]["template"]["metadata"]["labels"])
+            if obj["kind"] == "Job":
+                labels["batch.kubernetes.io/job-name"] = obj["metadata"]["name"]  # added by the Job controller
+            ports = {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+            covering = [p for p in policies if _selected(p, labels)]
+            for port in ports:
+                allowed = {rule_port["port"] for p in covering for rule in p["spec"]["ingress"] for rule_port in rule["ports"]}
+                assert port in allowed, f"{path}: {obj['metadata']['name']} port {port} is not covered by a NetworkPolicy"
+
+
+@pytest.mark.parametrize("overlay", ["k8s/overlays/local/train", "k8s/overlays/gpu/train"])
+def test_the_train_job_env_yields_the_tf_config_the_trainer_builds(overlay):
+    objects = render(overlay)
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The fieldRef resolves to the Job's name label, which the Job controller sets on its pods.
+    assert [e for e in container["env"] if e["name"] == "XRAY_JOB_NAME"][0]["valueFrom"]["fieldRef"]["fieldPath"] \
+        == "metadata.labels['batch.kubernetes.io/job-name']"
+    env["XRAY_JOB_NAME"] = job["metadata"]["name"]
+    workers = int(env["XRAY_NUM_WORKERS"])
+    assert workers == spec["completions"]
+    # The headless Service is the pods' subdomain and publishes not-ready pods.
+    assert pod["subdomain"] == service["metadata"]["name"] == env["XRAY_SERVICE_NAME"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
+    port = container["ports"][0]["containerPort"]
+    assert str(port) == env["XRAY_WORKER_PORT"]
+    hosts = [f"{job['metadata']['name']}-{i}.{pod['subdomain']}:{port}" for i in range(workers)]
+    for index in range(workers):
+        spec_for_pod = cluster.resolve({**env, "JOB_COMPLETION_INDEX": str(index)})
+        assert spec_for_pod.tf_config == cluster.tf_config_for(hosts, index)
+        assert spec_for_pod.is_chief == (index == 0)
+
+
+def test_train_job_restarts_on_a_lost_peer_and_fails_fast_on_a_config_error():
+    from trainer.train import EXIT_CONFIG_ERROR
+
+    (job,) = [o for o in render("k8s/overlays/local/train") if o["kind"] == "Job"]
+    spec = job["spec"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+    assert spec["podReplacementPolicy"] == "Failed" and spec["backoffLimit"] >= 3
+    rules = spec["podFailurePolicy"]["rules"]
+    fail_fast = [r for r in rules if r["action"] == "FailJob"]
+    assert fail_fast[0]["onExitCodes"]["values"] == [EXIT_CONFIG_ERROR]
+
+
+def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():
+    from tuner.search import complete_tuner_id
+
+    objects = render("k8s/overlays/local/tune")
+    (oracle,) = [o for o in objects if o["kind"] == "Service"]
+    workers = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"] == "xray-tune-workers")
+    env = {e["name"]: e["value"] for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KERASTUNER_ORACLE_IP"] == oracle["metadata"]["name"]
+    ids = set()
+    for index in range(workers["spec"]["completions"]):
+        pod_env = {**env, "JOB_COMPLETION_INDEX": str(index)}
+        complete_tuner_id(pod_env)
+        assert "chief" not in pod_env["KERASTUNER_TUNER_ID"]
+        ids.add(pod_env["KERASTUNER_TUNER_ID"])
+    assert ids == {"tuner0", "tuner1"}
+
+
+def test_serving_config_in_the_base_is_what_the_exporter_writes(tmp_path):
+    serving_config.write_all(str(tmp_path), "/models/xray")
+    for name in ("models.config", "batching.config", "monitoring.config"):
+        committed = (K8S / "base/serving/config" / name).read_text()
+        assert committed == (tmp_path / name).read_text(), f"k8s/base/serving/config/{name} is stale"
+
+
+def test_serving_probes_and_image_tags():
+    objects = render("k8s/overlays/local/serving")
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "tensorflow/serving:2.21.0"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/v1/models/xray"
+    assert any(a.startswith("--enable_batching") for a in container["args"])
+    assert any(a.startswith("--monitoring_config_file") for a in container["args"])
+    assert {o["kind"] for o in objects} >= {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "NetworkPolicy"}
+    # Bases carry no image tags; overlays pin them.
+    for path in BASES:
+        for obj in render(path):
+            spec = pod_spec(obj)
+            for c in (spec or {}).get("containers", []):
+                assert ":" not in c["image"], f"{path} pins {c['image']}"
+
+
+def test_manifests_on_disk_are_all_used():
+    listed = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        doc = yaml.safe_load(kustomization.read_text())
+        for entry in doc.get("resources", []):
+            listed.add((kustomization.parent / entry).resolve())
+    for manifest in K8S.rglob("*.yaml"):
+        if manifest.name != "kustomization.yaml":
+            assert manifest.resolve() in listed, f"{manifest} is not referenced by any kustomization"
+
