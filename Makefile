@@ -39,7 +39,7 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete
+.PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -125,6 +125,9 @@ logs: $(VENV)/.installed ## follow the chief's log of JOB
 
 delete: $(VENV)/.installed ## delete JOB and its pods (the workdir on the volume stays)
 	$(XRAY) jobs delete $(JOB) -n $(NAMESPACE)
+
+bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json (about 10 minutes on 2 cores)
+	$(BIN)/python -m bench.run --out bench/results.json
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -46,6 +46,7 @@ def test_overrides_accept_section_or_unique_bare_names_and_coerce_types():
     ("trainable_layers=some", "a non-negative integer or 'all'"),
     ("mixed_precision=fp8", "one of off, bfloat16, float16"),
     ("xla=maybe", "not a valid bool"),
+    ("gradient_allreduce=int8", "one of float32, bfloat16"),
     ("novalue", "is not key=value"),
 ])
 def test_bad_overrides_name_the_key_and_what_is_expected(override, message):

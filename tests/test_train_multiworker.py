@@ -35,7 +35,9 @@ def _worker_summaries(stdout):
 
 def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_path):
     workdir = tmp_path / "run"
-    result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2")
+    # bfloat16 gradient all-reduce: the custom train step must keep both workers in lockstep too.
+    result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
+                      "train.gradient_allreduce=bfloat16")
     summaries = _worker_summaries(result.stdout)
     assert set(summaries) == {0, 1}, result.stdout[-3000:]
     assert summaries[0]["workers"] == 2
@@ -51,7 +53,8 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     assert result.stdout.count("[worker 0] xray-epoch {") == 2  # what `xray jobs status` reads from the chief's log
     assert "[worker 1] xray-epoch" not in result.stdout
 
-    again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2")
+    again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
+                     "train.gradient_allreduce=bfloat16")
     assert "already finished training" in again.stdout
     assert _history(workdir) == history
 

@@ -31,6 +31,7 @@ from trainer import callbacks as xcallbacks
 from trainer import cluster, data, records
 from trainer.config import Config, ConfigError
 from trainer.kerasapi import keras
+from trainer.allreduce import with_bfloat16_allreduce
 from trainer.model import build_model, compile_model
 
 log = logging.getLogger("xray.train")
@@ -139,7 +140,13 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         keras.mixed_precision.set_global_policy(f"mixed_{config.train.mixed_precision}")
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = compile_model(build_model(config.model), config.train, jit_compile=config.train.xla)
+        model = build_model(config.model)
+        if config.train.gradient_allreduce == "bfloat16" and strategy.num_replicas_in_sync > 1:
+            if config.train.mixed_precision == "float16":
+                raise ConfigError("train.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
+                                  "(loss scaling); use mixed_precision=bfloat16 or gradient_allreduce=float32")
+            model = with_bfloat16_allreduce(model)
+        model = compile_model(model, config.train, jit_compile=config.train.xla)
 
     # --- fit --------------------------------------------------------------------------------------
     # Non-chief workers write into a throwaway directory; BackupAndRestore handles them itself.

@@ -1,0 +1,303 @@
+"""`make bench`: side-by-side comparisons, measured in one run on one machine, reported as ratios.
+
+    .venv/bin/python -m bench.run [--out bench/results.json] [--quick]
+
+| id | measure | target |
+| P1 | train step time, TFRecord pipeline / same batches already in memory | <= 1.05 |
+| P2 | our reader's images/s / keras image_dataset_from_directory on the same JPEGs | >= 3 |
+| P3 | 2 MWMS workers (1 thread each) / 1 worker (both cores) images/s; test AUC difference | >= 0.85; <= 0.01 |
+| P4 | client request build + response parse / in-process model latency, batch 1 and 32 | <= 0.02 |
+| P5 | serving_default on encoded images / (decode + model measured apart) | <= 1.10 |
+
+Every figure is written with its inputs, repetitions, median and spread (min, max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trainer  # noqa: F401  (tf-keras before TensorFlow)
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "build" / "bench"
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+            "values": [round(v, 6) for v in values]}
+
+
+def _xray(*args, env=None):
+    full = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "xray", *map(str, args)], cwd=REPO, env=full,
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"xray {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def prepare_data(patients: int) -> tuple[Path, Path]:
+    synth, shards = WORK / f"synth-{patients}", WORK / f"shards-{patients}"
+    if not (shards / "manifest.json").exists():
+        _xray("synth", "--out", synth, "--num-patients", patients, "--seed", 1, "--image-size", 128)
+        _xray("shards", "--src", synth, "--out", shards, "--num-shards", 4, "--image-size", 64, "--seed", 1)
+    return synth, shards
+
+
+# --- P1 ------------------------------------------------------------------------------------------------
+
+
+def p1_pipeline_vs_memory(shards: Path, repeats: int, steps: int) -> dict:
+    import tensorflow as tf
+
+    from trainer import data, records
+    from trainer.config import preset
+    from trainer.model import build_model, compile_model
+
+    config = preset("demo")
+    batch, size = config.train.batch_size, config.model.image_size
+    manifest = records.read_manifest(str(shards))
+    weights = records.class_weights(manifest)
+    pipeline = data.make_dataset(records.shard_pattern(str(shards), "train"), batch, True, image_size=size,
+                                 class_weights=weights)
+    in_memory = [tuple(t.numpy() for t in element) for element in pipeline.take(steps)]
+    memory = tf.data.Dataset.from_tensor_slices(tuple(
+        tf.stack([e[i] for e in in_memory]) for i in range(3))).repeat()
+    model = compile_model(build_model(config.model), config.train)
+    model.fit(pipeline, steps_per_epoch=3, epochs=1, verbose=0)  # build and trace once
+    model.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)
+    times = {"pipeline": [], "memory": []}
+    for _ in range(repeats):  # interleaved, so drift hits both sides alike
+        for name, dataset in (("pipeline", pipeline), ("memory", memory)):
+            start = time.perf_counter()
+            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+            times[name].append((time.perf_counter() - start) / steps)
+    # Paired: each repetition's two sides ran back to back. This machine's step time jumps between two
+    # levels (0.26 s and 0.43 s, both sides alike) for seconds at a time; a ratio of two medians then
+    # depends on how many repetitions fell in each level, the median of paired ratios does not.
+    paired = [p / m for p, m in zip(times["pipeline"], times["memory"])]
+    ratio = statistics.median(paired)
+    return {"id": "P1", "measure": "train step time, TFRecord pipeline / in-memory batches", "target": "<= 1.05",
+            "ratio": ratio, "met": ratio <= 1.05,
+            "inputs": {"preset": "demo", "image_size": size, "batch": batch, "steps": steps, "threads": "all"},
+            "paired_ratios": _summary(paired), "step_seconds": {k: _summary(v) for k, v in times.items()}}
+
+
+# --- P2 ------------------------------------------------------------------------------------------------
+
+
+P2_SOURCE_WIDTH = 1024  # Kaggle's chest films are about 1000-2000 pixels wide
+
+
+def p2_reader_vs_keras(patients: int, repeats: int) -> dict:
+    import tensorflow as tf
+
+    from trainer import data, records
+    from trainer.kerasapi import keras
+
+    size, batch = 64, 16
+    synth, shards = WORK / f"p2-synth-{patients}", WORK / f"p2-shards-{patients}"
+    if not (shards / "manifest.json").exists():
+        _xray("synth", "--out", synth, "--num-patients", patients, "--seed", 2, "--image-size", P2_SOURCE_WIDTH)
+        _xray("shards", "--src", synth, "--out", shards, "--num-shards", 4, "--image-size", size, "--seed", 1)
+    # Same JPEG sources: our shards were written from these files (re-encoded once at training size).
+    ours = data.make_dataset(records.shard_pattern(str(shards), "train"), batch, False, image_size=size)
+    theirs = keras.utils.image_dataset_from_directory(
+        str(synth / "train"), labels="inferred", label_mode="binary", image_size=(size, size), batch_size=batch,
+        shuffle=False).map(lambda x, y: (keras.applications.resnet_v2.preprocess_input(x), y),
+                                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def rate(dataset):
+        count = 0
+        start = time.perf_counter()
+        for images, *_ in dataset:
+            count += int(images.shape[0])
+        return count / (time.perf_counter() - start)
+
+    rate(ours), rate(theirs)  # warm both (file cache, graph tracing)
+    rates = {"ours": [], "keras": []}
+    for _ in range(repeats):
+        rates["ours"].append(rate(ours))
+        rates["keras"].append(rate(theirs))
+    ratio = statistics.median(rates["ours"]) / statistics.median(rates["keras"])
+    return {"id": "P2", "measure": "reader images/s, ours / keras.utils.image_dataset_from_directory", "target": ">= 3",
+            "ratio": ratio, "met": ratio >= 3,
+            "inputs": {"image_size": size, "batch": batch, "source_jpeg_width": P2_SOURCE_WIDTH, "shard_image_size": size,
+                       "images": sum(records.read_manifest(str(shards))["counts"]["train"].values())},
+            "images_per_second": {k: _summary(v) for k, v in rates.items()}}
+
+
+# --- P3 ------------------------------------------------------------------------------------------------
+
+
+def _train_and_evaluate(shards: Path, workdir: Path, workers: int, epochs: int, env: dict) -> dict:
+    if not (workdir / "training.json").exists():
+        _xray("train", "--data", shards, "--workdir", workdir, "--preset", "demo", "--workers", workers,
+              f"train.epochs={epochs}", env=env)
+    history = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
+    _xray("evaluate", "--data", shards, "--workdir", workdir)
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    return {"epoch_seconds": [row["seconds"] for row in history], "test_auc": metrics["test"]["metrics"]["roc_auc"]}
+
+
+def p3_two_workers_vs_one(shards: Path, epochs: int) -> dict:
+    from trainer import records
+
+    manifest = records.read_manifest(str(shards))
+    images_per_epoch = records.num_steps(sum(manifest["counts"]["train"].values()), 16) * 16
+    cores = os.cpu_count() or 1
+    runs = {
+        "one_worker": _train_and_evaluate(shards, WORK / "p3-one", 1, epochs, {"XRAY_THREADS": str(cores)}),
+        "two_workers": _train_and_evaluate(shards, WORK / "p3-two", 2, epochs, {"XRAY_THREADS": str(max(1, cores // 2))}),
+    }
+    # Epoch 1 includes graph tracing and the first collective set-up: left out of throughput.
+    rates = {name: [images_per_epoch / s for s in run["epoch_seconds"][1:]] for name, run in runs.items()}
+    ratio = statistics.median(rates["two_workers"]) / statistics.median(rates["one_worker"])
+    auc_difference = abs(runs["two_workers"]["test_auc"] - runs["one_worker"]["test_auc"])
+    return {"id": "P3", "measure": "images/s, 2 MWMS workers (1 thread each) / 1 worker (all cores); |test AUC diff|"
+                                   " (demo preset: bfloat16 gradient all-reduce)",
+            "target": ">= 0.85; <= 0.01", "ratio": ratio, "auc_difference": auc_difference,
+            "met": ratio >= 0.85 and auc_difference <= 0.01,
+            "inputs": {"preset": "demo", "epochs": epochs, "global_batch": 16, "images_per_epoch": images_per_epoch,
+                       "cores": cores},
+            "images_per_second": {k: _summary(v) for k, v in rates.items()},
+            "test_auc": {k: run["test_auc"] for k, run in runs.items()}}
+
+
+# --- P4, P5 --------------------------------------------------------------------------------------------
+
+
+def _export(shards: Path) -> Path:
+    base = WORK / "models"
+    if not any(p.name.isdigit() for p in base.glob("*")):
+        _xray("export", "--workdir", WORK / "p3-one", "--model-base", base, "--data", shards, "--force")
+    return max((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def _time(function, repeats: int) -> list[float]:
+    function()  # warm
+    values = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        values.append(time.perf_counter() - start)
+    return values
+
+
+def p4_client_overhead(synth: Path, version_dir: Path, repeats: int) -> dict:
+    import tensorflow as tf
+
+    from clients.grpc import GrpcClient
+    from clients.predict import LocalModel
+    from clients.rest import RestClient
+    from serving import contract
+
+    images = [p.read_bytes() for p in sorted(synth.glob("test/*/*.jpeg"))[:32]]
+    model = LocalModel(str(version_dir))
+    rest = RestClient("http://127.0.0.1:1")
+    grpc_client = GrpcClient("127.0.0.1:1")
+    results = {}
+    for batch in (1, 32):
+        chunk = images[:batch]
+        outputs = model.loaded.signatures[contract.SIGNATURE_BYTES](image_bytes=tf.constant(chunk))
+        response_proto = __import__("tensorflow_serving.apis.predict_pb2", fromlist=["x"]).PredictResponse()
+        for key, value in outputs.items():
+            response_proto.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        response_json = {"predictions": [{"probability": float(p), "label": label.decode()} for p, label in
+                                          zip(outputs["probability"].numpy(), outputs["label"].numpy())]}
+        wire_json = json.dumps(response_json)
+        wire_proto = response_proto.SerializeToString()
+
+        def rest_side():
+            json.dumps(rest.build_request(chunk))
+            RestClient.parse_response(json.loads(wire_json), batch)
+
+        def grpc_side():
+            grpc_client.build_request(chunk).SerializeToString()
+            parsed = type(response_proto)()
+            parsed.ParseFromString(wire_proto)
+            GrpcClient.parse_response(parsed, batch)
+
+        model_times = _time(lambda: model.predict(chunk), repeats)
+        for name, side in (("rest", rest_side), ("grpc", grpc_side)):
+            client_times = _time(side, repeats * 5)
+            ratio = statistics.median(client_times) / statistics.median(model_times)
+            results[f"{name}_batch{batch}"] = {"ratio": ratio, "client_seconds": _summary(client_times),
+                                               "model_seconds": _summary(model_times)}
+    grpc_client.close()
+    worst = max(r["ratio"] for r in results.values())
+    return {"id": "P4", "measure": "client build + parse / in-process model latency (worst of REST/gRPC x batch 1/32)",
+            "target": "<= 0.02", "ratio": worst, "met": worst <= 0.02, "inputs": {"image_size": 64}, "cases": results}
+
+
+def p5_serving_vs_parts(synth: Path, version_dir: Path, repeats: int) -> dict:
+    import tensorflow as tf
+
+    from trainer import data
+
+    loaded = tf.saved_model.load(str(version_dir))
+    size = json.loads((version_dir / "assets.extra" / "model.json").read_text())["image_size"]
+    results = {}
+    for batch in (1, 32):
+        chunk = tf.constant([p.read_bytes() for p in sorted(synth.glob("test/*/*.jpeg"))[:batch]])
+        decode = tf.function(lambda b: tf.map_fn(lambda x: data.preprocess_image(x, size), b,
+                                                 fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)))
+        images = decode(chunk)
+        serve = loaded.signatures["serving_default"]
+        tensor = loaded.signatures["predict_tensor"]
+        whole = _time(lambda: serve(image_bytes=chunk), repeats)
+        decode_times = _time(lambda: decode(chunk), repeats)
+        model_times = _time(lambda: tensor(image=images), repeats)
+        ratio = statistics.median(whole) / (statistics.median(decode_times) + statistics.median(model_times))
+        results[f"batch{batch}"] = {"ratio": ratio, "serving_default_seconds": _summary(whole),
+                                    "decode_seconds": _summary(decode_times), "model_seconds": _summary(model_times)}
+    worst = max(r["ratio"] for r in results.values())
+    return {"id": "P5", "measure": "serving_default on encoded images / (decode + model apart), worst of batch 1/32",
+            "target": "<= 1.10", "ratio": worst, "met": worst <= 1.10, "inputs": {"image_size": size}, "cases": results}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and epochs (a smoke run, not a result)")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 7
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    synth, shards = prepare_data(patients=120 if args.quick else 240)
+    results = []
+    for name, run in (
+        ("P1", lambda: p1_pipeline_vs_memory(shards, repeats=repeats, steps=6 if args.quick else 12)),
+        ("P2", lambda: p2_reader_vs_keras(patients=40 if args.quick else 80, repeats=repeats)),
+        ("P3", lambda: p3_two_workers_vs_one(shards, epochs=3 if args.quick else 10)),
+        ("P4", lambda: p4_client_overhead(synth, _export(shards), repeats=repeats * 3)),
+        ("P5", lambda: p5_serving_vs_parts(synth, _export(shards), repeats=repeats * 3)),
+    ):
+        print(f"[bench] {name} ...", flush=True)
+        results.append(run())
+        r = results[-1]
+        print(f"[bench] {name}: ratio {r['ratio']:.3f} (target {r['target']}) {'met' if r['met'] else 'MISSED'}", flush=True)
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cores": os.cpu_count(), "python": platform.python_version()},
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1),
+              "quick": args.quick, "results": results}
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print()
+    print(f"{'id':3s}  {'ratio':>8s}  {'target':>16s}  {'met':4s}  measure")
+    for r in results:
+        extra = f" (|AUC diff| {r['auc_difference']:.4f})" if "auc_difference" in r else ""
+        print(f"{r['id']:3s}  {r['ratio']:8.3f}  {r['target']:>16s}  {'yes' if r['met'] else 'NO':4s}  {r['measure']}{extra}")
+    print(f"\n{report['machine']['cores']} cores, {report['machine']['processor']}; {report['seconds']:.0f}s; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
