@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, 
         defaults.model.dropout1, defaults.model.dropout2, defaults.model.l2, defaults.train.learning_rate)
     assert sorted(r["rank"] for r in rows) == [1, 2, 3]
     assert result.stdout.count("[tune] trial") == 3 and "rank  trial" in result.stdout
+    # Memory does not pile up across trials (each fitted trial costs ~350 MB in one TF process; the
+    # tuner continues in a fresh process after each trial).
+    rss = [int(m) for m in re.findall(r"done; rss (\d+) MB\)", result.stdout)]
+    assert len(rss) == 3 and max(rss) - min(rss) < 200, rss
+    assert result.stdout.count("continuing in a fresh process") == 3
     assert (workdir / "trials.csv").read_text().splitlines()[0].startswith("trial,status,rank,objective")
 
     best_row = next(r for r in rows if r["rank"] == 1)
