@@ -105,10 +105,19 @@ def _run_shards(args):
 
 
 def _config_from_args(args):
-    from trainer.config import Config, preset
+    """The preset (or --config file) with the key=value overrides; a bad one is a one-line UserError."""
+    from trainer.config import Config, ConfigError, preset
 
-    config = Config.load(args.config) if args.config else preset(args.preset)
-    return config.override(args.overrides)
+    try:
+        config = Config.load(args.config) if args.config else preset(args.preset)
+        return config.override(args.overrides)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+
+
+def _config_source_args(args) -> list[str]:
+    """How child processes get the same base config: --config FILE or --preset NAME."""
+    return ["--config", args.config] if args.config else ["--preset", args.preset]
 
 
 def _add_train(sub):
@@ -132,17 +141,13 @@ def _add_train(sub):
 def _run_train(args):
     from trainer.config import ConfigError
 
-    try:
-        config = _config_from_args(args)
-    except ConfigError as error:
-        raise UserError(str(error)) from None
+    config = _config_from_args(args)
     if args.workers is not None:
         from trainer import launch
 
         if args.workers < 1:
             raise UserError(f"--workers {args.workers} must be at least 1")
-        worker_args = ["train", "--data", args.data, "--workdir", args.workdir]
-        worker_args += ["--config", args.config] if args.config else ["--preset", args.preset]
+        worker_args = ["train", "--data", args.data, "--workdir", args.workdir, *_config_source_args(args)]
         code = launch.launch(args.workers, worker_args + list(args.overrides))
         if code:
             print(f"training failed (status {code}); re-run the same command to resume from the backup", file=sys.stderr)
@@ -356,12 +361,7 @@ def _add_tune(sub):
 
 
 def _run_tune(args):
-    from trainer.config import ConfigError
-
-    try:
-        base = _config_from_args(args)
-    except ConfigError as error:
-        raise UserError(str(error)) from None
+    base = _config_from_args(args)
     if args.parallel is not None:
         from trainer import launch
 
@@ -371,7 +371,7 @@ def _run_tune(args):
         role_args = ["tune", "--data", args.data, "--workdir", args.workdir, "--algorithm", args.algorithm,
                      "--objective", args.objective, "--max-trials", str(args.max_trials),
                      "--epochs-per-trial", str(args.epochs_per_trial), "--patience", str(args.patience)]
-        role_args += ["--config", args.config] if args.config else ["--preset", args.preset]
+        role_args += _config_source_args(args)
         for item in args.range:
             role_args += ["--range", item]
         role_args += list(args.overrides)
