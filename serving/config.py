@@ -16,6 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import contract
+from trainer.atomic import write_atomic
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
@@ -57,10 +58,7 @@ def read_labels(model_base: str) -> dict[str, int]:
 
 
 def write_text_proto(message, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text_format.MessageToString(message))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    write_atomic(path, text_format.MessageToString(message))
 
 
 def set_label(config_path: str, base_path: str, label: str, version: int, available: set[int]) -> dict[str, int]:

@@ -18,6 +18,7 @@ import time
 
 import tensorflow as tf
 
+from trainer.atomic import write_atomic
 from trainer.kerasapi import keras
 
 
@@ -34,13 +35,6 @@ def read_history(path: str) -> list[dict]:
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill mid-write
     return rows
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -81,7 +75,7 @@ class HistoryLog(keras.callbacks.Callback):
         self._epoch_started = time.time()
 
     def _write_all(self):
-        _write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self._rows))
+        write_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self._rows))
         columns = []
         for row in self._rows:
             columns += [k for k in row if k not in columns]
@@ -89,7 +83,7 @@ class HistoryLog(keras.callbacks.Callback):
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(self._rows)
-        _write_text(self.csv_path, buffer.getvalue())
+        write_atomic(self.csv_path, buffer.getvalue())
 
 
 def _current_lr(model) -> float:

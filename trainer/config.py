@@ -147,10 +147,9 @@ class Config:
         return Config.from_dict(data)
 
     def save(self, path: str) -> None:
-        import tensorflow as tf
+        from trainer.atomic import write_atomic
 
-        with tf.io.gfile.GFile(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str) -> "Config":

@@ -301,6 +301,8 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
     """Checks every image, splits, writes shards and manifest.json atomically; returns the manifest."""
     import tensorflow as tf
 
+    from trainer.atomic import write_atomic
+
     started = time.monotonic()
     src = Path(src)
     images = find_source_images(src, options.patient_pattern)
@@ -348,10 +350,7 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
 
     seconds = time.monotonic() - started
     manifest = _manifest(src, out, options, splits, written, skipped, len(images), seconds, total_bytes)
-    tmp_manifest = f"{out}/.{MANIFEST_NAME}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp_manifest, "w") as f:
-        json.dump(manifest, f, indent=2)
-    tf.io.gfile.rename(tmp_manifest, f"{out}/{MANIFEST_NAME}", overwrite=True)
+    write_atomic(f"{out}/{MANIFEST_NAME}", json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -32,6 +32,7 @@ from trainer import cluster, data, records
 from trainer.config import Config, ConfigError
 from trainer.kerasapi import keras
 from trainer.allreduce import with_bfloat16_allreduce
+from trainer.atomic import write_atomic
 from trainer.model import build_model, compile_model
 
 log = logging.getLogger("xray.train")
@@ -89,9 +90,7 @@ def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> Non
             )
     elif is_chief:
         tf.io.gfile.makedirs(paths.root)
-        tmp = f"{paths.config}.tmp-{uuid.uuid4().hex[:6]}"
-        config.save(tmp)
-        tf.io.gfile.rename(tmp, paths.config, overwrite=True)
+        config.save(paths.config)
 
 
 def run(data_uri: str, workdir: str, config: Config) -> dict:
@@ -210,9 +209,7 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
                 tf.io.gfile.rmtree(paths.backup)
         except tf.errors.OpError:
             pass  # a non-chief still removing its own temporary backup; harmless
-        with tf.io.gfile.GFile(paths.summary + ".tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        tf.io.gfile.rename(paths.summary + ".tmp", paths.summary, overwrite=True)
+        write_atomic(paths.summary, json.dumps(summary, indent=2))
         log.info("finished: %d epochs, best epoch %s (val_loss %.4f); model at %s",
                  summary["epochs_run"], summary["best_epoch"], summary["best_val_loss"] or float("nan"), paths.best_weights)
     else:

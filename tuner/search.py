@@ -27,6 +27,7 @@ import time
 import tensorflow as tf
 
 from trainer import data, records
+from trainer.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
@@ -260,18 +261,18 @@ def write_reports(oracle, hypermodel: XrayHyperModel, options: SearchOptions, wo
                   announce: bool = True) -> list[dict]:
     rows = trial_rows(oracle, options.objective)
     tf.io.gfile.makedirs(workdir)
-    _write(f"{workdir}/trials.json", json.dumps(rows, indent=2))
+    write_atomic(f"{workdir}/trials.json", json.dumps(rows, indent=2))
     buffer = io.StringIO()
     columns = ["trial", "status", "rank", "objective", *TRIAL_FIELDS, "val_auc", "val_loss", "epochs", "seconds"]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _write(f"{workdir}/trials.csv", buffer.getvalue())
+    write_atomic(f"{workdir}/trials.csv", buffer.getvalue())
     ranked = sorted((r for r in rows if "rank" in r), key=lambda r: r["rank"])
     if ranked:
         best = ranked[0]
         config = config_for(hypermodel.base, best)
-        _write(f"{workdir}/best_config.json", json.dumps(config.to_dict(), indent=2))
+        write_atomic(f"{workdir}/best_config.json", json.dumps(config.to_dict(), indent=2))
     done = [r for r in rows if r["status"] in ("COMPLETED", "FAILED", "INVALID")]
     last = max(done, key=lambda r: _trial_order(r["trial"])) if done else None
     if last and announce:
@@ -292,12 +293,6 @@ def _rss_mb() -> int | str:
     except OSError:
         pass
     return "?"
-
-
-def _write(path: str, text: str) -> None:
-    with tf.io.gfile.GFile(f"{path}.tmp", "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
 
 
 def format_table(rows: list[dict], objective: str) -> str:
