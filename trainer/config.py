@@ -78,6 +78,9 @@ class TrainConfig:
     # Gradients between workers: "float32" (exact, the optimizer's own aggregation) or "bfloat16"
     # (half the bytes; see trainer/allreduce.py). Only matters with more than one replica.
     gradient_allreduce: str = "float32"
+    # Exact and on by default: the big Dense kernel's gradient travels between workers as the rows it is
+    # made of (inputs and output gradients, batch x (in + out)) instead of in x out values.
+    factor_dense_gradient: bool = True
     # 0: no per-op timeout. A killed peer already fails collectives at once (UnavailableError), and
     # TF 2.21 starts one "collective_ops" thread per collective that sleeps out this timeout: with
     # 600 s that measured ~1000 new threads per epoch until the process could not start another.

@@ -29,9 +29,9 @@ import tensorflow as tf
 
 from trainer import callbacks as xcallbacks
 from trainer import cluster, data, records
-from trainer.config import Config, ConfigError
+from trainer.config import Config, ConfigError, TrainConfig
 from trainer.kerasapi import keras
-from trainer.allreduce import with_bfloat16_allreduce
+from trainer.allreduce import with_gradient_exchange
 from trainer.atomic import write_atomic
 from trainer.model import build_model, compile_model
 
@@ -93,6 +93,21 @@ def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> Non
         config.save(paths.config)
 
 
+def exchange_gradients(model, train: TrainConfig):
+    """The model wrapped for a cheaper gradient exchange between replicas (trainer/allreduce.py), if configured."""
+    if train.mixed_precision == "float16":
+        # The custom train step does not scale the loss; float16 keeps the optimizer's own aggregation.
+        if train.gradient_allreduce == "bfloat16":
+            raise ConfigError("train.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
+                              "(loss scaling); use mixed_precision=bfloat16 or gradient_allreduce=float32")
+        return model
+    if train.gradient_allreduce == "float32" and not train.factor_dense_gradient:
+        return model
+    model, exchange = with_gradient_exchange(model, train.gradient_allreduce, train.factor_dense_gradient, train.batch_size)
+    log.info("gradients between replicas: %s", exchange.describe())
+    return model
+
+
 def run(data_uri: str, workdir: str, config: Config) -> dict:
     """Trains (or resumes) and returns the training summary; the chief also writes it to the workdir."""
     started = time.time()
@@ -140,11 +155,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         model = build_model(config.model)
-        if config.train.gradient_allreduce == "bfloat16" and strategy.num_replicas_in_sync > 1:
-            if config.train.mixed_precision == "float16":
-                raise ConfigError("train.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
-                                  "(loss scaling); use mixed_precision=bfloat16 or gradient_allreduce=float32")
-            model = with_bfloat16_allreduce(model)
+        if strategy.num_replicas_in_sync > 1:
+            model = exchange_gradients(model, config.train)
         model = compile_model(model, config.train, jit_compile=config.train.xla)
 
     # --- fit --------------------------------------------------------------------------------------
