@@ -126,7 +126,7 @@ logs: $(VENV)/.installed ## follow the chief's log of JOB
 delete: $(VENV)/.installed ## delete JOB and its pods (the workdir on the volume stays)
 	$(XRAY) jobs delete $(JOB) -n $(NAMESPACE)
 
-bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json (about 10 minutes on 2 cores)
+bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json (about 12 minutes on 2 cores)
 	$(BIN)/python -m bench.run --out bench/results.json
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
