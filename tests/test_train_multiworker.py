@@ -16,6 +16,8 @@ from conftest import REPO, run_xray
 pytestmark = pytest.mark.slow
 
 TINY = ["--preset", "tiny"]
+# A head wide enough for the factored kernel gradient (trainer/allreduce.py) to be used at 32 px, batch 4.
+FACTORED = "model.dense1_units=256"
 
 
 def _history(workdir):
@@ -35,9 +37,10 @@ def _worker_summaries(stdout):
 
 def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_path):
     workdir = tmp_path / "run"
-    # bfloat16 gradient all-reduce: the custom train step must keep both workers in lockstep too.
+    # bfloat16 all-reduce and the factored head gradient: the custom train step keeps both workers in lockstep too.
     result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
-                      "train.gradient_allreduce=bfloat16")
+                      "train.gradient_allreduce=bfloat16", FACTORED)
+    assert "gradients between replicas: all-reduce in bfloat16, dense1's kernel gradient as gathered factors" in result.stdout
     summaries = _worker_summaries(result.stdout)
     assert set(summaries) == {0, 1}, result.stdout[-3000:]
     assert summaries[0]["workers"] == 2
@@ -54,7 +57,7 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     assert "[worker 1] xray-epoch" not in result.stdout
 
     again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
-                     "train.gradient_allreduce=bfloat16")
+                     "train.gradient_allreduce=bfloat16", FACTORED)
     assert "already finished training" in again.stdout
     assert _history(workdir) == history
 
@@ -100,7 +103,8 @@ def _kill_a_worker_after_epochs(process, workdir, num_epochs, worker_index=1, ti
 @pytest.mark.parametrize("resume_workers", [2, 1], ids=["same-command", "shrunk-to-1-worker"])
 def test_killed_worker_resumes_from_backup_without_repeating_epochs(shards_dir, tmp_path, resume_workers):
     workdir = tmp_path / "run"
-    extra = ["train.epochs=5", "train.early_stopping_patience=10"]
+    # The backup is written by the factored-gradient model; resuming on 1 worker restores it into the plain one.
+    extra = ["train.epochs=5", "train.early_stopping_patience=10", FACTORED]
     code, output = _kill_a_worker_after_epochs(_start(shards_dir, workdir, 2, *extra), workdir, num_epochs=1)
     assert code != 0, "the launcher must fail when a worker dies"
     assert "exited with status" in output
