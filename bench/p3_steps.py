@@ -24,17 +24,17 @@ WARMUP_STEPS = 4
 
 def main(argv: list[str]) -> int:
     exchange, steps, shards, out = argv[0], int(argv[1]), argv[2], argv[3]
-    workers = 1
-    if len(argv) > 4:
-        index, ports = int(argv[4]), argv[5].split(",")
-        workers = len(ports)
-        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                              "task": {"type": "worker", "index": index}})
     import dataclasses
 
     import tensorflow as tf
 
     from trainer import cluster, data, records
+
+    workers = 1
+    if len(argv) > 4:
+        index, ports = int(argv[4]), argv[5].split(",")
+        workers = len(ports)
+        os.environ["TF_CONFIG"] = json.dumps(cluster.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
     from trainer.allreduce import with_gradient_exchange
     from trainer.config import preset
     from trainer.kerasapi import keras

@@ -11,21 +11,21 @@ import json
 import os
 import sys
 
+import numpy as np
+
+import trainer  # noqa: F401  (tf-keras before TensorFlow)
+import tensorflow as tf
+
+from trainer import cluster
+from trainer.allreduce import with_gradient_exchange
+from trainer.config import ModelConfig
+from trainer.kerasapi import keras
+from trainer.model import build_model
+
 index, ports, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
-os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                      "task": {"type": "worker", "index": index}})
+# Read when the strategy is made, below.
+os.environ["TF_CONFIG"] = json.dumps(cluster.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
 os.environ["XRAY_THREADS"] = "1"
-
-import numpy as np  # noqa: E402
-
-import trainer  # noqa: E402,F401
-import tensorflow as tf  # noqa: E402
-
-from trainer import cluster  # noqa: E402
-from trainer.allreduce import with_gradient_exchange  # noqa: E402
-from trainer.config import ModelConfig  # noqa: E402
-from trainer.kerasapi import keras  # noqa: E402
-from trainer.model import build_model  # noqa: E402
 
 PER_WORKER = (3, 1)
 GLOBAL_BATCH = sum(PER_WORKER)

@@ -117,9 +117,12 @@ class DistributedGradientsModel(keras.Model):
 
 
 def with_gradient_exchange(model: keras.Model, allreduce_dtype: str, factor_dense: bool,
-                           global_batch: int) -> tuple[keras.Model, GradientExchange]:
-    """Wraps a built functional model (inside the strategy scope) for multi-replica training."""
+                           global_batch: int) -> tuple[keras.Model, GradientExchange | None]:
+    """Wraps a built functional model (inside the strategy scope) for multi-replica training; returns
+    it unchanged, with None, when the exchange would be Keras' own (float32, no factored layer)."""
     dense = factorable_dense(model, global_batch) if factor_dense else None
+    if allreduce_dtype == "float32" and dense is None:
+        return model, None
     view = keras.Model(model.inputs, [model.outputs[0], dense.input, dense.output]) if dense is not None else None
     exchange = GradientExchange(allreduce_dtype, dense.name if dense is not None else None)
     wrapped = DistributedGradientsModel(inputs=model.inputs, outputs=model.outputs, name=model.name)

@@ -101,10 +101,9 @@ def exchange_gradients(model, train: TrainConfig):
             raise ConfigError("train.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
                               "(loss scaling); use mixed_precision=bfloat16 or gradient_allreduce=float32")
         return model
-    if train.gradient_allreduce == "float32" and not train.factor_dense_gradient:
-        return model
     model, exchange = with_gradient_exchange(model, train.gradient_allreduce, train.factor_dense_gradient, train.batch_size)
-    log.info("gradients between replicas: %s", exchange.describe())
+    if exchange is not None:
+        log.info("gradients between replicas: %s", exchange.describe())
     return model
 
 
