@@ -39,7 +39,8 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete
+.PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
+  cluster-build cluster-up cluster-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -132,5 +133,14 @@ bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-clean: ## remove build outputs (keeps .venv)
+cluster-build: ## build the local control plane (Kubernetes v1.34 + etcd + KWOK from Go modules; cached in ~/.cache/xray)
+	bash tests/cluster/build.sh
+
+cluster-up: $(VENV)/.installed ## start a local control plane (KWOK nodes, no containers); writes $(BUILD)/cluster/kubeconfig
+	XRAY_CLUSTER_ROOT=$(abspath $(BUILD))/cluster $(BIN)/python tests/cluster/controlplane.py up
+
+cluster-down: ## stop the local control plane started by cluster-up and remove its data (logs stay)
+	XRAY_CLUSTER_ROOT=$(abspath $(BUILD))/cluster $(PYTHON) tests/cluster/controlplane.py down
+
+clean: cluster-down ## remove build outputs (keeps .venv; stops the local control plane first)
 	rm -rf $(BUILD)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic data set and its shards, made once per test session."""
+"""Shared fixtures: a small synthetic data set and its shards, made once per test session; the local
+Kubernetes control plane (tests/cluster/), started once for the tests marked `cluster`."""
 
 import os
 import subprocess
@@ -38,3 +39,18 @@ def run_xray(*args, timeout=600, env=None, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"xray {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK (2 nodes) on free 127.0.0.1 ports.
+
+    Same code as `make cluster-up`, under its own root (build/cluster-pytest) so that it neither uses nor stops
+    a control plane the user started. Fails, never skips, when the binaries cannot be built.
+    """
+    from cluster.controlplane import ControlPlane
+
+    plane = ControlPlane(REPO / "build" / "cluster-pytest")
+    plane.up()
+    yield plane
+    plane.down()

@@ -1,0 +1,307 @@
+"""The Kubernetes side against a real control plane (tests/cluster/: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler built from Kubernetes' own modules; KWOK fakes the kubelets).
+
+What is real here: the API server's validation and Pod Security admission, the Job controller (indexes,
+hostnames, podFailurePolicy, replacements), the Deployment controller, the scheduler, the EndpointSlice
+controller, and every call `xray` and `make` make. What is not: no container runs, so pods complete or fail
+when KWOK's stages say (exit code from the pod-container-running-failed annotations).
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO, run_xray
+from trainer import cluster
+
+pytestmark = pytest.mark.cluster
+
+IMAGE = "registry.example.com/xray:0.1.0"
+OVERLAYS = sorted((p.parent.name, p.name) for p in (REPO / "k8s" / "overlays").glob("*/*")
+                  if p.name in ("train", "tune", "serving"))
+CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
+COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def get(plane, *args):
+    return json.loads(plane.kubectl("get", *args, "-o", "json").stdout)
+
+
+def namespace(plane, name: str) -> str:
+    plane.kubectl("create", "namespace", name)
+    plane.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+    plane.provide_volume(name)
+    return name
+
+
+def render(plane, tmp_path, component: str, overlay: str = "local", ns: str = "xray", workers: int = 2) -> list[dict]:
+    """`xray preflight` against the real API server, then the rendered objects (kubectl kustomize)."""
+    out = tmp_path / f"{overlay}-{component}"
+    run_xray("preflight", "--component", component, "--overlay", overlay, "--image", IMAGE, "--workers", workers,
+             "--namespace", ns, "--out", out, env={"KUBECONFIG": str(plane.kubeconfig)})
+    rendered = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def apply(plane, objects: list[dict]) -> subprocess.CompletedProcess:
+    return plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in objects))
+
+
+def job_state(plane, ns: str, name: str) -> str | None:
+    job = get(plane, "job", name, "-n", ns)
+    for condition in job["status"].get("conditions", []):
+        if condition["status"] == "True" and condition["type"] in ("Complete", "Failed"):
+            return condition["type"]
+    return None
+
+
+def job_pods(plane, ns: str, name: str) -> list[dict]:
+    return get(plane, "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+
+
+def train_job(objects: list[dict]) -> dict:
+    (job,) = [o for o in objects if o["kind"] == "Job" and o["metadata"]["name"] == "xray-train"]
+    return job
+
+
+def hold_running(job: dict, seconds: int) -> None:
+    """KWOK completes a Job's pod after this delay (default 1-5 s). Its jitter is the delay's upper bound
+    (sigs.k8s.io/kwok pkg/utils/lifecycle Stage.Delay), so both are set."""
+    annotations = job["spec"]["template"]["metadata"].setdefault("annotations", {})
+    annotations[COMPLETE_DELAY] = annotations[COMPLETE_DELAY.replace("/delay", "/jitter-delay")] = f"{seconds}s"
+
+
+def resolved_env(pod: dict, configmaps: dict[str, dict]) -> dict[str, str]:
+    """The container's environment as the kubelet would resolve it: envFrom, values, downward-API fields."""
+    container = pod["spec"]["containers"][0]
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        path = var["valueFrom"]["fieldRef"]["fieldPath"]
+        if path.startswith(("metadata.labels[", "metadata.annotations[")):
+            field, key = path[len("metadata."):].split("[", 1)
+            env[var["name"]] = pod["metadata"][field][key.strip("]'\"")]
+        else:
+            section, key = path.split(".", 1)
+            env[var["name"]] = pod[section][key]
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_server_is_kubernetes_134_with_ready_kwok_nodes(control_plane):
+    version = json.loads(control_plane.kubectl("version", "-o", "json").stdout)["serverVersion"]
+    assert version["gitVersion"].startswith("v1.34.") and version["minor"] == "34"
+    nodes = get(control_plane, "nodes")["items"]
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])]
+    assert len(ready) >= 2
+
+
+@pytest.mark.parametrize("overlay, component", OVERLAYS, ids=[f"{o}-{c}" for o, c in OVERLAYS])
+def test_every_overlay_is_admitted_and_its_controllers_create_pods(control_plane, tmp_path, overlay, component):
+    ns = namespace(control_plane, f"ov-{overlay}-{component}")
+    objects = render(control_plane, tmp_path, component, overlay, ns)
+    result = apply(control_plane, objects)
+    assert "violate" not in result.stderr, result.stderr  # Pod Security warns on apply before pods are refused
+    for obj in objects:  # every object exists on the server as applied
+        if obj["kind"] != "Namespace":
+            get(control_plane, obj["kind"], obj["metadata"]["name"], "-n", ns)
+    jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
+    for name in jobs:
+        wait_for(f"job {name} to complete", lambda: job_state(control_plane, ns, name) == "Complete")
+    if component == "serving":
+        control_plane.kubectl("rollout", "status", "deployment/xray-serving", "-n", ns, "--timeout=120s")
+    events = get(control_plane, "events", "-n", ns)["items"]
+    refused = [e for e in events if e["reason"] in ("FailedCreate", "FailedScheduling")]
+    assert not refused, [e["message"] for e in refused]
+    created = [e for e in events if e["reason"] in ("SuccessfulCreate", "ScalingReplicaSet")]
+    assert created
+
+
+def test_a_privileged_pod_is_refused_in_the_same_namespace(control_plane):
+    ns = namespace(control_plane, "psa-check")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
+           "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]}}
+    result = control_plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod), check=False)
+    assert result.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in result.stderr and "privileged" in result.stderr
+
+
+def test_indexed_job_pods_get_the_identity_and_tf_config_the_trainer_expects(control_plane, tmp_path):
+    ns = namespace(control_plane, "identity")
+    objects = render(control_plane, tmp_path, "train", ns=ns, workers=3)
+    hold_running(train_job(objects), 60)
+    apply(control_plane, objects)
+    pods = wait_for("3 running worker pods", lambda: [
+        p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"] if len(
+        [p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"]) == 3 else None)
+    configmaps = {c["metadata"]["name"]: c for c in get(control_plane, "configmaps", "-n", ns)["items"]}
+    service = get(control_plane, "service", "xray-train-workers", "-n", ns)
+    port = service["spec"]["ports"][0]["port"]
+    expected_workers = [f"xray-train-{i}.xray-train-workers:{port}" for i in range(3)]
+    for pod in pods:
+        index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        assert pod["spec"]["hostname"] == f"xray-train-{index}" and pod["spec"]["subdomain"] == "xray-train-workers"
+        env = resolved_env(pod, configmaps)
+        assert env["JOB_COMPLETION_INDEX"] == str(index)  # injected by the real Job controller
+        spec = cluster.resolve(env)
+        assert spec.tf_config == {"cluster": {"worker": expected_workers}, "task": {"type": "worker", "index": index}}
+        assert spec.is_chief == (index == 0)
+    # The names resolve in cluster DNS from the headless Service's EndpointSlices: every pod with its hostname.
+    def published():
+        slices = get(control_plane, "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=xray-train-workers")
+        return sorted(e.get("hostname", "") for s in slices["items"] for e in s.get("endpoints") or [])
+    wait_for("every worker in the EndpointSlice", lambda: published() == [f"xray-train-{i}" for i in range(3)])
+
+
+def test_exit_2_fails_the_job_at_once(control_plane, tmp_path):
+    ns = namespace(control_plane, "exit2")
+    objects = render(control_plane, tmp_path, "train", ns=ns)
+    template = train_job(objects)["spec"]["template"]["metadata"]
+    template["labels"][CHAOS] = "true"
+    template.setdefault("annotations", {})[f"{CHAOS}/exit-code"] = "2"
+    apply(control_plane, objects)
+    wait_for("the job to fail", lambda: job_state(control_plane, ns, "xray-train") == "Failed")
+    job = get(control_plane, "job", "xray-train", "-n", ns)
+    (failed,) = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 2" in failed["message"]
+    assert job["status"].get("failed", 0) <= 2  # no retry: backoffLimit (12) was not spent
+    # xray jobs watch/status read the real objects: exit 1 for a failed job, the refusal among the warnings.
+    result = run_xray("jobs", "watch", "xray-train", "-n", ns, "--interval", "1",
+                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False)
+    assert result.returncode == 1 and "FAILED (PodFailurePolicy" in result.stdout
+    assert "recent warnings:" in result.stdout
+
+
+def test_a_lost_peer_exit_replaces_the_pod_and_the_job_goes_on(control_plane, tmp_path):
+    ns = namespace(control_plane, "peer-lost")
+    objects = render(control_plane, tmp_path, "train", ns=ns)
+    hold_running(train_job(objects), 10)
+    apply(control_plane, objects)
+    wait_for("worker 1 running", lambda: [p for p in job_pods(control_plane, ns, "xray-train")
+                                          if p["spec"]["hostname"] == "xray-train-1" and p["status"]["phase"] == "Running"])
+    (first,) = [p["metadata"]["name"] for p in job_pods(control_plane, ns, "xray-train") if p["spec"]["hostname"] == "xray-train-1"]
+    # The survivor of a lost peer exits on its own with the peer-lost status (trainer.train.EXIT_PEER_LOST).
+    control_plane.kubectl("annotate", "pod", first, "-n", ns, f"{CHAOS}/exit-code=75", f"{CHAOS}/delay=0s")
+    control_plane.kubectl("label", "pod", first, "-n", ns, f"{CHAOS}=true")
+    wait_for("a replacement for worker 1", lambda: len([p for p in job_pods(control_plane, ns, "xray-train")
+                                                         if p["spec"]["hostname"] == "xray-train-1"]) == 2)
+    old = get(control_plane, "pod", first, "-n", ns)
+    assert old["status"]["phase"] == "Failed"
+    assert old["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 75
+    wait_for("the job to complete", lambda: job_state(control_plane, ns, "xray-train"), timeout_s=120)
+    assert job_state(control_plane, ns, "xray-train") == "Complete"
+
+
+def test_a_node_disruption_does_not_count_against_the_backoff_limit(control_plane, tmp_path):
+    ns = namespace(control_plane, "disruption")
+    objects = render(control_plane, tmp_path, "train", ns=ns)
+    job = train_job(objects)
+    job["spec"]["backoffLimit"] = 0  # any counted failure fails the job
+    hold_running(job, 3600)  # KWOK must not complete (or overwrite) the pod while the test runs
+    apply(control_plane, objects)
+    pod = wait_for("worker 0 running", lambda: next((p for p in job_pods(control_plane, ns, "xray-train")
+                                                     if p["spec"]["hostname"] == "xray-train-0"
+                                                     and p["status"]["phase"] == "Running"), None))
+    name = pod["metadata"]["name"]
+    # What a kubelet reports when it evicts a pod under node pressure.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {"status": {"phase": "Failed", "reason": "Evicted", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "lastTransitionTime": now,
+         "message": "The node had condition: [MemoryPressure]."}],
+        "containerStatuses": [{"name": "worker", "image": IMAGE, "imageID": "", "ready": False, "restartCount": 0,
+                               "state": {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now,
+                                                        "finishedAt": now}}}]}}
+    control_plane.kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    wait_for("a replacement for worker 0", lambda: [p for p in job_pods(control_plane, ns, "xray-train")
+                                                    if p["spec"]["hostname"] == "xray-train-0"
+                                                    and p["metadata"]["name"] != name])
+    time.sleep(2)  # the controller's next syncs would have failed the job by now
+    job = get(control_plane, "job", "xray-train", "-n", ns)
+    assert job_state(control_plane, ns, "xray-train") is None and not job["status"].get("failed")
+    # The same failure without the condition is counted: exit 137 with backoffLimit 0 fails the job.
+    other = next(p["metadata"]["name"] for p in job_pods(control_plane, ns, "xray-train")
+                 if p["spec"]["hostname"] == "xray-train-1")
+    status["status"]["conditions"] = []
+    control_plane.kubectl("patch", "pod", other, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    wait_for("the job to fail", lambda: job_state(control_plane, ns, "xray-train") == "Failed")
+
+
+def test_xray_jobs_status_watch_and_delete_on_real_objects(control_plane, tmp_path):
+    ns = namespace(control_plane, "monitor")
+    objects = render(control_plane, tmp_path, "train", ns=ns, workers=3)
+    hold_running(train_job(objects), 8)
+    apply(control_plane, objects)
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    wait_for("3 pods", lambda: len(job_pods(control_plane, ns, "xray-train")) == 3)
+    status = run_xray("jobs", "status", "xray-train", "-n", ns, env=env, check=False)
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith(f"job {ns}/xray-train: ") and status.returncode == 0
+    rows = [line.split() for line in lines[2:5]]
+    assert [r[0] for r in rows] == ["0", "1", "2"] and all(r[1].startswith("xray-train-") for r in rows)
+    watch = run_xray("jobs", "watch", "xray-train", "-n", ns, "--interval", "1", env=env, check=False, timeout=180)
+    assert watch.returncode == 0 and "SUCCEEDED (completed 3/3)" in watch.stdout
+    deleted = run_xray("jobs", "delete", "xray-train", "-n", ns, env=env)
+    assert "deleted job" in deleted.stdout
+    wait_for("the job to be gone", lambda: control_plane.kubectl("get", "job", "xray-train", "-n", ns,
+                                                                 check=False).returncode != 0)
+    missing = run_xray("jobs", "status", "xray-train", "-n", ns, env=env, check=False)
+    assert missing.returncode == 2 and "no job xray-train" in missing.stderr
+
+
+@pytest.mark.slow
+def test_make_cluster_targets_run_end_to_end(control_plane):
+    """make train-cluster, tune-cluster and deploy-serving against the control plane, in a fresh namespace."""
+    ns = "make-e2e"
+    control_plane.provide_volume(ns)  # the overlay creates the namespace (restricted) and the claim
+    env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig))
+    common = [f"NAMESPACE={ns}", "IMAGE=registry.example.com/xray", "TAG=0.1.0"]
+    for target in ("train-cluster", "tune-cluster", "deploy-serving"):
+        result = subprocess.run(["make", target, *common], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, f"make {target}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert "violate" not in result.stderr
+    namespace_labels = get(control_plane, "namespace", ns)["metadata"]["labels"]
+    assert namespace_labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert job_state(control_plane, ns, "xray-train") == "Complete"
+    assert job_state(control_plane, ns, "xray-tune-workers") == "Complete"
+
+
+def test_make_cluster_up_and_down_beside_another_control_plane(control_plane, tmp_path):
+    """A second control plane (other ports, other data) next to the session's; cluster-down leaves no process."""
+    build = tmp_path / "build"
+    up = subprocess.run(["make", "cluster-up", f"BUILD={build}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    kubeconfig = build / "cluster" / "kubeconfig"
+    assert f"KUBECONFIG={kubeconfig}" in up.stdout
+    state = json.loads((build / "cluster" / "state.json").read_text())
+    assert state["ports"]["apiserver"] != json.loads(control_plane.state_file.read_text())["ports"]["apiserver"]
+    nodes = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert nodes == ["node/kwok-node-0", "node/kwok-node-1"]
+    down = subprocess.run(["make", "cluster-down", f"BUILD={build}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "stopped kwok, kube-scheduler, kube-controller-manager, kube-apiserver, etcd" in down.stdout
+    for pid in state["pids"].values():
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1][:3]
+    assert not (build / "cluster" / "data").exists() and (build / "cluster" / "logs" / "kube-apiserver.log").exists()
+    assert control_plane.running()  # the session's control plane is untouched
