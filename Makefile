@@ -130,7 +130,9 @@ delete: $(VENV)/.installed ## delete JOB and its pods (the workdir on the volume
 bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json (about 12 minutes on 2 cores)
 	$(BIN)/python -m bench.run --out bench/results.json
 
-test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training included)
+test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training, a local Kubernetes control plane)
+	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout.
+	bash tests/cluster/build.sh >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 cluster-build: ## build the local control plane (Kubernetes v1.34 + etcd + KWOK from Go modules; cached in ~/.cache/xray)
