@@ -48,3 +48,26 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     check_or_write_config(paths, preset("tiny"), is_chief=False)  # same config: fine
     with pytest.raises(ConfigError, match=r"train.epochs: 2 -> 3"):
         check_or_write_config(paths, preset("tiny").override(["epochs=3"]), is_chief=True)
+
+
+def test_errors_a_retry_cannot_fix_end_with_exit_2(shards_dir, tmp_path):
+    """A Job's podFailurePolicy fails at once on exit 2: a bad worker count, unreachable ImageNet weights."""
+    three = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "a", "--preset", "tiny", "batch_size=4",
+                     env={"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]},
+                                                   "task": {"type": "worker", "index": 0}})}, check=False, timeout=120)
+    assert three.returncode == 2 and "Traceback" not in three.stderr
+    assert "train.batch_size=4 does not split evenly over 3 workers: use 1, 2, 4 workers" in three.stderr
+    # No route to the download (a proxy nobody listens on): the weights cannot be fetched, as on an offline node.
+    offline = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "b", "--preset", "tiny",
+                       "model.weights=imagenet", check=False, timeout=300,
+                       env={"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                            "https_proxy": "http://127.0.0.1:9"})
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr, offline.stderr[-2000:]
+    assert "could not download the ImageNet weights" in offline.stderr and "model.weights=/path/to/that/file" in offline.stderr
+    assert len([line for line in offline.stderr.splitlines() if line.startswith("xray train: error:")]) == 1
+
+
+def test_the_batch_split_is_checked_by_the_config():
+    preset("seed").train.check_split(4)
+    with pytest.raises(ConfigError, match="train.batch_size=16 does not split evenly over 3 workers: use 1, 2, 4, 8, 16"):
+        preset("seed").train.check_split(3)

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from trainer.config import TrainConfig, preset
+from trainer.config import ConfigError, TrainConfig, preset
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
 
@@ -57,7 +57,7 @@ def test_zero_trainable_layers_freezes_the_backbone():
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+    with pytest.raises(ConfigError, match="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         build_model(dataclasses.replace(SMALL, weights=str(tmp_path / "nope.h5")))
 
 

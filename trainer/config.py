@@ -85,6 +85,10 @@ class TrainConfig:
     # TF 2.21 starts one "collective_ops" thread per collective that sleeps out this timeout: with
     # 600 s that measured ~1000 new threads per epoch until the process could not start another.
     collective_timeout_s: int = 0
+    # How many times the group may restart after losing a peer (every survivor exits 75 and the Job replaces
+    # the pods) before the chief gives up with exit 76, which the Job's podFailurePolicy treats as final.
+    # Counted in the workdir (peer_losses.json), so it holds across pod restarts.
+    max_peer_losses: int = 10
 
     def __post_init__(self):
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
@@ -97,6 +101,15 @@ class TrainConfig:
         _check(self.gradient_allreduce in ALLREDUCE_DTYPES, "train.gradient_allreduce", self.gradient_allreduce,
                f"one of {', '.join(ALLREDUCE_DTYPES)}")
         _check(self.collective_timeout_s >= 0, "train.collective_timeout_s", self.collective_timeout_s, "0 (off) or a number of seconds")
+        _check(self.max_peer_losses >= 0, "train.max_peer_losses", self.max_peer_losses, "0 or a positive integer")
+
+    def check_split(self, num_replicas: int, what: str = "workers") -> None:
+        """The global batch must split evenly: every replica computes the same number of examples."""
+        if self.batch_size % num_replicas:
+            divisors = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} does not split evenly over {num_replicas} {what}: use "
+                f"{', '.join(map(str, divisors))} {what}, or set train.batch_size to a multiple of {num_replicas}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.kerasapi import keras
 
 OUTPUT_NAME = "probability"
@@ -27,7 +27,7 @@ def backbone_weights(weights: str) -> str | None:
     if weights == "imagenet":
         return "imagenet"
     if not os.path.exists(weights) and "://" not in weights:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model.weights={weights!r}: no such file. Use 'imagenet', 'none' or the path of "
             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
         )
@@ -44,7 +44,8 @@ def build_model(config: ModelConfig) -> keras.Model:
     except Exception as error:  # Keras raises a bare Exception for a failed download
         if config.weights != "imagenet" or "fetch failure" not in str(error):
             raise
-        raise RuntimeError(
+        # A configuration error, not a crash: a retry (or a Job's next pod) cannot fix it.
+        raise ConfigError(
             f"could not download the ImageNet weights ({error}). On a machine without internet, copy "
             f"{IMAGENET_WEIGHTS_FILE} into $KERAS_HOME/models/ (default ~/.keras/models/, must be "
             "writable) or pass model.weights=/path/to/that/file"

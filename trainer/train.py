@@ -40,6 +40,7 @@ log = logging.getLogger("xray.train")
 # Exit codes the Kubernetes Job's podFailurePolicy tells apart: retry the group, or fail fast.
 EXIT_CONFIG_ERROR = 2
 EXIT_PEER_LOST = 75
+EXIT_PEER_LOSS_BUDGET = 76  # train.max_peer_losses used up: restarting again would not help
 PEER_ERRORS = (
     tf.errors.UnavailableError,
     tf.errors.DeadlineExceededError,
@@ -62,6 +63,7 @@ class Workdir:
     history_csv = property(lambda self: self.path("history.csv"))
     tensorboard = property(lambda self: self.path("tensorboard"))
     summary = property(lambda self: self.path("training.json"))
+    peer_losses = property(lambda self: self.path("peer_losses.json"))
 
 
 def read_summary(workdir: str) -> dict | None:
@@ -93,6 +95,20 @@ def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> Non
         config.save(paths.config)
 
 
+def record_peer_loss(paths: Workdir, reason: str) -> int:
+    """Counts one more lost peer in WORKDIR/peer_losses.json (the chief only); returns the count so far."""
+    try:
+        with tf.io.gfile.GFile(paths.peer_losses) as f:
+            losses = json.load(f)
+    except (tf.errors.NotFoundError, json.JSONDecodeError):
+        losses = {"count": 0, "events": []}
+    losses["count"] += 1
+    losses["events"] = (losses["events"] + [{"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             "reason": reason}])[-20:]
+    write_atomic(paths.peer_losses, json.dumps(losses, indent=2))
+    return losses["count"]
+
+
 def exchange_gradients(model, train: TrainConfig):
     """The model wrapped for a cheaper gradient exchange between replicas (trainer/allreduce.py), if configured."""
     if train.mixed_precision == "float16":
@@ -119,7 +135,9 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
                  "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
         return finished
     check_or_write_config(paths, config, spec.is_chief)
+    config.train.check_split(spec.num_workers)  # before joining the group: a refusal must not hang the others
     strategy = cluster.make_strategy(spec, config.train.collective_timeout_s)
+    config.train.check_split(strategy.num_replicas_in_sync, "replicas (all devices of all workers)")
     log.info("%s of %d worker(s) (%s), %d replica(s) in sync; global batch %d = %s per replica",
              spec.name, spec.num_workers, spec.source, strategy.num_replicas_in_sync, config.train.batch_size,
              config.train.batch_size / strategy.num_replicas_in_sync)
@@ -191,10 +209,20 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         # A lost peer: MWMS cannot continue with fewer workers. Exit hard and non-zero so the whole group
         # restarts and resumes from the backup (a lingering process blocks replacements from joining).
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"{spec.name}: lost contact with a peer ({type(error).__name__}: {first_line}); exiting with "
-              f"{EXIT_PEER_LOST} so the group restarts and resumes from {paths.backup}", file=sys.stderr, flush=True)
+        code = EXIT_PEER_LOST
+        if spec.is_chief:
+            losses = record_peer_loss(paths, f"{type(error).__name__}: {first_line}")
+            if losses > config.train.max_peer_losses:
+                code = EXIT_PEER_LOSS_BUDGET
+                print(f"{spec.name}: lost a peer {losses} times in this run (train.max_peer_losses="
+                      f"{config.train.max_peer_losses}); giving up with exit {code}. Look at the pods' events "
+                      f"(OOMKilled? evicted? preempted?), then re-run the same command to resume from {paths.backup}",
+                      file=sys.stderr, flush=True)
+        if code == EXIT_PEER_LOST:
+            print(f"{spec.name}: lost contact with a peer ({type(error).__name__}: {first_line}); exiting with "
+                  f"{code} so the group restarts and resumes from {paths.backup}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(EXIT_PEER_LOST)
+        os._exit(code)
 
     # --- artifacts --------------------------------------------------------------------------------
     history = xcallbacks.read_history(out.history_jsonl)
