@@ -24,6 +24,21 @@ OVERLAY ?= local
 NAMESPACE ?= xray
 CLUSTER_DATA ?= /mnt/xray/shards
 CLUSTER_WORKDIR ?= /mnt/xray/runs/train
+CLUSTER_TUNE_DIR ?= /mnt/xray/runs/tune
+# data-cluster: the folder name under /mnt/xray/incoming/ on the volume.
+SRC ?=
+DATASET ?= chest_xray
+UPLOAD_DEST ?= /mnt/xray/incoming/$(DATASET)
+# The local control plane's tests set UPLOAD_ARGS=--local (KWOK runs no container to exec into).
+UPLOAD_ARGS ?=
+STORAGE_CLASS ?=
+# train-cluster / tune-cluster: a config file (local, or a path on the volume) and key=value overrides.
+CONFIG ?=
+OVERRIDES ?=
+DEADLINE ?= 0
+WATCH_INTERVAL ?= 10
+# The GPU overlay runs the GPU variant of the image (make image VARIANT=gpu TAG=<tag>-gpu).
+CLUSTER_TAG = $(if $(filter gpu,$(OVERLAY)),$(patsubst %-gpu,%,$(TAG))-gpu,$(TAG))
 JOB ?= xray-train
 TUNE_DIR ?= $(BUILD)/tune
 TRIALS ?= 4
@@ -40,7 +55,7 @@ REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down
+  cluster-build cluster-up cluster-down volume image-set data-cluster export-cluster tensorboard lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -99,24 +114,64 @@ push: ## push the project image: make push IMAGE=registry/xray TAG=0.1.0
 	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make push IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
 	docker push $(IMAGE):$(TAG)
 
-train-cluster: $(VENV)/.installed ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CLUSTER_DATA, CLUSTER_WORKDIR), follow it
-	$(XRAY) preflight --component train --overlay $(OVERLAY) --image $(IMAGE):$(TAG) --workers $(WORKERS) \
-	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --out $(BUILD)/k8s/train
+image-set:
+	@test -n "$(IMAGE)" || { echo "set IMAGE to the project image you pushed (make image push IMAGE=registry.example.com/xray TAG=$(TAG)), e.g. make $(MAKECMDGOALS) IMAGE=registry.example.com/xray TAG=$(TAG)" >&2; exit 2; }
+
+volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
+	$(XRAY) preflight --component storage --overlay $(OVERLAY) --namespace $(NAMESPACE) --storage-class "$(STORAGE_CLASS)" \
+	  --out $(BUILD)/k8s/storage
+	kubectl apply -k $(BUILD)/k8s/storage
+
+data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) onto the volume, then shard it there (a Job)
+	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
+	$(XRAY) preflight --component upload --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
+	  --out $(BUILD)/k8s/upload
+	kubectl apply -k $(BUILD)/k8s/upload
+	kubectl -n $(NAMESPACE) wait --for=condition=Ready pod/xray-upload --timeout=10m
+	$(XRAY) upload "$(SRC)" --namespace $(NAMESPACE) --dest $(UPLOAD_DEST) $(UPLOAD_ARGS)
+	kubectl -n $(NAMESPACE) delete pod xray-upload --wait=false
+	$(XRAY) preflight --component shards --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
+	  --src /mnt/xray/incoming/$(DATASET) --data $(CLUSTER_DATA) --out $(BUILD)/k8s/shards
+	kubectl -n $(NAMESPACE) delete job xray-shards --ignore-not-found --wait=true
+	kubectl apply -k $(BUILD)/k8s/shards
+	$(XRAY) jobs watch xray-shards -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+
+train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CONFIG, OVERRIDES), follow it
+	$(XRAY) preflight --component train --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(WORKERS) \
+	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --config "$(CONFIG)" \
+	  --deadline $(DEADLINE) --out $(BUILD)/k8s/train $(OVERRIDES)
 	kubectl -n $(NAMESPACE) delete job xray-train --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/train
-	$(XRAY) jobs watch xray-train -n $(NAMESPACE)
+	$(XRAY) jobs watch xray-train -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
 
-tune-cluster: $(VENV)/.installed ## pre-flight, apply the tuner chief + PARALLEL workers, follow the workers
-	$(XRAY) preflight --component tune --overlay $(OVERLAY) --image $(IMAGE):$(TAG) --workers $(PARALLEL) \
-	  --data $(CLUSTER_DATA) --namespace $(NAMESPACE) --out $(BUILD)/k8s/tune
+tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES), follow the workers
+	$(XRAY) preflight --component tune --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(PARALLEL) \
+	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --namespace $(NAMESPACE) --config "$(CONFIG)" \
+	  --out $(BUILD)/k8s/tune $(OVERRIDES)
 	kubectl -n $(NAMESPACE) delete job xray-tune-chief xray-tune-workers --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/tune
-	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE)
+	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+	@echo "best config on the volume: $(CLUSTER_TUNE_DIR)/best_config.json; train it with:"
+	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 
-deploy-serving: $(VENV)/.installed ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
+export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it (gated) to models/ on the volume (a Job)
+	$(XRAY) preflight --component export --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --data $(CLUSTER_DATA) \
+	  --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --out $(BUILD)/k8s/export
+	kubectl -n $(NAMESPACE) delete job xray-export --ignore-not-found --wait=true
+	kubectl apply -k $(BUILD)/k8s/export
+	$(XRAY) jobs watch xray-export -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+
+deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
 	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving
 	kubectl apply -k $(BUILD)/k8s/serving
 	kubectl -n $(NAMESPACE) rollout status deployment/xray-serving --timeout=10m
+
+tensorboard: image-set volume ## TensorBoard over the runs on the volume; then: kubectl -n NAMESPACE port-forward svc/xray-tensorboard 6006
+	$(XRAY) preflight --component tensorboard --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
+	  --out $(BUILD)/k8s/tensorboard
+	kubectl apply -k $(BUILD)/k8s/tensorboard
+	kubectl -n $(NAMESPACE) rollout status deployment/xray-tensorboard --timeout=10m
+	@echo "open it: kubectl -n $(NAMESPACE) port-forward svc/xray-tensorboard 6006:6006, then http://localhost:6006"
 
 status: $(VENV)/.installed ## worker table, latest epoch and warnings of JOB (default xray-train)
 	$(XRAY) jobs status $(JOB) -n $(NAMESPACE)

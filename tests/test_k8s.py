@@ -15,7 +15,8 @@ K8S = REPO / "k8s"
 OVERLAYS = sorted(str(p.relative_to(REPO)) for p in K8S.glob("overlays/*/*") if p.name != "namespace")
 BASES = sorted(str(p.relative_to(REPO)) for p in K8S.glob("base/*"))
 KUBERNETES_VERSIONS = ("1.30.0", "1.32.0", "1.34.0")
-POD_KINDS = {"Job": ("spec", "template", "spec"), "Deployment": ("spec", "template", "spec")}
+POD_KINDS = {"Job": ("spec", "template", "spec"), "Deployment": ("spec", "template", "spec"), "Pod": ("spec",)}
+COMPONENTS = ("storage", "train", "tune", "serving", "upload", "shards", "export", "tensorboard")
 
 
 def render(path: str) -> list[dict]:
@@ -34,22 +35,13 @@ def pod_spec(obj: dict) -> dict | None:
     return spec
 
 
-def _with_tensorboard():
-    """The optional TensorBoard component, rendered on top of the local train overlay."""
-    out = REPO / "build" / "k8s-test" / "tensorboard"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["../../../k8s/overlays/local/train"], "components": ["../../../k8s/components/tensorboard"]}))
-    return str(out.relative_to(REPO))
-
-
 def all_rendered():
-    return [(path, obj) for path in BASES + OVERLAYS + [_with_tensorboard()] for obj in render(path)]
+    return [(path, obj) for path in BASES + OVERLAYS for obj in render(path)]
 
 
 def test_every_base_and_overlay_renders():
-    assert len(OVERLAYS) == 6 and {"k8s/base/train", "k8s/base/tune", "k8s/base/serving"} <= set(BASES)
+    assert OVERLAYS == sorted(f"k8s/overlays/{o}/{c}" for o in ("gpu", "local") for c in COMPONENTS)
+    assert {f"k8s/base/{c}" for c in COMPONENTS} == set(BASES)
     for path in BASES + OVERLAYS:
         kinds = {obj["kind"] for obj in render(path)}
         assert kinds, path
@@ -74,6 +66,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard_and_has_resources(
         where = f"{path}: {obj['kind']}/{obj['metadata']['name']}"
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert pod["fsGroup"] == 10001 and pod["fsGroupChangePolicy"] == "OnRootMismatch", where
         assert spec["automountServiceAccountToken"] is False, where
         for container in spec["containers"]:
             security = container["securityContext"]
@@ -85,7 +78,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard_and_has_resources(
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{where}: no writable /tmp with a read-only root filesystem"
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
-    assert checked >= 13
+    assert checked == 24  # 8 workloads (train, tune chief + workers, serving, upload, shards, export, tensorboard) x 3 trees
 
 
 def test_app_kubernetes_io_labels_everywhere():
@@ -99,21 +92,24 @@ def _selected(policy: dict, labels: dict) -> bool:
 
 
 def test_every_unauthenticated_grpc_port_is_covered_by_a_network_policy():
-    for path in OVERLAYS + [_with_tensorboard()]:
+    for path in OVERLAYS:
         objects = render(path)
         policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
         for obj in objects:
             spec = pod_spec(obj)
             if spec is None:
                 continue
-            labels = dict(obj["spec"]["template"]["metadata"]["labels"])
+            template = obj if obj["kind"] == "Pod" else obj["spec"]["template"]
+            labels = dict(template["metadata"]["labels"])
             if obj["kind"] == "Job":
                 labels["batch.kubernetes.io/job-name"] = obj["metadata"]["name"]  # added by the Job controller
             ports = {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
             covering = [p for p in policies if _selected(p, labels)]
             for port in ports:
-                allowed = {rule_port["port"] for p in covering for rule in p["spec"]["ingress"] for rule_port in rule["ports"]}
-                assert port in allowed, f"{path}: {obj['metadata']['name']} port {port} is not covered by a NetworkPolicy"
+                rules = [rule for p in covering for rule in p["spec"]["ingress"]]
+                # A rule without ports opens every port to its peers (the GPU overlay's NCCL workers).
+                allowed = {rule_port["port"] for rule in rules for rule_port in rule.get("ports", [])}
+                assert port in allowed or any("ports" not in rule for rule in rules), f"{path}: {obj['metadata']['name']} port {port} is not covered by a NetworkPolicy"
 
 
 @pytest.mark.parametrize("overlay", ["k8s/overlays/local/train", "k8s/overlays/gpu/train"])
@@ -145,16 +141,43 @@ def test_the_train_job_env_yields_the_tf_config_the_trainer_builds(overlay):
         assert spec_for_pod.is_chief == (index == 0)
 
 
-def test_train_job_restarts_on_a_lost_peer_and_fails_fast_on_a_config_error():
-    from trainer.train import EXIT_CONFIG_ERROR
+def test_train_job_failure_policy_deadline_and_threads():
+    from trainer.train import EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET, EXIT_PEER_LOST
 
-    (job,) = [o for o in render("k8s/overlays/local/train") if o["kind"] == "Job"]
-    spec = job["spec"]
-    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
-    assert spec["podReplacementPolicy"] == "Failed" and spec["backoffLimit"] >= 3
-    rules = spec["podFailurePolicy"]["rules"]
-    fail_fast = [r for r in rules if r["action"] == "FailJob"]
-    assert fail_fast[0]["onExitCodes"]["values"] == [EXIT_CONFIG_ERROR]
+    for overlay in ("local", "gpu"):
+        (job,) = [o for o in render(f"k8s/overlays/{overlay}/train") if o["kind"] == "Job"]
+        spec = job["spec"]
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
+        assert spec["podReplacementPolicy"] == "Failed" and spec["backoffLimit"] >= 3
+        assert spec["activeDeadlineSeconds"] >= 86400
+        rules = spec["podFailurePolicy"]["rules"]
+        codes = {r["action"]: r["onExitCodes"]["values"] for r in rules if "onExitCodes" in r}
+        assert codes == {"FailJob": [EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET], "Ignore": [EXIT_PEER_LOST]}
+        assert [r["onPodConditions"][0]["type"] for r in rules if "onPodConditions" in r] == ["DisruptionTarget"]
+        (container,) = spec["template"]["spec"]["containers"]
+        threads = next(e for e in container["env"] if e["name"] == "XRAY_THREADS")["valueFrom"]["resourceFieldRef"]
+        assert threads == {"containerName": "worker", "resource": "limits.cpu", "divisor": "1"}
+
+
+def test_the_gpu_overlay_uses_nccl_and_opens_the_workers_to_each_other():
+    objects = render("k8s/overlays/gpu/train")
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "train.collective=nccl" in container["args"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    (rule,) = policy["spec"]["ingress"]
+    assert "ports" not in rule and rule["from"] == [{"podSelector": {"matchLabels": {
+        "batch.kubernetes.io/job-name": "xray-train"}}}]
+
+
+def test_the_volume_is_a_step_of_its_own():
+    """Deleting a component (kubectl delete -k) must never delete the namespace or the data."""
+    for path in OVERLAYS:
+        kinds = {obj["kind"] for obj in render(path)}
+        if path.endswith("/storage"):
+            assert kinds == {"Namespace", "PersistentVolumeClaim"}, path
+        else:
+            assert not kinds & {"Namespace", "PersistentVolumeClaim"}, path
 
 
 def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():

@@ -8,6 +8,7 @@ when KWOK's stages say (exit code from the pod-container-running-failed annotati
 """
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -17,12 +18,13 @@ import yaml
 
 from conftest import REPO, run_xray
 from trainer import cluster
+from trainer.config import preset
 
 pytestmark = pytest.mark.cluster
 
 IMAGE = "registry.example.com/xray:0.1.0"
 OVERLAYS = sorted((p.parent.name, p.name) for p in (REPO / "k8s" / "overlays").glob("*/*")
-                  if p.name in ("train", "tune", "serving"))
+                  if p.name not in ("namespace", "storage"))
 CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
 COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
@@ -42,10 +44,16 @@ def get(plane, *args):
     return json.loads(plane.kubectl("get", *args, "-o", "json").stdout)
 
 
-def namespace(plane, name: str) -> str:
-    plane.kubectl("create", "namespace", name)
-    plane.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+def namespace(plane, name: str, tmp_path=None) -> str:
+    """The storage step (`make volume`): the namespace, restricted, and its claim, bound to a test volume."""
     plane.provide_volume(name)
+    out = (tmp_path or REPO / "build" / "k8s-live") / f"storage-{name}"
+    run_xray("preflight", "--component", "storage", "--namespace", name, "--out", out,
+             env={"KUBECONFIG": str(plane.kubeconfig)})
+    plane.kubectl("apply", "-k", str(out))
+    assert get(plane, "namespace", name)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    wait_for(f"claim xray-data in {name} to bind",
+             lambda: get(plane, "pvc", "xray-data", "-n", name)["status"].get("phase") == "Bound")
     return name
 
 
@@ -96,6 +104,12 @@ def resolved_env(pod: dict, configmaps: dict[str, dict]) -> dict[str, str]:
         if "value" in var:
             env[var["name"]] = var["value"]
             continue
+        if "resourceFieldRef" in var["valueFrom"]:  # limits.cpu with divisor 1: the limit rounded up, as the kubelet does
+            ref = var["valueFrom"]["resourceFieldRef"]
+            assert (ref["resource"], ref.get("divisor", "1")) == ("limits.cpu", "1")
+            limit = container["resources"]["limits"]["cpu"]
+            env[var["name"]] = str(math.ceil(int(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)))
+            continue
         path = var["valueFrom"]["fieldRef"]["fieldPath"]
         if path.startswith(("metadata.labels[", "metadata.annotations[")):
             field, key = path[len("metadata."):].split("[", 1)
@@ -129,13 +143,15 @@ def test_every_overlay_is_admitted_and_its_controllers_create_pods(control_plane
     jobs = [o["metadata"]["name"] for o in objects if o["kind"] == "Job"]
     for name in jobs:
         wait_for(f"job {name} to complete", lambda: job_state(control_plane, ns, name) == "Complete")
-    if component == "serving":
-        control_plane.kubectl("rollout", "status", "deployment/xray-serving", "-n", ns, "--timeout=120s")
+    for deployment in [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]:
+        control_plane.kubectl("rollout", "status", f"deployment/{deployment}", "-n", ns, "--timeout=120s")
+    for pod in [o["metadata"]["name"] for o in objects if o["kind"] == "Pod"]:
+        control_plane.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "-n", ns, "--timeout=120s")
     events = get(control_plane, "events", "-n", ns)["items"]
     refused = [e for e in events if e["reason"] in ("FailedCreate", "FailedScheduling")]
     assert not refused, [e["message"] for e in refused]
-    created = [e for e in events if e["reason"] in ("SuccessfulCreate", "ScalingReplicaSet")]
-    assert created
+    created = {e["reason"] for e in events}
+    assert {"SuccessfulCreate", "Scheduled"} <= created or component == "upload" and "Scheduled" in created
 
 
 def test_a_privileged_pod_is_refused_in_the_same_namespace(control_plane):
@@ -149,21 +165,22 @@ def test_a_privileged_pod_is_refused_in_the_same_namespace(control_plane):
 
 def test_indexed_job_pods_get_the_identity_and_tf_config_the_trainer_expects(control_plane, tmp_path):
     ns = namespace(control_plane, "identity")
-    objects = render(control_plane, tmp_path, "train", ns=ns, workers=3)
+    objects = render(control_plane, tmp_path, "train", ns=ns, workers=4)
     hold_running(train_job(objects), 60)
     apply(control_plane, objects)
-    pods = wait_for("3 running worker pods", lambda: [
+    pods = wait_for("4 running worker pods", lambda: [
         p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"] if len(
-        [p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"]) == 3 else None)
+        [p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"]) == 4 else None)
     configmaps = {c["metadata"]["name"]: c for c in get(control_plane, "configmaps", "-n", ns)["items"]}
     service = get(control_plane, "service", "xray-train-workers", "-n", ns)
     port = service["spec"]["ports"][0]["port"]
-    expected_workers = [f"xray-train-{i}.xray-train-workers:{port}" for i in range(3)]
+    expected_workers = [f"xray-train-{i}.xray-train-workers:{port}" for i in range(4)]
     for pod in pods:
         index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
         assert pod["spec"]["hostname"] == f"xray-train-{index}" and pod["spec"]["subdomain"] == "xray-train-workers"
         env = resolved_env(pod, configmaps)
         assert env["JOB_COMPLETION_INDEX"] == str(index)  # injected by the real Job controller
+        assert env["XRAY_THREADS"] == "2"  # the local overlay's CPU limit
         spec = cluster.resolve(env)
         assert spec.tf_config == {"cluster": {"worker": expected_workers}, "task": {"type": "worker", "index": index}}
         assert spec.is_chief == (index == 0)
@@ -171,7 +188,7 @@ def test_indexed_job_pods_get_the_identity_and_tf_config_the_trainer_expects(con
     def published():
         slices = get(control_plane, "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=xray-train-workers")
         return sorted(e.get("hostname", "") for s in slices["items"] for e in s.get("endpoints") or [])
-    wait_for("every worker in the EndpointSlice", lambda: published() == [f"xray-train-{i}" for i in range(3)])
+    wait_for("every worker in the EndpointSlice", lambda: published() == [f"xray-train-{i}" for i in range(4)])
 
 
 def test_exit_2_fails_the_job_at_once(control_plane, tmp_path):
@@ -197,6 +214,7 @@ def test_a_lost_peer_exit_replaces_the_pod_and_the_job_goes_on(control_plane, tm
     ns = namespace(control_plane, "peer-lost")
     objects = render(control_plane, tmp_path, "train", ns=ns)
     hold_running(train_job(objects), 10)
+    train_job(objects)["spec"]["backoffLimit"] = 0  # a counted failure would fail the job: exit 75 must not count
     apply(control_plane, objects)
     wait_for("worker 1 running", lambda: [p for p in job_pods(control_plane, ns, "xray-train")
                                           if p["spec"]["hostname"] == "xray-train-1" and p["status"]["phase"] == "Running"])
@@ -211,6 +229,7 @@ def test_a_lost_peer_exit_replaces_the_pod_and_the_job_goes_on(control_plane, tm
     assert old["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 75
     wait_for("the job to complete", lambda: job_state(control_plane, ns, "xray-train"), timeout_s=120)
     assert job_state(control_plane, ns, "xray-train") == "Complete"
+    assert not get(control_plane, "job", "xray-train", "-n", ns)["status"].get("failed")
 
 
 def test_a_node_disruption_does_not_count_against_the_backoff_limit(control_plane, tmp_path):
@@ -249,18 +268,18 @@ def test_a_node_disruption_does_not_count_against_the_backoff_limit(control_plan
 
 def test_xray_jobs_status_watch_and_delete_on_real_objects(control_plane, tmp_path):
     ns = namespace(control_plane, "monitor")
-    objects = render(control_plane, tmp_path, "train", ns=ns, workers=3)
+    objects = render(control_plane, tmp_path, "train", ns=ns, workers=4)
     hold_running(train_job(objects), 8)
     apply(control_plane, objects)
     env = {"KUBECONFIG": str(control_plane.kubeconfig)}
-    wait_for("3 pods", lambda: len(job_pods(control_plane, ns, "xray-train")) == 3)
+    wait_for("4 pods", lambda: len(job_pods(control_plane, ns, "xray-train")) == 4)
     status = run_xray("jobs", "status", "xray-train", "-n", ns, env=env, check=False)
     lines = status.stdout.splitlines()
     assert lines[0].startswith(f"job {ns}/xray-train: ") and status.returncode == 0
-    rows = [line.split() for line in lines[2:5]]
-    assert [r[0] for r in rows] == ["0", "1", "2"] and all(r[1].startswith("xray-train-") for r in rows)
+    rows = [line.split() for line in lines[2:6]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"] and all(r[1].startswith("xray-train-") for r in rows)
     watch = run_xray("jobs", "watch", "xray-train", "-n", ns, "--interval", "1", env=env, check=False, timeout=180)
-    assert watch.returncode == 0 and "SUCCEEDED (completed 3/3)" in watch.stdout
+    assert watch.returncode == 0 and "SUCCEEDED (completed 4/4)" in watch.stdout
     deleted = run_xray("jobs", "delete", "xray-train", "-n", ns, env=env)
     assert "deleted job" in deleted.stdout
     wait_for("the job to be gone", lambda: control_plane.kubectl("get", "job", "xray-train", "-n", ns,
@@ -269,22 +288,66 @@ def test_xray_jobs_status_watch_and_delete_on_real_objects(control_plane, tmp_pa
     assert missing.returncode == 2 and "no job xray-train" in missing.stderr
 
 
+def make(plane, target: str, *variables: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG=str(plane.kubeconfig))
+    return subprocess.run(["make", target, "IMAGE=registry.example.com/xray", "TAG=0.1.0", "WATCH_INTERVAL=1",
+                           *variables], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
-def test_make_cluster_targets_run_end_to_end(control_plane):
-    """make train-cluster, tune-cluster and deploy-serving against the control plane, in a fresh namespace."""
-    ns = "make-e2e"
-    control_plane.provide_volume(ns)  # the overlay creates the namespace (restricted) and the claim
-    env = dict(os.environ, KUBECONFIG=str(control_plane.kubeconfig))
-    common = [f"NAMESPACE={ns}", "IMAGE=registry.example.com/xray", "TAG=0.1.0"]
-    for target in ("train-cluster", "tune-cluster", "deploy-serving"):
-        result = subprocess.run(["make", target, *common], cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=300)
+def test_the_cluster_flow_data_tune_train_export_serve(control_plane, synth_dir, tmp_path):
+    """The README's cluster walk-through, make target by make target, in a fresh namespace."""
+    ns = "flow"
+    control_plane.provide_volume(ns)
+    common = [f"NAMESPACE={ns}", f"BUILD={tmp_path / 'build'}"]
+    # KWOK has no kubelet to exec into: the upload writes the same layout to a local folder instead.
+    steps = [("data-cluster", [f"SRC={synth_dir}", "UPLOAD_ARGS=--local", f"UPLOAD_DEST={tmp_path / 'incoming'}"]),
+             ("tune-cluster", ["PARALLEL=2"])]
+    best = tmp_path / "best_config.json"  # what `make tune` writes (trainer config format)
+    preset("demo").override(["model.dropout1=0.4", "train.learning_rate=0.0003"]).save(str(best))
+    steps += [("train-cluster", [f"CONFIG={best}", "OVERRIDES=train.epochs=3", "WORKERS=2"]),
+              ("export-cluster", []), ("deploy-serving", []), ("tensorboard", [])]
+    for target, variables in steps:
+        result = make(control_plane, target, *common, *variables)
         assert result.returncode == 0, f"make {target}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        assert "violate" not in result.stderr
-    namespace_labels = get(control_plane, "namespace", ns)["metadata"]["labels"]
-    assert namespace_labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert job_state(control_plane, ns, "xray-train") == "Complete"
-    assert job_state(control_plane, ns, "xray-tune-workers") == "Complete"
+        assert "violate" not in result.stderr, result.stderr
+    assert (tmp_path / "incoming" / "train" / "NORMAL").is_dir() and (tmp_path / "incoming" / ".done-train").exists()
+    assert get(control_plane, "namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for job in ("xray-shards", "xray-tune-chief", "xray-tune-workers", "xray-train", "xray-export"):
+        assert job_state(control_plane, ns, job) == "Complete", job
+    assert control_plane.kubectl("get", "pod", "xray-upload", "-n", ns, check=False).returncode != 0 or \
+        get(control_plane, "pod", "xray-upload", "-n", ns)["metadata"].get("deletionTimestamp")
+    # The train pods start from the tuned config with the override.
+    (run,) = [c for c in get(control_plane, "configmaps", "-n", ns)["items"] if c["metadata"]["name"].startswith("xray-train-run")]
+    config = json.loads(run["data"]["config.json"])
+    assert (config["model"]["dropout1"], config["train"]["learning_rate"], config["train"]["epochs"]) == (0.4, 3e-4, 3)
+    pod = job_pods(control_plane, ns, "xray-train")[0]
+    assert pod["spec"]["containers"][0]["args"][-2:] == ["--config", "/etc/xray/run/config.json"]
+    # Deleting a component leaves the data: the claim survives kubectl delete -k of the training step.
+    control_plane.kubectl("delete", "-k", str(tmp_path / "build" / "k8s" / "train"), "--wait=false")
+    assert get(control_plane, "pvc", "xray-data", "-n", ns)["status"]["phase"] == "Bound"
+
+
+def test_three_workers_for_batch_16_are_refused_before_anything_is_applied(control_plane, tmp_path):
+    ns = namespace(control_plane, "three", tmp_path)
+    result = make(control_plane, "train-cluster", f"NAMESPACE={ns}", "WORKERS=3", f"BUILD={tmp_path / 'build'}")
+    assert result.returncode == 2 or "Error 2" in result.stderr
+    assert "train.batch_size=16 does not split evenly over 3 workers" in result.stderr
+    assert control_plane.kubectl("get", "job", "xray-train", "-n", ns, check=False).returncode != 0
+
+
+def test_an_export_refused_by_the_gate_ends_the_watch_with_3(control_plane, tmp_path):
+    ns = namespace(control_plane, "gate", tmp_path)
+    objects = render(control_plane, tmp_path, "export", ns=ns)
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    template = job["spec"]["template"]["metadata"]
+    template["labels"][CHAOS] = "true"
+    template.setdefault("annotations", {})[f"{CHAOS}/exit-code"] = "3"
+    apply(control_plane, objects)
+    result = run_xray("jobs", "watch", "xray-export", "-n", ns, "--interval", "1",
+                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False, timeout=180)
+    assert result.returncode == 3 and "REFUSED (the export gate refused the model" in result.stdout
+    assert get(control_plane, "job", "xray-export", "-n", ns)["status"].get("failed") == 1  # not retried
 
 
 def test_make_cluster_up_and_down_beside_another_control_plane(control_plane, tmp_path):

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 import subprocess
 
 import kubernetes_validate
@@ -9,7 +10,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from conftest import run_xray
+from conftest import REPO, run_xray
+from trainer.config import preset
 from xray import kube
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
@@ -78,23 +80,93 @@ def test_status_text_has_rows_epoch_and_warnings():
     assert "val_auc=0.9100" in text and "Pod/xray-train-1-abcde: BackOff" in text
 
 
-def test_rendered_cluster_run_sets_workers_image_and_paths(tmp_path):
-    request = kube.RenderRequest("train", "local", "registry.example.com/xray:1.2.3", 3, "gs://bucket/shards",
-                                 "gs://bucket/runs/r1")
-    out = kube.render_kustomization(request, tmp_path / "render")
-    rendered = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, check=True).stdout
-    objects = list(yaml.safe_load_all(rendered))
+def _rendered(out):
+    text = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, check=True).stdout
+    return list(yaml.safe_load_all(text))
+
+
+def test_rendered_cluster_run_sets_workers_image_paths_and_the_run_config(tmp_path):
+    request = kube.RenderRequest("train", "local", "registry.example.com/xray:1.2.3", 4, "gs://bucket/shards",
+                                 "gs://bucket/runs/r1", overrides=("train.epochs=20",))
+    objects = _rendered(kube.render_kustomization(request, tmp_path / "render"))
     (job,) = [o for o in objects if o["kind"] == "Job"]
-    (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    maps = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in objects if o["kind"] == "ConfigMap"}
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example.com/xray:1.2.3"
-    assert {"name": "XRAY_NUM_WORKERS", "value": "3"} in container["env"]
-    assert config["data"]["XRAY_DATA"] == "gs://bucket/shards" and config["data"]["XRAY_WORKDIR"] == "gs://bucket/runs/r1"
-    assert config["data"]["XRAY_PRESET"] == "demo"  # the overlay's value survives the merge
-    assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
+    assert {"name": "XRAY_NUM_WORKERS", "value": "4"} in container["env"]
+    assert maps["xray-train"]["data"]["XRAY_DATA"] == "gs://bucket/shards"
+    assert maps["xray-train"]["data"]["XRAY_WORKDIR"] == "gs://bucket/runs/r1"
+    # The pods start from the config resolved here: the overlay's preset (demo) with the override.
+    assert container["args"][-2:] == ["--config", "/etc/xray/run/config.json"]
+    config = json.loads(maps["xray-train-run"]["data"]["config.json"])
+    assert config["train"]["epochs"] == 20 and config["model"]["image_size"] == preset("demo").model.image_size
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "run-config"]
+    assert volume["configMap"]["name"] == maps["xray-train-run"]["metadata"]["name"]
     for obj in objects:
         kubernetes_validate.validate(obj, "1.32.0", strict=True)
+
+
+def test_a_tuned_config_reaches_train_and_tune_pods(tmp_path):
+    best = preset("demo").override(["model.dropout1=0.45", "train.learning_rate=0.0003"])
+    best.save(str(tmp_path / "best_config.json"))
+    request = kube.RenderRequest("train", "gpu", "r/xray:1-gpu", 4, config_file=str(tmp_path / "best_config.json"),
+                                 overrides=("train.epochs=7",))
+    objects = _rendered(kube.render_kustomization(request, tmp_path / "train"))
+    (run,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("xray-train-run")]
+    config = json.loads(run["data"]["config.json"])
+    # The file's values, the gpu overlay's own overrides, then OVERRIDES.
+    assert (config["model"]["dropout1"], config["train"]["learning_rate"], config["train"]["epochs"]) == (0.45, 3e-4, 7)
+    assert config["train"]["mixed_precision"] == "float16" and config["train"]["collective"] == "nccl"
+    # A config that only exists on the volume goes by path, with the overrides, unvalidated.
+    request = kube.RenderRequest("tune", "local", "r/xray:1", 2, config_file="/mnt/xray/runs/tune/best_config.json",
+                                 overrides=("train.epochs=3",))
+    objects = _rendered(kube.render_kustomization(request, tmp_path / "tune"))
+    for job in [o for o in objects if o["kind"] == "Job"]:
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[-3:] == ["--config", "/mnt/xray/runs/tune/best_config.json", "train.epochs=3"]
+        assert "--max-trials" in args and "--preset" not in args
+
+
+@pytest.mark.parametrize("request_, message", [
+    (kube.RenderRequest("train", workers=3, image="r/x:1"), "train.batch_size=16 does not split evenly over 3 workers"),
+    (kube.RenderRequest("train", image="r/x:1", overrides=("train.epochs=0",)), "train.epochs=0 is invalid"),
+    (kube.RenderRequest("train", image="r/x:1", config_file="/nope/best.json"), "CONFIG=/nope/best.json: no such file"),
+    (kube.RenderRequest("train", image=":0.1.0"), "set the project image (got ':0.1.0')"),
+    (kube.RenderRequest("export", image="xray:0.1.0"), "set the project image"),
+    (kube.RenderRequest("train", overlay="staging", image="r/x:1"), "no overlay k8s/overlays/staging/train"),
+])
+def test_preflight_refuses_what_the_cluster_would_retry_or_reject(tmp_path, request_, message):
+    with pytest.raises(kube.ClusterError, match=re.escape(message)):
+        kube.preflight(request_, tmp_path, check_cluster=False)
+
+
+def test_storage_class_and_component_renders(tmp_path):
+    objects = _rendered(kube.render_kustomization(kube.RenderRequest("storage", "gpu", storage_class="filestore-rwx"),
+                                                  tmp_path / "storage"))
+    (claim,) = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["storageClassName"] == "filestore-rwx" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    objects = _rendered(kube.render_kustomization(kube.RenderRequest("shards", image="r/x:1", src="/mnt/xray/incoming/k",
+                                                                     data="/mnt/xray/shards-k"), tmp_path / "shards"))
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert config["data"]["XRAY_SRC"] == "/mnt/xray/incoming/k" and config["data"]["XRAY_DATA"] == "/mnt/xray/shards-k"
+    objects = _rendered(kube.render_kustomization(kube.RenderRequest("export", image="r/x:1", workdir="/mnt/xray/runs/r2"),
+                                                  tmp_path / "export"))
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+
+
+def test_make_picks_the_gpu_image_and_refuses_a_missing_image():
+    dry = subprocess.run(["make", "-n", "train-cluster", "IMAGE=r/xray", "TAG=0.2.0", "OVERLAY=gpu"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--image r/xray:0.2.0-gpu" in dry
+    dry = subprocess.run(["make", "-n", "train-cluster", "IMAGE=r/xray", "TAG=0.2.0", "CONFIG=b.json",
+                          "OVERRIDES=train.epochs=2 model.weights=/mnt/xray/w.h5"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert "--image r/xray:0.2.0 " in dry and '--config "b.json"' in dry and "train.epochs=2 model.weights=/mnt/xray/w.h5" in dry
+    missing = subprocess.run(["make", "train-cluster"], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set IMAGE to the project image you pushed" in missing.stderr
+    assert "preflight" not in missing.stdout  # refused before anything ran
 
 
 def test_preflight_refuses_a_missing_image_and_too_few_shards(tmp_path, shards_dir):
@@ -123,3 +195,27 @@ def test_cli_without_a_cluster_says_what_to_do(tmp_path):
     result = run_xray("jobs", "status", "xray-train", env={"KUBECONFIG": str(kubeconfig)}, check=False, timeout=120)
     assert result.returncode == 2 and "cannot reach the cluster of context dead" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_shows_the_newest_pod_per_index_with_throughput_and_eta():
+    old = _pod(1, "Failed", minutes=30)
+    old.metadata.name = "xray-train-1-old"
+    old.status.container_statuses[0].state = client.V1ContainerState(
+        terminated=client.V1ContainerStateTerminated(exit_code=75, reason="Error"))
+    new = _pod(1, "Running", minutes=2)
+    rows = kube.pod_rows([_pod(0, "Running"), old, new], NOW)
+    assert [(r["index"], r["pod"], r["phase"], r["restarts"]) for r in rows] == [
+        ("0", "xray-train-0-abcde", "Running", 0), ("1", "xray-train-1-abcde", "Running", 1)]
+    epoch = {"epoch": 3, "seconds": 120.0, "images": 5216, "epochs": 50}
+    assert kube.progress(epoch) == "43.5 images/s, ETA <= 1h34m for the 47 epoch(s) left of 50"
+    assert kube.progress({"epoch": 50, "seconds": 10, "images": 100, "epochs": 50}) == "10.0 images/s"
+
+
+def test_an_export_refused_by_the_gate_is_a_refusal_not_a_crash():
+    job = _job(failed=1, conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                      "message": "Container export for pod xray/xray-export-x failed with exit code 3 "
+                                                 "matching FailJob rule at index 0"}])
+    job.metadata.name = "xray-export"
+    state, explanation = kube.job_summary(job)
+    assert state == "refused" and "export gate refused the model" in explanation
+    assert kube.WATCH_EXIT[state] == 3

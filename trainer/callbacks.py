@@ -38,10 +38,13 @@ def read_history(path: str) -> list[dict]:
 
 
 class HistoryLog(keras.callbacks.Callback):
-    """Appends ``{"epoch": 1-based, "time", "run_id", "workers", "lr", metrics...}`` per epoch."""
+    """Appends ``{"epoch": 1-based, "time", "run_id", "workers", "seconds", "images", "epochs", "lr", metrics...}``
+    per epoch (images: training images seen in the epoch; epochs: the most this run will train)."""
 
-    def __init__(self, jsonl_path: str, csv_path: str, run_id: str, num_workers: int, announce: bool = False):
+    def __init__(self, jsonl_path: str, csv_path: str, run_id: str, num_workers: int, announce: bool = False,
+                 images_per_epoch: int = 0, max_epochs: int = 0):
         super().__init__()
+        self.images_per_epoch, self.max_epochs = images_per_epoch, max_epochs
         self.announce = announce  # the chief prints each line too, for `xray jobs status` to read from its log
         self.jsonl_path, self.csv_path = jsonl_path, csv_path
         self.run_id, self.num_workers = run_id, num_workers
@@ -65,6 +68,8 @@ class HistoryLog(keras.callbacks.Callback):
             "run_id": self.run_id,
             "workers": self.num_workers,
             "seconds": round(now - self._epoch_started, 3),
+            "images": self.images_per_epoch,
+            "epochs": self.max_epochs,
             "lr": _current_lr(self.model),
         }
         row.update({k: float(v) for k, v in (logs or {}).items()})

@@ -113,14 +113,16 @@ def configure_threads() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(max(2, int(threads)))
 
 
-def make_strategy(spec: ClusterSpec, collective_timeout_s: float):
+def make_strategy(spec: ClusterSpec, collective_timeout_s: float, collective: str = "auto"):
     """MultiWorkerMirroredStrategy for several workers (collectives time out instead of hanging on a
-    lost peer); MirroredStrategy over the local devices for one."""
+    lost peer; ``collective`` is auto, ring or nccl); MirroredStrategy over the local devices for one."""
     import tensorflow as tf
 
     configure_threads()
     if spec.num_workers > 1:
         os.environ["TF_CONFIG"] = json.dumps(spec.tf_config)
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s or None)
+        implementation = getattr(tf.distribute.experimental.CommunicationImplementation, collective.upper())
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s or None,
+                                                                  implementation=implementation)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return tf.distribute.MirroredStrategy()

@@ -15,6 +15,7 @@ MIXED_PRECISION = ("off", "bfloat16", "float16")
 POOLING = ("flatten", "avg")
 THRESHOLD_METHODS = ("youden", "sensitivity")
 ALLREDUCE_DTYPES = ("float32", "bfloat16")
+COLLECTIVES = ("auto", "ring", "nccl")
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,9 @@ class TrainConfig:
     # the pods) before the chief gives up with exit 76, which the Job's podFailurePolicy treats as final.
     # Counted in the workdir (peer_losses.json), so it holds across pod restarts.
     max_peer_losses: int = 10
+    # How workers exchange gradients: "ring" (gRPC, CPU), "nccl" (GPU workers; the GPU overlay sets it), or
+    # "auto" (TensorFlow's choice).
+    collective: str = "auto"
 
     def __post_init__(self):
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
@@ -101,6 +105,7 @@ class TrainConfig:
         _check(self.gradient_allreduce in ALLREDUCE_DTYPES, "train.gradient_allreduce", self.gradient_allreduce,
                f"one of {', '.join(ALLREDUCE_DTYPES)}")
         _check(self.collective_timeout_s >= 0, "train.collective_timeout_s", self.collective_timeout_s, "0 (off) or a number of seconds")
+        _check(self.collective in COLLECTIVES, "train.collective", self.collective, f"one of {', '.join(COLLECTIVES)}")
         _check(self.max_peer_losses >= 0, "train.max_peer_losses", self.max_peer_losses, "0 or a positive integer")
 
     def check_split(self, num_replicas: int, what: str = "workers") -> None:

@@ -136,7 +136,7 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         return finished
     check_or_write_config(paths, config, spec.is_chief)
     config.train.check_split(spec.num_workers)  # before joining the group: a refusal must not hang the others
-    strategy = cluster.make_strategy(spec, config.train.collective_timeout_s)
+    strategy = cluster.make_strategy(spec, config.train.collective_timeout_s, config.train.collective)
     config.train.check_split(strategy.num_replicas_in_sync, "replicas (all devices of all workers)")
     log.info("%s of %d worker(s) (%s), %d replica(s) in sync; global batch %d = %s per replica",
              spec.name, spec.num_workers, spec.source, strategy.num_replicas_in_sync, config.train.batch_size,
@@ -189,7 +189,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     checkpoint = keras.callbacks.ModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
                                                  save_weights_only=True)
     history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers,
-                                        announce=spec.is_chief)
+                                        announce=spec.is_chief, images_per_epoch=steps_per_epoch * batch,
+                                        max_epochs=config.train.epochs)
     fit_callbacks = [
         # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
         keras.callbacks.BackupAndRestore(paths.backup),

@@ -26,7 +26,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import data, records
+from trainer import cluster, data, records
 from trainer.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
@@ -376,6 +376,7 @@ def watch_oracle(interval_s: float = 5, misses: int = 3) -> threading.Thread:
 def run(data_uri: str, workdir: str, base: Config, options: SearchOptions, space: SearchSpace = SearchSpace()) -> list[dict]:
     """Searches (or continues a search in ``workdir``) in this process's role; returns the trial rows."""
     current = role()
+    cluster.configure_threads()  # XRAY_THREADS: the pod's CPU limit, or cores / processes locally
     if current == "worker":
         wait_for_oracle(float(os.environ.get(ORACLE_WAIT_ENV, "300")))
         watch_oracle()

@@ -420,20 +420,31 @@ def _tune_report_and_retrain(args, rows=None):
 
 
 def _add_preflight(sub):
-    p = sub.add_parser("preflight", help="check a cluster run before applying it, and render its kustomization",
-                       description="Checks the kube context, the namespace and volume claim, the image, that there are "
-                       "at least as many train shards as workers (when DATA is readable from here) and that no job of "
-                       "the same name is still running; then writes OUT/kustomization.yaml on top of "
-                       "k8s/overlays/OVERLAY/COMPONENT (apply it with kubectl apply -k OUT).")
-    p.add_argument("--component", choices=("train", "tune", "serving"), default="train")
+    from xray.render import WORKLOADS
+
+    p = sub.add_parser("preflight", help="check a cluster step before applying it, and render its kustomization",
+                       description="Checks the kube context, the namespace and volume claim (made by the storage step, "
+                       "make volume), the image, that there are at least as many train shards as workers (when DATA is "
+                       "readable from here), the run config (train/tune: the overlay's preset, or --config, with the "
+                       "overrides; the batch must split over the workers) and that no job of the same name is still "
+                       "running; then writes OUT/kustomization.yaml on top of k8s/overlays/OVERLAY/COMPONENT "
+                       "(apply it with kubectl apply -k OUT).",
+                       epilog="overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5")
+    p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
     p.add_argument("--overlay", default="local", help="k8s/overlays/<overlay> (local, gpu)")
-    p.add_argument("--image", default="", help="project image registry/name:tag (train, tune)")
+    p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving, storage)")
     p.add_argument("--workers", type=int, default=2, help="training workers / tuning trial workers")
     p.add_argument("--data", default="/mnt/xray/shards", help="shards URI as the pods see it")
     p.add_argument("--workdir", default="", help="run directory as the pods see it (default: the overlay's)")
+    p.add_argument("--config", default="", help="train/tune: a config.json to start from: a local file (sent in a "
+                   "ConfigMap) or a path on the volume as the pods see it (/mnt/xray/runs/tune/best_config.json)")
+    p.add_argument("--storage-class", default="", help="storage: the claim's storage class (default: the cluster's)")
+    p.add_argument("--src", default="", help="shards: the image folder on the volume (default: the overlay's)")
+    p.add_argument("--deadline", type=int, default=0, help="train: activeDeadlineSeconds (default: the manifest's, 3 days)")
     p.add_argument("--namespace", default="xray")
     p.add_argument("--out", required=True, help="directory for the rendered kustomization")
     p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
+    p.add_argument("overrides", nargs="*", help="train/tune config overrides, key=value")
     p.set_defaults(run=_run_preflight)
 
 
@@ -441,7 +452,8 @@ def _run_preflight(args):
     from xray import kube
 
     request = kube.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
-                                 args.namespace)
+                                 args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
+                                 args.deadline)
     try:
         warnings = kube.preflight(request, args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
@@ -449,6 +461,31 @@ def _run_preflight(args):
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
+
+
+def _add_upload(sub):
+    p = sub.add_parser("upload", help="copy an image folder (or .zip/.tar) onto the cluster volume via the uploader pod",
+                       description="Streams SRC's train/, val/ and test/ (Kaggle chest_xray layout; a .zip or .tar of it "
+                       "works too) into DEST inside POD with kubectl exec, one tar stream per split, showing progress. "
+                       "A split is renamed into place and marked done only when complete; a re-run skips the done ones. "
+                       "make data-cluster starts the pod, runs this, then shards DEST on the cluster.")
+    p.add_argument("src", help="local folder, .zip or .tar")
+    p.add_argument("--dest", required=True, help="folder on the volume as the pod sees it, e.g. /mnt/xray/incoming/chest_xray")
+    p.add_argument("-n", "--namespace", default="xray")
+    p.add_argument("--pod", default="xray-upload")
+    p.add_argument("--local", action="store_true", help="DEST is a folder on this machine (no pod): same layout")
+    p.set_defaults(run=_run_upload)
+
+
+def _run_upload(args):
+    from xray import upload
+
+    run = upload.local_exec() if args.local else upload.kubectl_exec(args.namespace, args.pod)
+    try:
+        report = upload.upload(args.src, args.dest, run)
+    except upload.UploadError as error:
+        raise UserError(str(error)) from None
+    print(json.dumps(report))
 
 
 def _add_jobs(sub):
@@ -472,7 +509,7 @@ def _run_jobs(args):
         if args.action == "status":
             state, text = kube.status(args.name, args.namespace)
             print(text)
-            return {"succeeded": 0, "failed": 1}.get(state, 0)
+            return kube.WATCH_EXIT.get(state, 0)
         if args.action == "watch":
             return kube.watch(args.name, args.namespace, args.interval)
         if args.action == "logs":
@@ -492,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_predict,
-                _add_preflight, _add_jobs):
+                _add_preflight, _add_upload, _add_jobs):
         add(sub)
     return parser
 

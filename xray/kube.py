@@ -1,5 +1,5 @@
-"""Kubernetes side of the command line: render a component for a cluster, pre-flight checks, and job
-monitoring in the spirit of kubectl (`xray jobs status|watch|logs|delete`).
+"""Kubernetes side of the command line: pre-flight checks before a cluster step (rendering is in
+xray/render.py), and job monitoring in the spirit of kubectl (`xray jobs status|watch|logs|delete`).
 
 The API calls are thin; everything that decides what to show works on the kubernetes client's model
 objects (V1Job, V1Pod, CoreV1Event), so it is tested without a cluster.
@@ -14,8 +14,8 @@ import os
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMPONENTS = {"train": "xray-train", "tune": "xray-tune-workers", "serving": "xray-serving"}
+from xray.render import PROJECT_IMAGE, WORKLOADS, RenderError, RenderRequest, render_kustomization  # noqa: F401
+
 EPOCH_PREFIX = "xray-epoch "
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -25,56 +25,11 @@ class ClusterError(Exception):
     """No cluster, wrong context, no such job: the message says what to do."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rendering: a kustomization in build/k8s/<component>/ on top of an overlay, with the run's values.
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RenderRequest:
-    component: str  # train, tune or serving
-    overlay: str = "local"
-    image: str = ""  # registry/name:tag of the project image (train, tune)
-    workers: int = 2
-    data: str = "/mnt/xray/shards"
-    workdir: str = ""
-    namespace: str = "xray"
-
-
-def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
-    """Writes ``out_dir/kustomization.yaml`` referencing the overlay; returns the directory (kubectl apply -k)."""
-    overlay = REPO / "k8s" / "overlays" / request.overlay / request.component
-    if not overlay.is_dir():
-        raise ClusterError(f"no overlay {overlay.relative_to(REPO)}; overlays: "
-                           f"{', '.join(sorted(p.name for p in (REPO / 'k8s/overlays').iterdir()))}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": request.namespace,
-           "resources": [os.path.relpath(overlay, out)]}
-    if request.component in ("train", "tune") and request.image:
-        name, _, tag = request.image.rpartition(":") if ":" in request.image.rsplit("/", 1)[-1] else (request.image, "", "")
-        doc["images"] = [{"name": "xray", "newName": name, **({"newTag": tag} if tag else {})}]
-    if request.component == "train":
-        workers = request.workers
-        doc["patches"] = [{"target": {"kind": "Job", "name": "xray-train"}, "patch": json.dumps([
-            {"op": "replace", "path": "/spec/completions", "value": workers},
-            {"op": "replace", "path": "/spec/parallelism", "value": workers},
-            {"op": "replace", "path": "/spec/template/spec/containers/0/env/0",
-             "value": {"name": "XRAY_NUM_WORKERS", "value": str(workers)}},
-        ])}]
-    if request.component == "tune":
-        doc["patches"] = [{"target": {"kind": "Job", "name": "xray-tune-workers"}, "patch": json.dumps([
-            {"op": "replace", "path": "/spec/completions", "value": request.workers},
-            {"op": "replace", "path": "/spec/parallelism", "value": request.workers},
-        ])}]
-    literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
-    if request.component in ("train", "tune"):
-        doc["configMapGenerator"] = [{"name": f"xray-{request.component}", "behavior": "merge", "literals": literals}]
-    import yaml
-
-    (out / "kustomization.yaml").write_text("# Written by xray preflight; do not edit (re-run it).\n"
-                                            + yaml.safe_dump(doc, sort_keys=False))
-    return out
+def _default_storage_class(storage) -> str | None:
+    for item in storage.list_storage_class().items:
+        if (item.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
+            return item.metadata.name
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -131,9 +86,24 @@ def _age(timestamp, now: dt.datetime) -> str:
     return f"{seconds}s"
 
 
-def pod_rows(pods, now: dt.datetime) -> list[dict]:
-    rows = []
+def newest_per_index(pods) -> list:
+    """The newest pod of each completion index (a replaced pod's failed predecessor is history, not state)."""
+    newest = {}
     for pod in pods:
+        index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, pod.metadata.name)
+        if index not in newest or pod.metadata.creation_timestamp > newest[index].metadata.creation_timestamp:
+            newest[index] = pod
+    return list(newest.values())
+
+
+def pod_rows(pods, now: dt.datetime) -> list[dict]:
+    """One row per index, its newest pod; RESTARTS counts container restarts plus the pods it replaced."""
+    replaced = {}
+    for pod in pods:
+        index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, pod.metadata.name)
+        replaced[index] = replaced.get(index, -1) + 1
+    rows = []
+    for pod in newest_per_index(pods):
         annotations = pod.metadata.annotations or {}
         statuses = pod.status.container_statuses or []
         reason = ""
@@ -143,16 +113,31 @@ def pod_rows(pods, now: dt.datetime) -> list[dict]:
                 reason = state.waiting.reason
             elif state and state.terminated and state.terminated.reason:
                 reason = f"{state.terminated.reason} (exit {state.terminated.exit_code})"
+        index = annotations.get(INDEX_ANNOTATION, pod.metadata.name)
         rows.append({
             "index": annotations.get(INDEX_ANNOTATION, "-"),
             "pod": pod.metadata.name,
             "phase": pod.status.phase,
-            "restarts": sum(s.restart_count or 0 for s in statuses),
+            "restarts": sum(s.restart_count or 0 for s in statuses) + replaced[index],
             "node": pod.spec.node_name or "-",
             "age": _age(pod.metadata.creation_timestamp, now),
             "reason": reason,
         })
     return sorted(rows, key=lambda r: (int(r["index"]) if str(r["index"]).isdigit() else 1 << 30, r["pod"]))
+
+
+def progress(epoch: dict) -> str:
+    """Throughput and a time-to-finish bound from one epoch line (early stopping may end the run sooner)."""
+    parts = []
+    seconds, images = epoch.get("seconds"), epoch.get("images")
+    if seconds and images:
+        parts.append(f"{images / seconds:.1f} images/s")
+    total = epoch.get("epochs")
+    if seconds and total and total > epoch["epoch"]:
+        left = (total - epoch["epoch"]) * seconds
+        hours, minutes = int(left // 3600), int(left % 3600 // 60)
+        parts.append(f"ETA <= {hours}h{minutes:02d}m for the {total - epoch['epoch']} epoch(s) left of {total}")
+    return ", ".join(parts)
 
 
 def latest_epoch(log_text: str) -> dict | None:
@@ -176,7 +161,11 @@ def job_summary(job) -> tuple[str, str]:
         if condition.type in ("Complete", "SuccessCriteriaMet"):
             return "succeeded", f"completed {status.succeeded or 0}/{job.spec.completions}"
         if condition.type in ("Failed", "FailureTarget"):
-            return "failed", f"{condition.reason}: {condition.message or ''}".strip()
+            message = condition.message or ""
+            if job.metadata.name == "xray-export" and "exit code 3" in message:
+                return "refused", ("the export gate refused the model (its test AUC is below the serving version's); "
+                                   "the served model is unchanged. Details: xray jobs logs xray-export")
+            return "failed", f"{condition.reason}: {message}".strip()
     if status.active:
         return "running", f"{status.active} active, {status.succeeded or 0} succeeded, {status.failed or 0} failed pod(s)"
     return "pending", "no pod running yet"
@@ -194,6 +183,8 @@ def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = N
     if epoch:
         shown = " ".join(f"{k}={epoch[k]:.4f}" for k in ("loss", "auc", "val_loss", "val_auc") if k in epoch)
         lines.append(f"epoch {epoch['epoch']} at {epoch.get('time', '?')} on {epoch.get('workers', '?')} worker(s): {shown}")
+        if progress(epoch):
+            lines.append(f"  {progress(epoch)}")
     else:
         lines.append("no finished epoch yet")
     warnings = [e for e in events if e.type == "Warning"]
@@ -228,7 +219,7 @@ def gather(name: str, namespace: str):
     pods = _api_call(context, core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
     events = [e for e in _api_call(context, core.list_namespaced_event, namespace).items
               if e.involved_object.name == name or e.involved_object.name in {p.metadata.name for p in pods}]
-    chief = next((p for p in pods if (p.metadata.annotations or {}).get(INDEX_ANNOTATION) == "0"
+    chief = next((p for p in newest_per_index(pods) if (p.metadata.annotations or {}).get(INDEX_ANNOTATION, "0") == "0"
                   and p.status.phase in ("Running", "Succeeded", "Failed")), None)
     log = ""
     if chief is not None:
@@ -244,13 +235,16 @@ def status(name: str, namespace: str) -> tuple[str, str]:
     return job_summary(job)[0], format_status(job, pods, events, log)
 
 
+WATCH_EXIT = {"succeeded": 0, "failed": 1, "refused": 3}
+
+
 def watch(name: str, namespace: str, interval_s: float = 10, out=print) -> int:
-    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed."""
+    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused."""
     while True:
         state, text = status(name, namespace)
         out(text)
-        if state in ("succeeded", "failed"):
-            return 0 if state == "succeeded" else 1
+        if state in WATCH_EXIT:
+            return WATCH_EXIT[state]
         time.sleep(interval_s)
         out("")
 
@@ -284,13 +278,16 @@ def delete(name: str, namespace: str) -> None:
 def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool = True) -> list[str]:
     """Checks what can be checked from here, renders the kustomization; returns warnings, raises ClusterError."""
     warnings = []
-    if request.component in ("train", "tune") and (not request.image or request.image.split(":")[0] == "xray"):
-        raise ClusterError("set the project image: make image push IMAGE=registry.example.com/xray TAG=0.1.0, then "
-                           "pass the same IMAGE and TAG (the bare 'xray' image exists on no registry)")
+    if request.component in PROJECT_IMAGE:
+        name = request.image.rsplit(":", 1)[0] if ":" in request.image.rsplit("/", 1)[-1] else request.image
+        if not name or name == "xray":
+            raise ClusterError(f"set the project image (got {request.image!r}): make image push "
+                               "IMAGE=registry.example.com/xray TAG=0.1.0, then pass the same IMAGE and TAG to this "
+                               "target (the bare 'xray' image exists on no registry)")
     if request.workers < 1:
         raise ClusterError(f"WORKERS={request.workers} must be at least 1")
     data = request.data
-    if "://" in data or os.path.exists(data):
+    if request.component in ("train", "tune", "export") and ("://" in data or os.path.exists(data)):
         from trainer.records import read_manifest
 
         try:
@@ -301,34 +298,64 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
         if request.component == "train" and shards < request.workers:
             raise ClusterError(f"{data} has {shards} train shard(s) for {request.workers} workers: re-run xray shards "
                                f"with --num-shards >= {request.workers} so that every worker reads its own files")
-    else:
+    elif request.component in ("train", "tune", "export"):
         warnings.append(f"{data} is not readable from here (a path inside the pods?): shard count not checked")
+    if request.config_file and not os.path.exists(request.config_file):
+        warnings.append(f"CONFIG={request.config_file} is read by the pods from the volume: not validated here")
+    try:
+        render_kustomization(request, out_dir)
+    except RenderError as error:
+        raise ClusterError(str(error)) from None
     if check_cluster:
-        core, batch, context = load_clients()
-        from kubernetes.client.exceptions import ApiException
+        warnings += _cluster_checks(request)
+    return warnings
 
-        try:
-            _api_call(context, core.read_namespace, request.namespace)
-            claim = _api_call(context, core.read_namespaced_persistent_volume_claim, "xray-data", request.namespace)
-            if claim.status.phase != "Bound":
-                warnings.append(f"volume claim xray-data is {claim.status.phase}: pods wait until it is bound "
-                                "(needs a ReadWriteMany storage class on multi-node clusters)")
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            warnings.append(f"namespace {request.namespace} or claim xray-data does not exist yet: apply creates them")
-        name = COMPONENTS[request.component]
-        if request.component != "serving":
+
+def _cluster_checks(request: RenderRequest) -> list[str]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core, batch, context = load_clients()
+    warnings = []
+    try:
+        _api_call(context, core.read_namespace, request.namespace)
+        claim = _api_call(context, core.read_namespaced_persistent_volume_claim, "xray-data", request.namespace)
+        if claim.status.phase != "Bound" and request.component != "storage":
+            warnings.append(f"volume claim xray-data is {claim.status.phase}: pods wait until it is bound "
+                            "(needs a ReadWriteMany storage class on multi-node clusters; see STORAGE_CLASS)")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        if request.component != "storage":
+            raise ClusterError(f"namespace {request.namespace} or its volume claim xray-data does not exist: run "
+                               f"make volume NAMESPACE={request.namespace} first (the namespace and the claim are a step "
+                               "of their own, so that deleting a component never deletes the data)") from None
+    if request.component == "storage":
+        storage = client.StorageV1Api()
+        if request.storage_class:
             try:
-                job = _api_call(context, batch.read_namespaced_job, name, request.namespace)
+                _api_call(context, storage.read_storage_class, request.storage_class)
             except ApiException as error:
                 if error.status != 404:
                     raise
-            else:
-                state = job_summary(job)[0]
-                if state in ("running", "pending"):
-                    raise ClusterError(f"job {name} is {state} in {request.namespace}: watch it with "
-                                       f"xray jobs watch {name}, or delete it first (make delete)")
-                warnings.append(f"job {name} ({state}) will be replaced; the workdir keeps its backup and results")
-    render_kustomization(request, out_dir)
+                names = ", ".join(c.metadata.name for c in _api_call(context, storage.list_storage_class).items)
+                raise ClusterError(f"STORAGE_CLASS={request.storage_class} does not exist in context {context}; "
+                                   f"storage classes: {names or 'none'}") from None
+        elif _api_call(context, _default_storage_class, storage) is None:
+            warnings.append("the cluster has no default storage class: the claim stays Pending until a volume is "
+                            "provisioned for it (set STORAGE_CLASS, or create a PersistentVolume)")
+    for kind, name, _ in WORKLOADS[request.component]:
+        if kind != "Job" or request.component == "tune" and name == "xray-tune-chief":
+            continue
+        try:
+            job = _api_call(context, batch.read_namespaced_job, name, request.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            continue
+        state = job_summary(job)[0]
+        if state in ("running", "pending"):
+            raise ClusterError(f"job {name} is {state} in {request.namespace}: watch it with "
+                               f"xray jobs watch {name} -n {request.namespace}, or delete it first (make delete JOB={name})")
+        warnings.append(f"job {name} ({state}) will be replaced; the workdir keeps its backup and results")
     return warnings
