@@ -6,16 +6,18 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG VARIANT=cpu
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock requirements-gpu.lock ./
 COPY trainer ./trainer
 COPY tuner ./tuner
 COPY serving ./serving
 COPY clients ./clients
 COPY xray ./xray
+# The versions the tests ran: the same lock files as make venv (pinned, hashed), then the project itself.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/venv/bin/pip install --no-cache-dir . \
- && if [ "$VARIANT" = "gpu" ]; then /opt/venv/bin/pip install --no-cache-dir "tensorflow[and-cuda]==2.21.*"; fi
+ && if [ "$VARIANT" = "gpu" ]; then lock=requirements-gpu.lock; else lock=requirements.lock; fi \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r "$lock" \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
 # No compilers or build tools in the final image: only the virtualenv.
 FROM python:${PYTHON_VERSION}-slim

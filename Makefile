@@ -60,11 +60,21 @@ REST_PORT ?= 8501
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The virtualenv installs exactly requirements.lock (pinned and hashed; the image installs the same file), then the
+# project itself without dependencies.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+lock: $(VENV)/.installed ## re-resolve requirements.lock and requirements-gpu.lock from pyproject.toml (then make test)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --universal --python-version 3.11 \
+	  -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra gpu --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements-gpu.lock
 
 venv: $(VENV)/.installed ## create .venv and install the project with its test extras
 
