@@ -50,6 +50,9 @@ def _find_root(names: list[PurePosixPath]) -> tuple[str, ...]:
 
 def list_source(src: str | Path) -> dict[str, list[Member]]:
     """split -> its files, from a folder, a .zip or a .tar(.gz)."""
+    if "://" in str(src):
+        raise UploadError(f"SRC={src}: only local folders and archives are uploaded; for a bucket, copy it into the "
+                          "volume from a pod of your own (e.g. gcloud storage rsync) or shard it where it is readable")
     src = Path(src)
     if not src.exists():
         raise UploadError(f"SRC={src} does not exist")
