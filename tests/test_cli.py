@@ -21,6 +21,13 @@ def test_help_lists_the_stages():
     (["train", "--data", "x", "--workdir", "y", "epochs=abc"], "train.epochs='abc' is not a valid int"),
     (["train", "--data", "x", "--workdir", "y", "--workers", "0"], "--workers 0 must be at least 1"),
     (["evaluate", "--data", "x", "--workdir", "/nonexistent/run"], "no trained model at /nonexistent/run/best.weights.h5"),
+    # s3:// does not exist in TensorFlow 2.21: refused at the boundary, for every path argument.
+    (["train", "--data", "s3://b/shards", "--workdir", "/tmp/never"], "--data s3://b/shards: s3:// is not supported"),
+    (["shards", "--src", ".", "--out", "s3://b/shards"], "Use gs://, a path on a PersistentVolume"),
+    (["export", "--workdir", "/tmp/r", "--model-base", "s3://b/models"], "--model-base s3://b/models: s3://"),
+    (["tune", "--data", "x", "--workdir", "s3://b/tune"], "--workdir s3://b/tune: s3:// is not supported"),
+    (["preflight", "--data", "s3://b/s", "--out", "/tmp/p", "--offline"], "--data s3://b/s: s3://"),
+    (["evaluate", "--data", "hdfs://n/s", "--workdir", "/tmp/r"], "hdfs:// is not supported; use a local path or gs://"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
     result = run_xray(*args, check=False)

@@ -83,3 +83,31 @@ def test_fewer_files_than_workers_falls_back_to_record_sharding(shards_dir, capl
     assert all(seen)
     assert sum(len(s) for s in seen) == len(set().union(*seen))  # still disjoint
     assert "sharding by record" in caplog.text
+
+
+def _film(size=2000, seed=0):
+    """A film-like 8-bit grayscale image at full size: smooth anatomy-like shading, fine grain and edges."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    body = 120 + 80 * np.exp(-((x - 0.5) ** 2) / 0.08) * np.exp(-((y - 0.55) ** 2) / 0.15)
+    lungs = -60 * (np.exp(-(((x - 0.33) / 0.1) ** 2 + ((y - 0.45) / 0.22) ** 2))
+                   + np.exp(-(((x - 0.67) / 0.1) ** 2 + ((y - 0.45) / 0.22) ** 2)))
+    ribs = 18 * (np.sin(y * 90) > 0.6)
+    grain = rng.normal(0, 22, (size, size))
+    return np.clip(body + lungs + ribs + grain, 0, 255).astype(np.uint8)
+
+
+def test_a_full_size_film_gives_the_same_tensor_through_shards_and_through_the_server():
+    """What the server computes from a client's 2000 px upload vs what training reads from the shards."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_film(), mode="L").save(buffer, format="JPEG", quality=95)
+    original = buffer.getvalue()
+    served = data.preprocess_image(tf.constant(original), 224).numpy()
+    _, payload = records.check_image(original, 224)  # what xray shards --image-size 224 stores
+    trained = data.preprocess_image(tf.constant(payload), 224).numpy()
+    difference = float(np.mean(np.abs(served - trained)))
+    assert difference <= 0.015, f"mean absolute difference {difference:.4f} on the [-1, 1] scale"

@@ -187,3 +187,25 @@ def test_class_weights_are_balanced_from_manifest_counts():
     manifest = {"class_names": ["NORMAL", "PNEUMONIA"], "counts": {"train": {"NORMAL": 100, "PNEUMONIA": 300}}}
     weights = records.class_weights(manifest)
     assert weights == pytest.approx({0: 2.0, 1: 400 / 600})
+
+
+def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shards_dir, tmp_path):
+    import json
+    import shutil
+
+    from conftest import run_xray
+
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    assert manifest["options"]["resize"] == records.RESIZE_METHOD == "tf-bilinear-antialias"
+    assert records.check_for_model(manifest, "d", 32) == []
+    (warning,) = records.check_for_model(manifest, "d", 64)
+    assert "32 px images and the model reads 64 px: they are upsampled" in warning
+    # Shards written before the resize was shared with the server (no "resize" in the manifest): refused.
+    old = tmp_path / "old"
+    shutil.copytree(shards_dir, old)
+    del manifest["options"]["resize"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    result = run_xray("train", "--data", old, "--workdir", tmp_path / "run", "--preset", "tiny", check=False, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the serving signature resizes with tf-bilinear-antialias" in result.stderr
+    assert "Re-run xray shards --image-size 32" in result.stderr

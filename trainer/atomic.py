@@ -1,4 +1,4 @@
-"""Whole-file writes that readers never see half done (local paths, gs://, s3:// through tf.io.gfile)."""
+"""Whole-file writes that readers never see half done (local paths and gs:// through tf.io.gfile)."""
 
 import uuid
 

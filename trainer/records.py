@@ -107,6 +107,26 @@ def read_manifest(data_uri: str) -> dict:
         return json.load(f)
 
 
+class StaleShardsError(ValueError):
+    """Shards that training must not read as they are; the message says how to remake them."""
+
+
+def check_for_model(manifest: dict, data_uri: str, model_image_size: int) -> list[str]:
+    """Refuses shards resized another way than the server resizes; returns warnings (e.g. upsampling)."""
+    options = manifest.get("options", {})
+    size = options.get("image_size")
+    method = options.get("resize", "PIL bilinear (shards written before the resize was shared with serving)")
+    if size is not None and method != RESIZE_METHOD:
+        raise StaleShardsError(
+            f"{data_uri} was resized with {method}, but the serving signature resizes with {RESIZE_METHOD}: the model "
+            f"would train on other pixels than it is served. Re-run xray shards --image-size {size} into a new --out")
+    if size is not None and size < model_image_size:
+        return [f"{data_uri} holds {size} px images and the model reads {model_image_size} px: they are upsampled, "
+                f"which adds no detail; re-run xray shards --image-size {model_image_size} (or set "
+                f"model.image_size={size})"]
+    return []
+
+
 # ----------------------------------------------------------------------------------------------------
 # Scanning and checking source images.
 # ----------------------------------------------------------------------------------------------------
@@ -159,6 +179,20 @@ def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
     return found
 
 
+# The one resize of the project, recorded in every manifest: xray shards (when it stores images at a size),
+# the training reader and the serving signature all call resize_gray. Antialiased: downsizing a 2000 px
+# film averages over each output pixel's footprint instead of sampling 4 pixels, so an image sent to the
+# server at full size and the same image pre-resized into shards reach the model with the same detail.
+RESIZE_METHOD = "tf-bilinear-antialias"
+
+
+def resize_gray(image, image_size: int):
+    """[height, width, 1] grayscale (any dtype) -> float32 [image_size, image_size, 1], values kept in 0..255."""
+    import tensorflow as tf
+
+    return tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+
+
 def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], bytes | None]:
     """Decodes fully (catches truncation); returns ((height, width), payload or None) or raises ValueError.
 
@@ -184,7 +218,10 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
     gray = _to_gray8(image)
     buffer = io.BytesIO()
     if image_size is not None:
-        gray.resize((image_size, image_size), Image.BILINEAR).save(buffer, format="JPEG", quality=95)
+        # The serving signature's resize (preprocess_image calls resize_gray too): both paths see the same pixels.
+        resized = resize_gray(np.asarray(gray, dtype=np.uint8)[:, :, None], image_size).numpy()
+        pixels = np.clip(np.rint(resized[:, :, 0]), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
     else:
         gray.save(buffer, format="PNG")
     return size, buffer.getvalue()
@@ -373,7 +410,7 @@ def _manifest(src, out, options, splits, written, skipped, num_found, seconds, t
         "format_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": str(src.resolve()),
-        "options": dataclasses.asdict(options),
+        "options": {**dataclasses.asdict(options), "resize": RESIZE_METHOD if options.image_size else "none"},
         "class_names": list(CLASS_NAMES),
         "counts": counts,
         "num_patients": {s: len(p) for s, p in patients.items()},

@@ -144,6 +144,11 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
 
     # --- data -------------------------------------------------------------------------------------
     manifest = records.read_manifest(data_uri)
+    try:
+        for warning in records.check_for_model(manifest, data_uri, config.model.image_size):
+            log.warning(warning)
+    except records.StaleShardsError as error:
+        raise ConfigError(str(error)) from None
     counts = {split: sum(manifest["counts"][split].values()) for split in ("train", "val")}
     if not counts["val"]:
         raise ConfigError(f"{data_uri} has no validation split: re-run xray shards with --val-fraction > 0")

@@ -96,6 +96,8 @@ class XrayHyperModel(kt.HyperModel):
         super().__init__(name="xray")
         self.base, self.space, self.options, self.data_uri = base, space, options, data_uri
         self.manifest = records.read_manifest(data_uri)
+        for warning in records.check_for_model(self.manifest, data_uri, base.model.image_size):  # raises if stale
+            print(f"warning: {warning}", file=sys.stderr)
 
     def values(self, hp) -> dict:
         base, space = self.base, self.space

@@ -29,6 +29,25 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, exit status 2."""
 
 
+# Storage the commands can read and write, checked once here for every path argument. TensorFlow 2.21 reads
+# local paths and gs:// itself; its S3 filesystem moved to tensorflow-io, which no longer loads with current
+# TensorFlow (tf.io.gfile.exists("s3://b/x") raises UnimplementedError), so s3:// is refused, not half-supported.
+PATH_ARGUMENTS = ("data", "workdir", "out", "model_base", "src", "model", "dest", "config")
+SUPPORTED_SCHEMES = ("gs://", "file://")
+
+
+def check_storage_uri(value: str, flag: str) -> None:
+    if "://" not in value or value.startswith(SUPPORTED_SCHEMES):
+        return
+    scheme = value.split("://", 1)[0]
+    if scheme == "s3":
+        raise UserError(f"--{flag} {value}: s3:// is not supported (TensorFlow 2.21 has no S3 filesystem; "
+                        "tensorflow-io, which had one, does not load with it). Use gs://, a path on a "
+                        "PersistentVolume, or the bucket mounted as a local path by a CSI driver (e.g. Mountpoint "
+                        "for Amazon S3)")
+    raise UserError(f"--{flag} {value}: {scheme}:// is not supported; use a local path or gs://")
+
+
 def _add_synth(sub):
     p = sub.add_parser("synth", help="write a synthetic chest X-ray-like data set (Kaggle layout)",
                        description="Writes OUT/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg: drawn chest films "
@@ -62,7 +81,7 @@ def _add_shards(sub):
                        "skips bad files (listed in the manifest), carves a patient-disjoint, class-stratified "
                        "validation split from train, and writes train/val/test shards atomically.")
     p.add_argument("--src", required=True, help="image folder in the Kaggle chest_xray layout")
-    p.add_argument("--out", required=True, help="output directory or URI (gs://, s3:// via tf.io.gfile)")
+    p.add_argument("--out", required=True, help="output directory or gs:// URI")
     p.add_argument("--num-shards", type=int, default=8, help="shards per split (>= the number of training workers)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train images (by patient) for validation")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and shard order")
@@ -542,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
+        for name in PATH_ARGUMENTS:
+            value = getattr(args, name, None)
+            if isinstance(value, str):
+                check_storage_uri(value, name.replace("_", "-"))
         return args.run(args) or 0
     except UserError as error:
         print(f"xray {args.command}: error: {error}", file=sys.stderr)
