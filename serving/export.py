@@ -29,7 +29,7 @@ from trainer import data, evaluate
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import load_trained
-from trainer.train import Workdir, read_summary
+from trainer.workdir import Workdir, read_summary
 
 DEFAULT_TOLERANCE = 0.01
 NUM_WARMUP_RECORDS = 3

@@ -48,7 +48,8 @@ def test_synth_then_shards_print_summaries_and_write_the_manifest(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    from trainer.train import Workdir, check_or_write_config
+    from trainer.train import check_or_write_config
+    from trainer.workdir import Workdir
 
     paths = Workdir(str(tmp_path))
     check_or_write_config(paths, preset("tiny"), is_chief=True)

@@ -23,7 +23,7 @@ from trainer import data, records
 from trainer.config import preset
 from trainer.kerasapi import keras
 from trainer.model import build_model
-from trainer.train import Workdir
+from trainer.workdir import Workdir
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import uuid
 import tensorflow as tf
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary name beside ``path``, then renames it over ``path``."""
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Writes ``text`` (or bytes) to a temporary name beside ``path``, then renames it over ``path``."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
+    with tf.io.gfile.GFile(tmp, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)

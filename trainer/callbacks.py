@@ -15,6 +15,7 @@ import io
 import json
 import math
 import time
+import uuid
 
 import tensorflow as tf
 
@@ -89,6 +90,25 @@ class HistoryLog(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(self._rows)
         write_atomic(self.csv_path, buffer.getvalue())
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint whose file is never half written: the weights go to a temporary name beside the target,
+    which is renamed over it when complete. A kill during the write leaves the previous best whole (a resume
+    rebuilds the best value from history and would never rewrite a truncated file).
+
+    Overrides tf-keras 2.21's ModelCheckpoint._save_handler (private; tests/test_train_multiworker.py and
+    tests/test_callbacks.py fail if a tf-keras upgrade stops calling it)."""
+
+    def _save_handler(self, filepath):
+        directory, name = filepath.rsplit("/", 1) if "/" in filepath else (".", filepath)
+        tmp = f"{directory}/.tmp-{uuid.uuid4().hex[:8]}-{name}"  # same suffix: the same file format
+        try:
+            super()._save_handler(tmp)
+            tf.io.gfile.rename(tmp, filepath, overwrite=True)
+        finally:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
 
 
 def _current_lr(model) -> float:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 from sklearn import metrics as skm
 
+from trainer.atomic import write_atomic
 from trainer.config import Config, EvalConfig
 
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1")
@@ -121,8 +122,7 @@ def save_plots(labels, probabilities, threshold: float, out_dir: str) -> list[st
         figure.tight_layout()
         figure.savefig(buffer, format="png")
         plt.close(figure)
-        with tf.io.gfile.GFile(f"{out_dir}/{name}", "wb") as f:
-            f.write(buffer.getvalue())
+        write_atomic(f"{out_dir}/{name}", buffer.getvalue())
         written.append(name)
     return written
 
@@ -132,7 +132,7 @@ def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict
     import tensorflow as tf
 
     from trainer.model import load_trained
-    from trainer.train import Workdir
+    from trainer.workdir import Workdir
 
     paths = Workdir(workdir)
     if not tf.io.gfile.exists(paths.best_weights):
@@ -161,10 +161,8 @@ def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict
     writer.writerow(["path", "label", "probability", "predicted"])
     for path, label, probability in zip(test_paths, test_labels, test_probabilities):
         writer.writerow([path, int(label), f"{probability:.6f}", int(probability >= threshold)])
-    with tf.io.gfile.GFile(f"{out_dir}/predictions.csv", "w") as f:
-        f.write(buffer.getvalue())
-    with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomic(f"{out_dir}/predictions.csv", buffer.getvalue())
+    write_atomic(f"{out_dir}/metrics.json", json.dumps(result, indent=2))
     result["out_dir"] = out_dir
     return result
 

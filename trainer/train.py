@@ -33,6 +33,7 @@ from trainer.config import Config, ConfigError, TrainConfig
 from trainer.kerasapi import keras
 from trainer.allreduce import with_gradient_exchange
 from trainer.atomic import write_atomic
+from trainer.workdir import Workdir, read_summary
 from trainer.model import build_model, compile_model
 
 log = logging.getLogger("xray.train")
@@ -47,31 +48,6 @@ PEER_ERRORS = (
     tf.errors.CancelledError,
     tf.errors.AbortedError,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Workdir:
-    root: str
-
-    def path(self, name: str) -> str:
-        return f"{self.root.rstrip('/')}/{name}"
-
-    config = property(lambda self: self.path("config.json"))
-    backup = property(lambda self: self.path("backup"))
-    best_weights = property(lambda self: self.path("best.weights.h5"))
-    history_jsonl = property(lambda self: self.path("history.jsonl"))
-    history_csv = property(lambda self: self.path("history.csv"))
-    tensorboard = property(lambda self: self.path("tensorboard"))
-    summary = property(lambda self: self.path("training.json"))
-    peer_losses = property(lambda self: self.path("peer_losses.json"))
-
-
-def read_summary(workdir: str) -> dict | None:
-    path = Workdir(workdir).summary
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> None:
@@ -191,8 +167,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True, verbose=1)
     # Weights only: a full .keras file (~3x larger with the optimizer slots) loads very slowly, since h5py
     # seeks inside the zip archive; the architecture is rebuilt from config.json (trainer.model.load_trained).
-    checkpoint = keras.callbacks.ModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
-                                                 save_weights_only=True)
+    checkpoint = xcallbacks.AtomicModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
+                                                   save_weights_only=True)
     history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers,
                                         announce=spec.is_chief, images_per_epoch=steps_per_epoch * batch,
                                         max_epochs=config.train.epochs)
