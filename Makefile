@@ -78,19 +78,28 @@ lock: $(VENV)/.installed ## re-resolve requirements.lock and requirements-gpu.lo
 
 venv: $(VENV)/.installed ## create .venv and install the project with its test extras
 
-$(BUILD)/synth/.done: | $(VENV)/.installed
+# The demo data is remade when one of its settings changes: the stamp's name carries them all.
+DATA_KEY := patients$(PATIENTS)-seed$(SEED)-synth$(SYNTH_SIZE)-px$(IMAGE_SIZE)-shards$(SHARDS)
+DATA_STAMP := $(BUILD)/.demo-data-$(DATA_KEY)
+# Your own shards (make train DATA=...) are used as they are.
+DATA_PREREQ := $(if $(filter $(BUILD)/shards,$(DATA)),$(DATA_STAMP),$(DATA)/manifest.json)
+
+$(DATA_STAMP): | $(VENV)/.installed
+	@if ls $(BUILD)/.demo-data-* >/dev/null 2>&1; then echo "demo data settings changed ($(DATA_KEY)): remaking build/synth and build/shards, and starting a new run in $(WORKDIR)"; fi
+	rm -rf $(BUILD)/synth $(BUILD)/shards $(BUILD)/.demo-data-* $(if $(filter $(BUILD)/run,$(WORKDIR)),$(WORKDIR))
 	$(XRAY) synth --out $(BUILD)/synth --num-patients $(PATIENTS) --seed $(SEED) --image-size $(SYNTH_SIZE)
+	$(XRAY) shards --src $(BUILD)/synth --out $(BUILD)/shards --num-shards $(SHARDS) --image-size $(IMAGE_SIZE) --seed $(SEED)
 	touch $@
 
-$(DATA)/manifest.json: $(BUILD)/synth/.done
-	$(XRAY) shards --src $(BUILD)/synth --out $(DATA) --num-shards $(SHARDS) --image-size $(IMAGE_SIZE) --seed $(SEED)
+$(DATA)/manifest.json:
+	@echo "no shards at $(DATA): make them with xray shards --src IMAGES --out $(DATA)" >&2; exit 2
 
-train: $(VENV)/.installed $(DATA)/manifest.json ## synth data -> shards -> train on $(WORKERS) local workers -> evaluate
+train: $(VENV)/.installed $(DATA_PREREQ) ## synth data -> shards -> train on $(WORKERS) local workers -> evaluate
 	$(XRAY) train --data $(DATA) --workdir $(WORKDIR) --preset $(PRESET) --workers $(WORKERS)
 	$(XRAY) evaluate --data $(DATA) --workdir $(WORKDIR)
 	@echo "artifacts: $(WORKDIR)/ (best.weights.h5, history.csv, tensorboard/, eval/)"
 
-tune: $(VENV)/.installed $(DATA)/manifest.json ## KerasTuner search ($(TRIALS) trials, $(PARALLEL) parallel workers), then train + evaluate the best
+tune: $(VENV)/.installed $(DATA_PREREQ) ## KerasTuner search ($(TRIALS) trials, $(PARALLEL) parallel workers), then train + evaluate the best
 	$(XRAY) tune --data $(DATA) --workdir $(TUNE_DIR) --preset $(PRESET) --max-trials $(TRIALS) \
 	  --epochs-per-trial $(TRIAL_EPOCHS) --objective $(OBJECTIVE) --parallel $(PARALLEL) --retrain --workers $(WORKERS)
 	@echo "trials: $(TUNE_DIR)/trials.csv; best config: $(TUNE_DIR)/best_config.json; model: $(TUNE_DIR)/best/ (make export WORKDIR=$(TUNE_DIR)/best)"

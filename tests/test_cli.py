@@ -79,3 +79,23 @@ def test_the_batch_split_is_checked_by_the_config():
     preset("seed").train.check_split(4)
     with pytest.raises(ConfigError, match="train.batch_size=16 does not split evenly over 3 workers: use 1, 2, 4, 8, 16"):
         preset("seed").train.check_split(3)
+
+
+def test_make_train_remakes_the_demo_data_when_a_setting_changes(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+
+    def plan(*variables):
+        return subprocess.run(["make", "-n", "train", f"BUILD={tmp_path}", *variables], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+
+    assert "xray synth --out" in plan()  # nothing made yet
+    (tmp_path / ".demo-data-patients240-seed1-synth128-px64-shards4").touch()
+    assert "xray synth" not in plan() and "xray train" in plan()  # made with these settings: reused
+    for change in ("PATIENTS=300", "SEED=2", "SYNTH_SIZE=256", "IMAGE_SIZE=96", "SHARDS=8"):
+        remade = plan(change)
+        assert "xray synth --out" in remade and "xray shards" in remade, change
+        assert f"rm -rf {tmp_path}/synth {tmp_path}/shards" in remade and f"{tmp_path}/run" in remade
+    own = plan(f"DATA={tmp_path}/mine")  # your own shards are never remade (or removed)
+    assert "xray synth" not in own and "rm -rf" not in own

@@ -209,3 +209,38 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the serving signature resizes with tf-bilinear-antialias" in result.stderr
     assert "Re-run xray shards --image-size 32" in result.stderr
+
+
+def test_file_names_that_are_not_utf8_are_recorded_escaped_not_a_crash(synth_dir, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from conftest import run_xray
+
+    src = tmp_path / "src"
+    shutil.copytree(synth_dir, src)
+    first = next((src / "train" / "NORMAL").iterdir())
+    # A name written by another system in Latin-1: b"\xe9" is not UTF-8.
+    os.rename(os.fsencode(first), os.path.join(os.fsencode(src / "train" / "NORMAL"), b"IM-9999-0001-caf\xe9.jpeg"))
+    result = run_xray("shards", "--src", src, "--out", tmp_path / "out", "--num-shards", 2)
+    assert "1 file name(s) were not valid UTF-8" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (renamed,) = manifest["renamed"]
+    assert renamed["path"].endswith("IM-9999-0001-caf\\xe9.jpeg")
+    assert sum(sum(c.values()) for c in manifest["counts"].values()) == len(list(synth_dir.rglob("*.jpeg")))
+
+
+def test_a_rerun_removes_the_old_manifest_before_the_old_shards(shards_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import tensorflow as tf
+
+    out = tmp_path / "out"
+    shutil.copytree(shards_dir, out)
+    removed = []
+    real_remove = tf.io.gfile.remove
+    monkeypatch.setattr(tf.io.gfile, "remove", lambda path: (removed.append(Path(path).name), real_remove(path)))
+    source = json.loads((shards_dir / "manifest.json").read_text())["source"]
+    records.convert(source, str(out), records.ShardOptions(num_shards=2, image_size=32), show_progress=False)
+    assert removed[0] == "manifest.json" and all(name.endswith(".tfrecord") for name in removed[1:])

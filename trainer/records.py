@@ -155,6 +155,16 @@ class SourceImage:
     payload: bytes | None = None  # what goes in the record, when it is not the file as is
 
 
+def readable_name(name: str) -> str:
+    """A file name that is not valid UTF-8 (common on shares written by other systems; Python keeps the bad
+    bytes as surrogates) with each bad byte written as \\xNN, so that it can go into records and the manifest."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
     if not src.is_dir():
         raise SourceLayoutError(f"source directory {src} does not exist; {EXPECTED_LAYOUT}")
@@ -169,9 +179,10 @@ def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
                     missing.append(f"{split}/{class_name}")
                 continue
             for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-                match = pattern.search(path.name)
-                patient = match.group(1) if match and match.groups() else (match.group(0) if match else path.stem)
-                found.append(SourceImage(path, f"{split}/{class_name}/{path.name}", split, label, patient))
+                name = readable_name(path.name)
+                match = pattern.search(name)
+                patient = match.group(1) if match and match.groups() else (match.group(0) if match else Path(name).stem)
+                found.append(SourceImage(path, f"{split}/{class_name}/{name}", split, label, patient))
     if missing:
         raise SourceLayoutError(f"{src} has no {', '.join(missing)} folder(s); {EXPECTED_LAYOUT}")
     if not found:
@@ -370,6 +381,8 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
     if not good:
         raise SourceLayoutError(f"no readable images under {src} ({len(skipped)} skipped); {EXPECTED_LAYOUT}")
 
+    renamed = [{"path": image.relative, "reason": "file name is not valid UTF-8: its bad bytes are recorded as \\xNN"}
+               for image in good if image.path.name != Path(image.relative).name]
     splits = split_by_patient(good, options.val_fraction, options.seed)
     tf.io.gfile.makedirs(out)
     written = {}
@@ -377,7 +390,10 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
         for split in SPLITS:
             if splits[split]:
                 written[split] = _write_split(out, split, splits[split], options.num_shards, options.seed, bar.update)
-    # Everything is written: only now do final names appear (old shards of a previous run go first).
+    # Everything is written: only now do final names appear. The old manifest goes first, then the old shards:
+    # a kill in between leaves shards without a manifest (refused by readers), never a manifest naming a mix.
+    if tf.io.gfile.exists(f"{out}/{MANIFEST_NAME}"):
+        tf.io.gfile.remove(f"{out}/{MANIFEST_NAME}")
     for old in tf.io.gfile.glob(f"{out}/*-*-of-*.tfrecord"):
         tf.io.gfile.remove(old)
     for shards in written.values():
@@ -387,6 +403,7 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
 
     seconds = time.monotonic() - started
     manifest = _manifest(src, out, options, splits, written, skipped, len(images), seconds, total_bytes)
+    manifest["renamed"] = renamed
     write_atomic(f"{out}/{MANIFEST_NAME}", json.dumps(manifest, indent=2))
     return manifest
 

@@ -109,6 +109,9 @@ def _run_shards(args):
         shards = manifest["shards"][split]
         print(f"{split:5s}: {sum(counts.values()):6d} images ({', '.join(f'{n} {c}' for c, n in counts.items())}), "
               f"{manifest['num_patients'][split]} patients, {len(shards)} shard(s)")
+    if manifest.get("renamed"):
+        print(f"{len(manifest['renamed'])} file name(s) were not valid UTF-8 and are recorded with \\xNN escapes "
+              f"(e.g. {manifest['renamed'][0]['path']}); see manifest.json")
     if manifest["num_skipped"]:
         print(f"skipped {manifest['num_skipped']} file(s):")
         for item in manifest["skipped"][:20]:
