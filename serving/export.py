@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving import contract
-from trainer import data, evaluate
+from trainer import data, evaluate, records
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import load_trained
@@ -66,13 +66,21 @@ def list_versions(model_base: str) -> list[dict]:
     return sorted(versions, key=lambda v: v["version"])
 
 
+def recorded_auc(card: dict | None) -> float | None:
+    """A version's test AUC as the server computes it (cards before the serving-path check: the training path's)."""
+    if not card:
+        return None
+    serving = card.get("serving_path", {}).get("roc_auc")
+    return serving if serving is not None else card.get("metrics", {}).get("roc_auc")
+
+
 def check_gate(candidate_auc: float, versions: list[dict], tolerance: float) -> tuple[bool, str]:
     """Compares with the highest existing version's recorded test AUC; returns (ok, explanation)."""
-    with_metrics = [v for v in versions if v["card"] and v["card"].get("metrics", {}).get("roc_auc") is not None]
+    with_metrics = [v for v in versions if recorded_auc(v["card"]) is not None]
     if not with_metrics:
         return True, "no earlier version with recorded metrics: nothing to compare with"
     current = with_metrics[-1]
-    current_auc = current["card"]["metrics"]["roc_auc"]
+    current_auc = recorded_auc(current["card"])
     message = (f"candidate test AUC {candidate_auc:.4f} vs version {current['version']}'s {current_auc:.4f} "
                f"(tolerance {tolerance})")
     return candidate_auc >= current_auc - tolerance, message
@@ -179,6 +187,61 @@ def _sha256(path: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# The serving path: the exported signature on the test images as a client would send them.
+# ----------------------------------------------------------------------------------------------------
+
+# The largest drop from the training path's test AUC to the serving path's that export accepts: more means
+# the server sees other pixels than training did (shards resized differently, a preprocessing change). On a
+# small test set one swapped pair moves the AUC by more than that, so the drop must also leave the training
+# AUC's 95% bootstrap interval.
+SKEW_TOLERANCE = 0.02
+
+
+def skew_refusal(training_auc: float, training_ci: list[float] | None, serving_auc: float) -> str | None:
+    """Why the serving path's AUC is too far below the training path's, or None when it is not."""
+    floor = training_auc - SKEW_TOLERANCE
+    if training_ci:
+        floor = min(floor, training_ci[0])
+    if serving_auc >= floor:
+        return None
+    return (f"the exported model's test AUC is {serving_auc:.4f} on the images as a client sends them but "
+            f"{training_auc:.4f} on the training path (95% CI from {training_ci[0] if training_ci else float('nan'):.4f}): "
+            "training and serving see different pixels (shards made by an older xray shards, or another "
+            "preprocessing? remake the shards and retrain)")
+
+
+def test_images_as_sent(data_uri: str) -> tuple[list[bytes], np.ndarray, str]:
+    """(encoded images, labels, where they came from): the original files when the manifest's source folder is
+    reachable from here, else the bytes stored in the test shards."""
+    manifest = records.read_manifest(data_uri)
+    encoded, labels, paths = [], [], []
+    for serialized in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(records.shard_pattern(data_uri, "test")))):
+        example = records.parse_example(serialized)
+        encoded.append(example["image_bytes"].numpy())
+        labels.append(int(example["label"].numpy()))
+        paths.append(example["source_path"].numpy().decode())
+    source = manifest.get("source") or ""
+    originals = [Path(source) / path for path in paths]
+    if source and all(path.is_file() for path in originals):
+        return [path.read_bytes() for path in originals], np.array(labels), f"original files under {source}"
+    return encoded, np.array(labels), "bytes stored in the test shards (the original files are not reachable here)"
+
+
+def serving_path_metrics(saved_model_dir: str, data_uri: str, batch_size: int = 16) -> dict:
+    """ROC AUC of the exported serving_default signature on the test images, sent as a client sends them."""
+    from sklearn import metrics as skm
+
+    images, labels, origin = test_images_as_sent(data_uri)
+    signature = tf.saved_model.load(saved_model_dir).signatures[contract.SIGNATURE_BYTES]
+    probabilities = []
+    for start in range(0, len(images), batch_size):
+        outputs = signature(**{contract.INPUT_BYTES: tf.constant(images[start:start + batch_size])})
+        probabilities.append(outputs[contract.OUTPUT_PROBABILITY].numpy().reshape(-1))
+    probabilities = np.concatenate(probabilities)
+    return {"roc_auc": float(skm.roc_auc_score(labels, probabilities)), "num_examples": len(labels), "images": origin}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Export.
 # ----------------------------------------------------------------------------------------------------
 
@@ -212,12 +275,7 @@ def export(request: ExportRequest, log=print) -> dict:
 
     log(f"evaluating the candidate on the held-out test split of {data_uri} ...")
     metrics = evaluate.run(data_uri, request.workdir)
-    candidate_auc = metrics["test"]["metrics"]["roc_auc"]
-    ok, explanation = check_gate(candidate_auc, versions, request.tolerance)
-    if not ok and not request.force:
-        raise GateRefused(f"refusing to push: {explanation}. Use --force to push anyway.")
-    log(("gate passed: " if ok else "gate overridden by --force: ") + explanation)
-
+    training_auc = metrics["test"]["metrics"]["roc_auc"]
     config = Config.load(paths.config)
     threshold = float(metrics["test"]["threshold"])
     model = load_trained(config.model, paths.best_weights)
@@ -229,6 +287,19 @@ def export(request: ExportRequest, log=print) -> dict:
     final = f"{base}/{version}"
     try:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
+        # The gate judges what the server will compute: the exported signature on the images as clients send them.
+        log("evaluating the exported signature on the test images as a client sends them ...")
+        serving = serving_path_metrics(tmp, data_uri)
+        serving_auc = serving["roc_auc"]
+        log(f"test AUC {training_auc:.4f} on the training path, {serving_auc:.4f} through serving_default "
+            f"({serving['images']})")
+        skew = skew_refusal(training_auc, metrics["test"]["ci95"].get("roc_auc"), serving_auc)
+        if skew and not request.force:
+            raise GateRefused(f"refusing to push: {skew}. Use --force to push anyway.")
+        ok, explanation = check_gate(serving_auc, versions, request.tolerance)
+        if not ok and not request.force:
+            raise GateRefused(f"refusing to push: {explanation}. Use --force to push anyway.")
+        log(("gate passed: " if ok else "gate overridden by --force: ") + explanation)
         tf.io.gfile.makedirs(f"{tmp}/assets.extra")
         with tf.io.TFRecordWriter(f"{tmp}/{contract.WARMUP_FILE}") as writer:
             for record in warmup_records(config.model.image_size, request.model_name):
@@ -242,13 +313,15 @@ def export(request: ExportRequest, log=print) -> dict:
             "threshold_method": metrics["threshold_method"],
             "metrics": metrics["test"]["metrics"],
             "ci95": metrics["test"]["ci95"],
+            "serving_path": serving,
             "test_examples": metrics["test"]["num_examples"],
             "image_size": config.model.image_size,
             "config": config.to_dict(),
             "data": data_uri,
             "data_manifest_sha256": _sha256(f"{data_uri.rstrip('/')}/manifest.json"),
             "training": summary,
-            "gate": {"passed": ok, "forced": request.force and not ok, "explanation": explanation},
+            "gate": {"passed": ok, "forced": request.force and not ok, "explanation": explanation,
+                     "judged_on": "serving_path.roc_auc"},
         }
         with tf.io.gfile.GFile(f"{tmp}/{contract.MODEL_CARD}", "w") as f:
             json.dump(card, f, indent=2)
@@ -258,5 +331,6 @@ def export(request: ExportRequest, log=print) -> dict:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         raise
-    log(f"exported version {version} to {final} (test AUC {candidate_auc:.4f}, threshold {threshold:.3f})")
+    log(f"exported version {version} to {final} (test AUC {serving_auc:.4f} through serving_default, threshold "
+        f"{threshold:.3f})")
     return {**card, "path": final}

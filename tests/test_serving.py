@@ -135,6 +135,31 @@ def test_gate_accepts_better_and_refuses_worse():
     assert not ok and "version 3" in message and "0.9000" in message
 
 
+def test_the_card_records_both_paths_and_the_gate_judges_the_serving_one(model_base, shards_dir):
+    card = json.loads((model_base / "1" / contract.MODEL_CARD).read_text())
+    serving = card["serving_path"]
+    assert 0 <= serving["roc_auc"] <= 1 and 0 <= card["metrics"]["roc_auc"] <= 1
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    assert serving["num_examples"] == sum(manifest["counts"]["test"].values())
+    assert serving["images"].startswith("original files under")  # the synth folder is reachable here
+    assert card["gate"]["judged_on"] == "serving_path.roc_auc"
+    assert export.recorded_auc(card) == serving["roc_auc"]
+    assert export.recorded_auc({"metrics": {"roc_auc": 0.8}}) == 0.8  # a card from before the check
+
+
+@pytest.mark.parametrize("training, ci, serving, refused", [
+    (0.95, [0.93, 0.97], 0.94, False),   # within 0.02
+    (0.95, [0.93, 0.97], 0.90, True),    # below the tolerance and the interval: other pixels
+    (0.75, [0.45, 0.95], 0.72, False),   # small test set: one swapped pair, inside the interval
+    (0.75, [0.45, 0.95], 0.40, True),
+])
+def test_a_serving_auc_far_below_the_training_auc_is_refused(training, ci, serving, refused):
+    reason = export.skew_refusal(training, ci, serving)
+    assert (reason is not None) == refused
+    if refused:
+        assert "training and serving see different pixels" in reason
+
+
 def test_export_refuses_a_worse_candidate_unless_forced(trained_workdir, tmp_path):
     better = tmp_path / "7" / "assets.extra"
     better.mkdir(parents=True)

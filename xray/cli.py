@@ -251,7 +251,7 @@ def _run_export(args):
             print(f"no versions under {base}")
         for v in versions:
             card = v["card"] or {}
-            m = card.get("metrics", {})
+            m = {**card.get("metrics", {}), "roc_auc": export.recorded_auc(card) or float("nan")}
             tags = ",".join(label for label, version in labels.items() if version == v["version"])
             print(f"{v['version']:>4d}  {card.get('created', '?'):20s}  auc {m.get('roc_auc', float('nan')):.4f}  "
                   f"sens {m.get('sensitivity', float('nan')):.3f}  spec {m.get('specificity', float('nan')):.3f}  "
@@ -285,7 +285,7 @@ def _run_export(args):
     except (export.ExportError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     print(json.dumps({"version": card["version"], "path": card["path"], "roc_auc": card["metrics"]["roc_auc"],
-                      "threshold": card["threshold"]}))
+                      "serving_roc_auc": card["serving_path"]["roc_auc"], "threshold": card["threshold"]}))
     return 0
 
 
