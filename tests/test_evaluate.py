@@ -3,6 +3,7 @@ import pytest
 from sklearn import metrics as skm
 
 from trainer.config import EvalConfig
+from trainer import evaluate
 from trainer.evaluate import bootstrap_intervals, choose_threshold, point_metrics, summarize
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -58,3 +59,19 @@ def test_summary_confusion_matrix_rows_are_truth():
     result = summarize(LABELS, PROBS, 0.5, EvalConfig(bootstrap_samples=20))
     assert result["confusion_matrix"]["rows_true_cols_predicted"] == [[3, 1], [1, 5]]
     assert result["num_examples"] == 10 and result["num_positive"] == 6
+
+
+def test_plots_mark_the_operating_point_calibration_and_the_learning_curve(tmp_path):
+    from trainer.config import EvalConfig
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    probabilities = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 200), 0, 1)
+    test = evaluate.summarize(labels, probabilities, 0.5, EvalConfig(bootstrap_samples=50))
+    history = [{"epoch": e, "loss": 1 / e, "val_loss": 1 / e + (0.1 if e == 3 else 0.2), "auc": 0.5 + e / 10,
+                "val_auc": 0.5 + e / 12} for e in range(1, 5)]
+    written = evaluate.save_plots(labels, probabilities, 0.5, str(tmp_path), test, history)
+    assert written == ["roc.png", "pr.png", "confusion.png", "calibration.png", "learning_curve.png"]
+    for name in written:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert test["metrics"]["brier"] == pytest.approx(float(np.mean((probabilities - labels) ** 2)))

@@ -67,7 +67,9 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     manifest = json.loads((shards_dir / "manifest.json").read_text())
     assert metrics["test"]["num_examples"] == sum(manifest["counts"]["test"].values())
     assert 0.0 <= metrics["test"]["threshold"] <= 1.0
-    for name in ("roc.png", "pr.png", "confusion.png", "predictions.csv"):
+    assert metrics["plots"] == ["roc.png", "pr.png", "confusion.png", "calibration.png", "learning_curve.png"]
+    assert 0 <= metrics["test"]["metrics"]["brier"] <= 1 and len(metrics["test"]["ci95"]["brier"]) == 2
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "learning_curve.png", "predictions.csv"):
         assert (workdir / "eval" / name).stat().st_size > 0
 
 

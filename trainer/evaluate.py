@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 from trainer.atomic import write_atomic
 from trainer.config import Config, EvalConfig
 
-METRIC_NAMES = ("loss", "accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1")
+METRIC_NAMES = ("loss", "accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1", "brier")
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, config: EvalConfig) -> float:
@@ -50,6 +50,8 @@ def point_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: floa
         "specificity": float(skm.recall_score(labels, predicted, pos_label=0, zero_division=0)),
         "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        # Mean squared error of the probabilities: 0 is perfect, 0.25 is a constant 0.5 (calibration.png).
+        "brier": float(skm.brier_score_loss(labels, probabilities, pos_label=1)),
     }
 
 
@@ -99,32 +101,92 @@ def predict_split(model, data_uri: str, split: str, image_size: int, batch_size:
     return np.concatenate(labels).astype(int), np.concatenate(probabilities), paths
 
 
-def save_plots(labels, probabilities, threshold: float, out_dir: str) -> list[str]:
+def _operating_point(ax, metrics: dict, ci95: dict | None, threshold: float) -> None:
+    """The chosen threshold on the ROC curve, with the 95% intervals of sensitivity and specificity."""
+    x, y = 1 - metrics["specificity"], metrics["sensitivity"]
+    xerr = yerr = None
+    if ci95 and ci95.get("specificity") and ci95.get("sensitivity"):
+        low_spec, high_spec = ci95["specificity"]
+        low_sens, high_sens = ci95["sensitivity"]
+        # False-positive rate = 1 - specificity: its interval is the specificity's, mirrored.
+        xerr = [[max(0.0, x - (1 - high_spec))], [max(0.0, (1 - low_spec) - x)]]
+        yerr = [[max(0.0, y - low_sens)], [max(0.0, high_sens - y)]]
+    ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", color="crimson", capsize=4,
+                label=f"threshold {threshold:.3f}: sens {y:.2f}, spec {1 - x:.2f} (95% CI)")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _learning_curve(figure, history: list[dict]) -> None:
+    """Loss and AUC per epoch, training vs validation, with the best epoch (lowest val_loss) marked."""
+    epochs = [row["epoch"] for row in history]
+    best = min(history, key=lambda row: row.get("val_loss", float("inf")))["epoch"]
+    for ax, (train_key, val_key, title) in zip(figure.subplots(1, 2), (("loss", "val_loss", "loss"),
+                                                                       ("auc", "val_auc", "AUC"))):
+        for key, style in ((train_key, "-"), (val_key, "--")):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker=".", label=key)
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+
+def save_plots(labels, probabilities, threshold: float, out_dir: str, test: dict | None = None,
+               history: list[dict] | None = None) -> list[str]:
+    """roc.png (operating point with CIs), pr.png, confusion.png, calibration.png (Brier score) and, given the
+    run's history, learning_curve.png; returns the names written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     written = []
     predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    metrics = test["metrics"] if test else point_metrics(labels, probabilities, threshold)
+    ci95 = test["ci95"] if test else None
+
+    def roc(ax):
+        skm.RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, name="test")
+        _operating_point(ax, metrics, ci95, threshold)
+
+    def calibration(ax):
+        from sklearn.calibration import CalibrationDisplay
+
+        CalibrationDisplay.from_predictions(labels, probabilities, n_bins=10, strategy="quantile", ax=ax,
+                                                name="test")
+        ax.set_title(f"calibration (Brier score {metrics['brier']:.3f})")
+
     plots = {
-        "roc.png": lambda ax: skm.RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, name="test"),
+        "roc.png": roc,
         "pr.png": lambda ax: skm.PrecisionRecallDisplay.from_predictions(labels, probabilities, ax=ax, name="test"),
         "confusion.png": lambda ax: skm.ConfusionMatrixDisplay.from_predictions(
             labels, predicted, display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False),
+        "calibration.png": calibration,
     }
+    titles = {"roc.png": "ROC", "pr.png": "PR", "confusion.png": f"confusion (threshold {threshold:.3f})"}
     for name, draw in plots.items():
         figure, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
         draw(ax)
-        ax.set_title(f"{name[:-4]} (threshold {threshold:.3f})" if name == "confusion.png" else name[:-4].upper())
-        buffer = io.BytesIO()
-        figure.tight_layout()
-        figure.savefig(buffer, format="png")
-        plt.close(figure)
-        write_atomic(f"{out_dir}/{name}", buffer.getvalue())
-        written.append(name)
+        if name in titles:
+            ax.set_title(titles[name])
+        written.append(_save(figure, out_dir, name))
+    if history:
+        figure = plt.figure(figsize=(9, 3.8), dpi=100)
+        _learning_curve(figure, history)
+        written.append(_save(figure, out_dir, "learning_curve.png"))
     return written
+
+
+def _save(figure, out_dir: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(f"{out_dir}/{name}", buffer.getvalue())
+    return name
 
 
 def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict:
@@ -155,7 +217,10 @@ def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict
         "val": {"num_examples": len(val_labels), "roc_auc": float(skm.roc_auc_score(val_labels, val_probabilities))},
         "test": summarize(test_labels, test_probabilities, threshold, config.eval),
     }
-    result["plots"] = save_plots(test_labels, test_probabilities, threshold, out_dir)
+    from trainer.callbacks import read_history
+
+    history = read_history(paths.history_jsonl) if tf.io.gfile.exists(paths.history_jsonl) else []
+    result["plots"] = save_plots(test_labels, test_probabilities, threshold, out_dir, result["test"], history)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "label", "probability", "predicted"])
