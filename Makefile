@@ -9,6 +9,8 @@ BUILD ?= build
 PATIENTS ?= 240
 SEED ?= 1
 SYNTH_SIZE ?= 128
+# 0 (easy caricature) to 1; empty: the calibrated default (trainer/synth.py DEFAULT_DIFFICULTY).
+DIFFICULTY ?=
 IMAGE_SIZE ?= 64
 SHARDS ?= 4
 WORKERS ?= 2
@@ -79,7 +81,7 @@ lock: $(VENV)/.installed ## re-resolve requirements.lock and requirements-gpu.lo
 venv: $(VENV)/.installed ## create .venv and install the project with its test extras
 
 # The demo data is remade when one of its settings changes: the stamp's name carries them all.
-DATA_KEY := patients$(PATIENTS)-seed$(SEED)-synth$(SYNTH_SIZE)-px$(IMAGE_SIZE)-shards$(SHARDS)
+DATA_KEY := patients$(PATIENTS)-seed$(SEED)-synth$(SYNTH_SIZE)-px$(IMAGE_SIZE)-shards$(SHARDS)$(if $(DIFFICULTY),-difficulty$(DIFFICULTY))
 DATA_STAMP := $(BUILD)/.demo-data-$(DATA_KEY)
 # Your own shards (make train DATA=...) are used as they are.
 DATA_PREREQ := $(if $(filter $(BUILD)/shards,$(DATA)),$(DATA_STAMP),$(DATA)/manifest.json)
@@ -87,7 +89,8 @@ DATA_PREREQ := $(if $(filter $(BUILD)/shards,$(DATA)),$(DATA_STAMP),$(DATA)/mani
 $(DATA_STAMP): | $(VENV)/.installed
 	@if ls $(BUILD)/.demo-data-* >/dev/null 2>&1; then echo "demo data settings changed ($(DATA_KEY)): remaking build/synth and build/shards, and starting a new run in $(WORKDIR)"; fi
 	rm -rf $(BUILD)/synth $(BUILD)/shards $(BUILD)/.demo-data-* $(if $(filter $(BUILD)/run,$(WORKDIR)),$(WORKDIR))
-	$(XRAY) synth --out $(BUILD)/synth --num-patients $(PATIENTS) --seed $(SEED) --image-size $(SYNTH_SIZE)
+	$(XRAY) synth --out $(BUILD)/synth --num-patients $(PATIENTS) --seed $(SEED) --image-size $(SYNTH_SIZE) \
+	  $(if $(DIFFICULTY),--difficulty $(DIFFICULTY))
 	$(XRAY) shards --src $(BUILD)/synth --out $(BUILD)/shards --num-shards $(SHARDS) --image-size $(IMAGE_SIZE) --seed $(SEED)
 	touch $@
 

@@ -43,7 +43,10 @@ def test_layout_names_balance_and_patient_split(synth_dir):
     assert max(per_patient.values()) > 1, "some patients should have several images"
 
 
-def test_images_are_grayscale_and_pneumonia_is_brighter_in_the_lungs(synth_dir):
+def test_images_are_grayscale_and_pneumonia_is_brighter_in_the_lungs(tmp_path):
+    synth_dir = tmp_path / "easy"
+    synthesize(synth_dir, 40, seed=1, image_size=64, difficulty=0.0)  # the plain signal, before difficulty
+
     def lung_mean(path):
         image = Image.open(path)
         assert image.mode == "L"
@@ -58,3 +61,20 @@ def test_images_are_grayscale_and_pneumonia_is_brighter_in_the_lungs(synth_dir):
 def test_too_few_patients_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--num-patients 3 is too few"):
         synthesize(tmp_path, 3)
+
+
+def test_difficulty_is_deterministic_validated_and_changes_the_films(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    synthesize(tmp_path / "easy", 12, seed=3, image_size=64, difficulty=0.0)
+    synthesize(tmp_path / "hard", 12, seed=3, image_size=64, difficulty=1.0)
+    synthesize(tmp_path / "hard2", 12, seed=3, image_size=64, difficulty=1.0)
+    files = sorted(p.relative_to(tmp_path / "easy") for p in (tmp_path / "easy").rglob("*.jpeg"))
+    assert files == sorted(p.relative_to(tmp_path / "hard") for p in (tmp_path / "hard").rglob("*.jpeg"))
+    assert all((tmp_path / "hard" / f).read_bytes() == (tmp_path / "hard2" / f).read_bytes() for f in files)
+    differ = [f for f in files if not np.array_equal(np.asarray(Image.open(tmp_path / "easy" / f)),
+                                                     np.asarray(Image.open(tmp_path / "hard" / f)))]
+    assert len(differ) == len(files)
+    with pytest.raises(ValueError, match="--difficulty 1.5 must be between 0"):
+        synthesize(tmp_path / "x", 12, difficulty=1.5)
