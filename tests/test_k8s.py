@@ -209,8 +209,12 @@ def test_serving_probes_and_image_tags():
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "tensorflow/serving:2.21.0"
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/v1/models/xray"
+    # Ready only with a loaded version (metadata needs one); alive and started on the gRPC port, so a pod waiting
+    # for its first model is not restarted.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/xray/metadata"
+    assert container["livenessProbe"]["tcpSocket"]["port"] == container["startupProbe"]["tcpSocket"]["port"] == "grpc"
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 600
+    assert "--allow_version_labels_for_unavailable_models=true" in container["args"]
     assert any(a.startswith("--enable_batching") for a in container["args"])
     assert any(a.startswith("--monitoring_config_file") for a in container["args"])
     assert {o["kind"] for o in objects} >= {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "NetworkPolicy"}
