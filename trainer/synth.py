@@ -19,8 +19,12 @@ patient, and no patient in both train and test. The same seed gives the same byt
 
 ``difficulty`` (0 to 1) makes the task more like real films: fainter and fewer opacities (some cases
 nearly invisible), benign densities on some normal films, wider exposure, more noise, patients shifted
-and rotated, side markers and burned-in text. 0 is the easy caricature (a CNN reaches AUC 1.0);
-DEFAULT_DIFFICULTY is calibrated so that `make train` (demo preset, 2 workers) lands between 0.85 and 0.97.
+and rotated, side markers and burned-in text on that share of the films. 0 is the easy caricature.
+Measured with `make train` (demo preset, 2 workers, 240 patients, seed 1), test AUC: 0 -> 1.000,
+0.1 -> 0.689, 0.15 -> 0.590, 0.3 -> 0.689 and 0.660, 0.6 -> 0.473. Above 0 the demo's 10 epochs with
+early stopping after 4 on a 44-image validation split mostly keep an early epoch (at 0.1 the validation
+AUC reached 0.99 by epoch 5, but epoch 1 had the lowest validation loss), so the default stays 0 until
+the demo is recalibrated with a larger validation split.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PNEUMONIA_FRACTION = 0.75
 TEST_FRACTION = 0.15
 MAX_IMAGES_PER_PATIENT = 3
-DEFAULT_DIFFICULTY = 0.6
+DEFAULT_DIFFICULTY = 0.0
+MARKER_RATE = 1.0  # the share of films with a side marker and burned-in text is the difficulty itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +185,7 @@ def render_chest(height: int, width: int, pneumonia_kind: str, rng: np.random.Ge
     film = Image.fromarray(pixels, mode="L").filter(ImageFilter.GaussianBlur(radius=max(height, width) / 256))
     if d > 0:
         film = film.rotate(rng.normal(0, 6 * d), resample=Image.BILINEAR, fillcolor=int(0.04 * 255))
+    if rng.random() < d * MARKER_RATE:
         film = _markers(film, rng)
     return np.asarray(film)
 
