@@ -90,12 +90,9 @@ def _overlay_run_args(objects: list[dict], kind: str, name: str, container: str)
         sources = [s["configMapRef"]["name"] for s in spec.get("envFrom", []) if "configMapRef" in s]
         preset = next(maps[s][variable] for s in sources if variable in maps.get(s, {}))
     rest = args[position + 2:]
-    options = []
+    # Overrides are the key=value words; the other options (tune: --max-trials ...) stay as they are.
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
-    for i, arg in enumerate(rest):  # keep the other options (tune: --max-trials ... ) as they are
-        if arg in overrides:
-            continue
-        options.append(arg)
+    options = [a for a in rest if a not in overrides]
     return args[:position] + options, preset, overrides
 
 
@@ -155,8 +152,7 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     overlay = overlay_dir(request)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("config.json",):
-        (out / stale).unlink(missing_ok=True)
+    (out / "config.json").unlink(missing_ok=True)  # a previous render's; written again below when needed
     doc: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                  "namespace": request.namespace, "resources": [os.path.relpath(overlay, out)]}
     if request.component in PROJECT_IMAGE and request.image:

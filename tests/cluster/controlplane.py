@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -295,8 +296,6 @@ class ControlPlane:
             if name in self._processes:
                 self._processes.pop(name).wait()  # reap our own child
             stopped.append(name)
-        import shutil
-
         for sub in ("data", "pki"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for path in (self.state_file, self.kubeconfig):
