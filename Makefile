@@ -9,7 +9,7 @@ BUILD ?= build
 PATIENTS ?= 240
 SEED ?= 1
 SYNTH_SIZE ?= 128
-# 0 (easy caricature) to 1; empty: the calibrated default (trainer/synth.py DEFAULT_DIFFICULTY).
+# xray synth --difficulty, 0 (easy caricature) to 1; empty: its default (0, see trainer/synth.py).
 DIFFICULTY ?=
 IMAGE_SIZE ?= 64
 SHARDS ?= 4
