@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from xray.render import PROJECT_IMAGE, WORKLOADS, RenderError, RenderRequest, render_kustomization  # noqa: F401
+from xray.render import (PROJECT_IMAGE, WORKLOADS, RenderError, RenderRequest, render_kustomization,  # noqa: F401
+                         split_image)
 
 EPOCH_PREFIX = "xray-epoch "
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -86,11 +87,16 @@ def _age(timestamp, now: dt.datetime) -> str:
     return f"{seconds}s"
 
 
+def _index_key(pod) -> str:
+    """The pod's completion index; a pod of a non-indexed Job stands for itself."""
+    return (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, pod.metadata.name)
+
+
 def newest_per_index(pods) -> list:
     """The newest pod of each completion index (a replaced pod's failed predecessor is history, not state)."""
     newest = {}
     for pod in pods:
-        index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, pod.metadata.name)
+        index = _index_key(pod)
         if index not in newest or pod.metadata.creation_timestamp > newest[index].metadata.creation_timestamp:
             newest[index] = pod
     return list(newest.values())
@@ -100,8 +106,7 @@ def pod_rows(pods, now: dt.datetime) -> list[dict]:
     """One row per index, its newest pod; RESTARTS counts container restarts plus the pods it replaced."""
     replaced = {}
     for pod in pods:
-        index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, pod.metadata.name)
-        replaced[index] = replaced.get(index, -1) + 1
+        replaced[_index_key(pod)] = replaced.get(_index_key(pod), -1) + 1
     rows = []
     for pod in newest_per_index(pods):
         annotations = pod.metadata.annotations or {}
@@ -113,12 +118,11 @@ def pod_rows(pods, now: dt.datetime) -> list[dict]:
                 reason = state.waiting.reason
             elif state and state.terminated and state.terminated.reason:
                 reason = f"{state.terminated.reason} (exit {state.terminated.exit_code})"
-        index = annotations.get(INDEX_ANNOTATION, pod.metadata.name)
         rows.append({
             "index": annotations.get(INDEX_ANNOTATION, "-"),
             "pod": pod.metadata.name,
             "phase": pod.status.phase,
-            "restarts": sum(s.restart_count or 0 for s in statuses) + replaced[index],
+            "restarts": sum(s.restart_count or 0 for s in statuses) + replaced[_index_key(pod)],
             "node": pod.spec.node_name or "-",
             "age": _age(pod.metadata.creation_timestamp, now),
             "reason": reason,
@@ -183,8 +187,9 @@ def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = N
     if epoch:
         shown = " ".join(f"{k}={epoch[k]:.4f}" for k in ("loss", "auc", "val_loss", "val_auc") if k in epoch)
         lines.append(f"epoch {epoch['epoch']} at {epoch.get('time', '?')} on {epoch.get('workers', '?')} worker(s): {shown}")
-        if progress(epoch):
-            lines.append(f"  {progress(epoch)}")
+        rate = progress(epoch)
+        if rate:
+            lines.append(f"  {rate}")
     else:
         lines.append("no finished epoch yet")
     warnings = [e for e in events if e.type == "Warning"]
@@ -279,7 +284,7 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
     """Checks what can be checked from here, renders the kustomization; returns warnings, raises ClusterError."""
     warnings = []
     if request.component in PROJECT_IMAGE:
-        name = request.image.rsplit(":", 1)[0] if ":" in request.image.rsplit("/", 1)[-1] else request.image
+        name, _ = split_image(request.image)
         if not name or name == "xray":
             raise ClusterError(f"set the project image (got {request.image!r}): make image push "
                                "IMAGE=registry.example.com/xray TAG=0.1.0, then pass the same IMAGE and TAG to this "

@@ -52,6 +52,14 @@ class RenderRequest:
     deadline_s: int = 0  # train: activeDeadlineSeconds (0: the manifest's)
 
 
+def split_image(image: str) -> tuple[str, str]:
+    """registry:port/name:tag -> (registry:port/name, tag); the tag is "" when there is none."""
+    if ":" in image.rsplit("/", 1)[-1]:
+        name, tag = image.rsplit(":", 1)
+        return name, tag
+    return image, ""
+
+
 def overlay_dir(request: RenderRequest) -> Path:
     overlay = REPO / "k8s" / "overlays" / request.overlay / request.component
     if not overlay.is_dir():
@@ -139,6 +147,13 @@ def _run_config_patches(request: RenderRequest, objects: list[dict], out: Path) 
     return patches, generators
 
 
+def _replicas(job: str, count: int) -> dict:
+    """An Indexed Job's pod count: completions = parallelism = count."""
+    return {"target": {"kind": "Job", "name": job}, "patch": json.dumps([
+        {"op": "replace", "path": "/spec/completions", "value": count},
+        {"op": "replace", "path": "/spec/parallelism", "value": count}])}
+
+
 def _strategic(kind: str, name: str, spec: dict) -> dict:
     api = {"Job": "batch/v1", "Deployment": "apps/v1"}[kind]
     body = {"apiVersion": api, "kind": kind, "metadata": {"name": name}, "spec": spec}
@@ -156,33 +171,25 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     doc: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                  "namespace": request.namespace, "resources": [os.path.relpath(overlay, out)]}
     if request.component in PROJECT_IMAGE and request.image:
-        last = request.image.rsplit("/", 1)[-1]
-        name, tag = request.image.rsplit(":", 1) if ":" in last else (request.image, "")
+        name, tag = split_image(request.image)
         doc["images"] = [{"name": "xray", "newName": name, **({"newTag": tag} if tag else {})}]
     patches, generators = [], []
     literals = []
     if request.component == "train":
-        workers = request.workers
-        patches.append({"target": {"kind": "Job", "name": "xray-train"}, "patch": json.dumps([
-            {"op": "replace", "path": "/spec/completions", "value": workers},
-            {"op": "replace", "path": "/spec/parallelism", "value": workers}])})
+        patches.append(_replicas("xray-train", request.workers))
         patches.append(_strategic("Job", "xray-train", {"template": {"spec": {"containers": [
-            {"name": "worker", "env": [{"name": "XRAY_NUM_WORKERS", "value": str(workers)}]}]}}}))
+            {"name": "worker", "env": [{"name": "XRAY_NUM_WORKERS", "value": str(request.workers)}]}]}}}))
         if request.deadline_s:
             patches.append(_strategic("Job", "xray-train", {"activeDeadlineSeconds": request.deadline_s}))
     if request.component == "tune":
-        patches.append({"target": {"kind": "Job", "name": "xray-tune-workers"}, "patch": json.dumps([
-            {"op": "replace", "path": "/spec/completions", "value": request.workers},
-            {"op": "replace", "path": "/spec/parallelism", "value": request.workers}])})
+        patches.append(_replicas("xray-tune-workers", request.workers))
     if request.component in ("train", "tune"):
-        objects = kustomize(overlay)
-        run_patches, generators = _run_config_patches(request, objects, out)
+        run_patches, generators = _run_config_patches(request, kustomize(overlay), out)
         patches += run_patches
+    if request.component in ("train", "tune", "export"):
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
     if request.component == "shards":
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_SRC={request.src}"] if request.src else [])
-    if request.component == "export":
-        literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
     if literals:
         generators.append({"name": f"xray-{request.component}", "behavior": "merge", "literals": literals})
     if request.component == "storage" and request.storage_class:

@@ -92,16 +92,17 @@ def marker_text(members: list[Member]) -> str:
 
 def kubectl_exec(namespace: str, pod: str):
     """The transport: runs a shell command in the pod, stdin from us (kubectl exec -i)."""
-    def run(command: str, stdin: bytes | None = None, stream=None) -> subprocess.CompletedProcess:
-        argv = ["kubectl", "exec", "-i", "-n", namespace, pod, "--", "sh", "-c", command]
-        return _run(argv, stdin, stream)
-    return run
+    return _shell(["kubectl", "exec", "-i", "-n", namespace, pod, "--"])
 
 
 def local_exec():
     """The same commands run on this machine (tests, or a volume mounted here)."""
+    return _shell([])
+
+
+def _shell(prefix: list[str]):
     def run(command: str, stdin: bytes | None = None, stream=None) -> subprocess.CompletedProcess:
-        return _run(["sh", "-c", command], stdin, stream)
+        return _run([*prefix, "sh", "-c", command], stdin, stream)
     return run
 
 
