@@ -3,8 +3,9 @@
     client = GrpcClient("localhost:8500")
     client.predict([jpeg_bytes])  # -> [{"probability": 0.93, "label": "PNEUMONIA"}]
 
-Deadlines on every call; retries with exponential backoff on UNAVAILABLE only (a restarting pod),
-never on INVALID_ARGUMENT or NOT_FOUND. Message limits are raised to contract.MAX_MESSAGE_BYTES
+Deadlines on every call; retries with exponential backoff and jitter on UNAVAILABLE, RESOURCE_EXHAUSTED and
+DEADLINE_EXCEEDED (a restarting pod, a full batching queue, a slow answer), never on INVALID_ARGUMENT or
+NOT_FOUND. status() and metadata() return the same dicts as the REST client's. Message limits are raised to contract.MAX_MESSAGE_BYTES
 (the Python default receive limit is 4 MB). gRPC connections are sticky through kube-proxy: one
 client keeps talking to one pod; the server sets a max connection age to spread load.
 """
@@ -15,11 +16,12 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from clients import ServingError
+from clients import Retry, ServingError, parse_metadata, parse_status
 from serving import contract
 
 
@@ -31,6 +33,7 @@ class GrpcClient:
             raise ValueError("give a version or a label, not both")
         self.target, self.model_name, self.version, self.label = target, model_name, version, label
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.retry = Retry(retries, backoff)
         options = [("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", contract.MAX_MESSAGE_BYTES)]
         if tls:
@@ -92,25 +95,32 @@ class GrpcClient:
         response = self._call(self.prediction.Predict, self.build_request(images))
         return self.parse_response(response, len(images))
 
-    def status(self) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(self) -> list[dict]:
+        """Every version the server knows, newest first (ModelService.GetModelStatus), as the REST client gives it."""
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec())
-        return self._call(self.models.GetModelStatus, request)
+        response = self._call(self.models.GetModelStatus, request)
+        return parse_status(json_format.MessageToDict(response, always_print_fields_with_no_presence=True))
 
-    def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(self) -> dict:
+        """{"name", "version", "signatures"} of the addressed version, as the REST client gives it."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self._model_spec(),
                                                                   metadata_field=["signature_def"])
-        return self._call(self.prediction.GetModelMetadata, request)
+        response = self._call(self.prediction.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+        return parse_metadata({"model_spec": json_format.MessageToDict(response.model_spec, **options),
+                               "metadata": {"signature_def": json_format.MessageToDict(signature_map, **options)}})
 
     def _call(self, method, request):
-        for attempt in range(self.retries + 1):
-            try:
-                return method(request, timeout=self.timeout)
-            except grpc.RpcError as error:
-                code = error.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
-                    continue
-                details = error.details() or ""
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    details = f"cannot reach TF Serving at {self.target} after {attempt + 1} attempt(s): {details}"
-                raise ServingError(code.name, details) from None
+        return self.retry(lambda: self._send(method, request), f"TF Serving at {self.target}")
+
+    def _send(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code()
+            details = error.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or not details):
+                details = f"cannot reach TF Serving at {self.target}: {details}"
+            raise ServingError(code.name, details) from None

@@ -1,8 +1,13 @@
 """What `xray predict` does: find image files, send them in batches, report one result per file.
 
 A file that cannot be read or is not an image gets an error line of its own; the rest of its batch
-still gets answers (a batch the server rejects as INVALID_ARGUMENT is retried file by file to find
-the bad one). A server that is down or a wrong model name stops the run with one clear line.
+still gets answers. Fatal or per-file is decided by the status code, the same over gRPC and REST:
+- INVALID_ARGUMENT about decoding an image is the fault of one file. TF Serving fails a whole request for
+  one bad image (and, with --enable_batching, every request merged into the same batch), so such a batch
+  is sent again once, file by file, and only the files that fail alone get an error line.
+- UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED are retried by the client with backoff; if they
+  persist, and for every other code (NOT_FOUND, FAILED_PRECONDITION, another INVALID_ARGUMENT, ...), no other
+  file would fare better: the run stops with one clear line.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from serving import contract
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif"}
 # The first bytes of the formats TensorFlow decodes.
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
-FATAL_CODES = {"UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
 def collect_files(arguments: list[str]) -> list[str]:
@@ -97,17 +101,16 @@ def predict_files(client, paths: list[str], batch_size: int = 16):
         try:
             results = client.predict([data for _, data in batch])
         except ServingError as error:
-            if error.code in FATAL_CODES or len(batch) == 1:
-                if error.code in FATAL_CODES:
-                    raise
+            if not error.is_image_error:
+                raise
+            if len(batch) == 1:
                 return [{"path": batch[0][0], "error": error.message}]
-            # One bad image fails the whole request: isolate it, answer the rest.
             out = []
-            for path, data in batch:
+            for path, data in batch:  # once per file: the bad image(s) fail alone, the rest get answers
                 try:
                     out.append({"path": path, **client.predict([data])[0]})
                 except ServingError as single:
-                    if single.code in FATAL_CODES:
+                    if not single.is_image_error:
                         raise
                     out.append({"path": path, "error": single.message})
             return out

@@ -5,25 +5,25 @@
 
 Routes (TF Serving's REST API): POST /v1/models/<name>[/versions/<n>|/labels/<label>]:predict with
 ``{"signature_name": ..., "instances": [{"image_bytes": {"b64": ...}}]}``; GET /v1/models/<name> for
-status; GET .../metadata for the signatures.
+status; GET .../metadata for the signatures. Errors come back as ``{"error": "..."}`` with the HTTP status
+TF Serving maps each code to (clients.HTTP_TO_CODE); 429, 503 and 504 are retried with backoff.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 
 import requests
 
-from clients import ServingError
+from clients import HTTP_TO_CODE, Retry, ServingError, available_versions, parse_metadata, parse_status
 from serving import contract
-
-HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED",
-              429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
 
 
 class RestClient:
     def __init__(self, base_url: str, model_name: str = contract.MODEL_NAME, version: int | None = None,
-                 label: str | None = None, timeout: float = 30.0, session: requests.Session | None = None):
+                 label: str | None = None, timeout: float = 30.0, session: requests.Session | None = None,
+                 retries: int = 3, backoff: float = 0.5):
         if version is not None and label is not None:
             raise ValueError("give a version or a label, not both")
         if "://" not in base_url:
@@ -32,6 +32,7 @@ class RestClient:
         self.model_name, self.version, self.label = model_name, version, label
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.retry = Retry(retries, backoff)
 
     @property
     def model_url(self) -> str:
@@ -61,14 +62,43 @@ class RestClient:
         body = self._call("post", f"{self.model_url}:predict", json=self.build_request(images))
         return self.parse_response(body, len(images))
 
-    def status(self) -> dict:
+    def status(self) -> list[dict]:
+        """Every version the server knows, newest first: [{"version", "state", "error_code", "error_message"}]."""
         url = f"{self.base_url}/v1/models/{self.model_name}" + (f"/versions/{self.version}" if self.version else "")
-        return self._call("get", url)
+        return parse_status(self._call("get", url))
 
     def metadata(self) -> dict:
-        return self._call("get", f"{self.model_url}/metadata")
+        """{"name", "version", "signatures": {...}} of the version this client addresses (needs it loaded)."""
+        return parse_metadata(self._call("get", f"{self.model_url}/metadata"))
+
+    def wait_until_available(self, version: int, timeout: float, poll: float = 1.0) -> list[dict]:
+        """Polls status until ``version`` is AVAILABLE; ServingError FAILED_PRECONDITION when its load ended
+        with an error, DEADLINE_EXCEEDED when ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = RestClient(self.base_url, self.model_name, timeout=self.timeout, session=self.session,
+                                    retries=0).status()
+            except ServingError as error:
+                if error.code not in ("NOT_FOUND", "UNAVAILABLE"):
+                    raise
+                status = []
+            entry = next((v for v in status if v["version"] == version), None)
+            if entry and version in available_versions(status):
+                return status
+            if entry and entry["state"] == "END" and entry["error_code"] != "OK":
+                raise ServingError("FAILED_PRECONDITION", f"version {version} failed to load: {entry['error_code']}: "
+                                                          f"{entry['error_message']}")
+            if time.monotonic() >= deadline:
+                seen = entry["state"] if entry else "not known to the server yet"
+                raise ServingError("DEADLINE_EXCEEDED", f"version {version} is not AVAILABLE on {self.base_url} after "
+                                                        f"{timeout:.0f}s (state: {seen})")
+            time.sleep(poll)
 
     def _call(self, method: str, url: str, **kwargs) -> dict:
+        return self.retry(lambda: self._send(method, url, **kwargs), f"TF Serving at {self.base_url}")
+
+    def _send(self, method: str, url: str, **kwargs) -> dict:
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as error:
@@ -79,8 +109,9 @@ class RestClient:
         try:
             body = response.json()
         except ValueError:
-            body = {"error": response.text[:200]}
+            body = {"error": response.text[:200] or response.reason}
         if response.status_code != 200:
-            code = HTTP_CODES.get(response.status_code, f"HTTP_{response.status_code}")
-            raise ServingError(code, str(body.get("error", body)))
+            code = HTTP_TO_CODE.get(response.status_code, "UNKNOWN")
+            message = body.get("error", body) if isinstance(body, dict) else body
+            raise ServingError(code, f"{message} (HTTP {response.status_code})")
         return body

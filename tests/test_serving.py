@@ -18,7 +18,7 @@ from clients.rest import RestClient
 from conftest import REPO, run_xray
 from serving import config as serving_config
 from serving import contract, export
-from tfserving_stub import StubModelServer
+from tfserving_stub import deployment_server
 from trainer import data, records
 from trainer.config import preset
 from trainer.kerasapi import keras
@@ -48,8 +48,9 @@ def model_base(trained_workdir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_base):
-    stub = StubModelServer(str(model_base), labels={"stable": 1, "canary": 2}).start()
+def server(model_base, tmp_path_factory):
+    config_dir = tmp_path_factory.mktemp("serving-config")
+    stub = deployment_server(str(model_base), labels={"stable": 1, "canary": 2}, config_dir=str(config_dir)).start()
     yield stub
     stub.stop()
 
@@ -239,21 +240,22 @@ def test_versions_and_labels_route_to_the_right_model(server, images):
         assert by_version == by_label
         assert [r["probability"] for r in by_label] == pytest.approx([r["probability"] for r in by_grpc_label], abs=1e-6)
     status = RestClient(rest).status()
-    assert [s["version"] for s in status["model_version_status"]] == ["1", "2"]
+    assert [(s["version"], s["state"]) for s in status] == [(2, "AVAILABLE"), (1, "AVAILABLE")]  # newest first
     with GrpcClient(grpc_target) as client:
-        assert [s.version for s in client.status().model_version_status] == [1, 2]
+        assert client.status() == status
         metadata = client.metadata()
-    assert metadata.model_spec.name == "xray" and "signature_def" in metadata.metadata
-    assert "serving_default" in RestClient(rest).metadata()["metadata"]["signature_def"]["signatureDef"]
+    assert metadata == RestClient(rest).metadata()
+    assert metadata["name"] == "xray" and metadata["version"] == 2
+    assert metadata["signatures"]["serving_default"]["inputs"][contract.INPUT_BYTES] == {"dtype": "DT_STRING", "shape": [-1]}
 
 
 @pytest.mark.parametrize("body, expected", [
     (b"", "document is empty"),
     (json.dumps({"instances": [{contract.INPUT_BYTES: {"b64": base64.b64encode(b"not an image").decode()}}]}).encode(), ""),
     (json.dumps({"instances": [{contract.INPUT_BYTES: {"b64": "!!!not-base64!!!"}}]}).encode(), "base64"),
-    (json.dumps({"instances": [{"pixels": {"b64": base64.b64encode(b"x").decode()}}]}).encode(), "input keys"),
-    (json.dumps({"instances": [{contract.INPUT_BYTES: 3.5}]}).encode(), "string"),
-    (json.dumps({"instances": [1], "inputs": [1]}).encode(), "Not both"),
+    (json.dumps({"instances": [{"pixels": {"b64": base64.b64encode(b"x").decode()}}]}).encode(), "does not have named input: pixels"),
+    (json.dumps({"instances": [{contract.INPUT_BYTES: 3.5}]}).encode(), "is not of expected type: string"),
+    (json.dumps({"instances": [1], "inputs": [1]}).encode(), "expecting only one of 'inputs' or 'instances'"),
 ])
 def test_bad_rest_requests_get_400_and_the_server_stays_up(server, images, body, expected):
     url = f"http://127.0.0.1:{server.rest_port}/v1/models/xray:predict"

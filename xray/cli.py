@@ -235,6 +235,11 @@ def _add_export(sub):
     p.add_argument("--tolerance", type=float, default=None, help="allowed AUC drop vs the current version (default 0.01)")
     p.add_argument("--list", action="store_true", help="list versions with their metrics")
     p.add_argument("--label", choices=("stable", "canary"), help="point this label at --version (default: newest)")
+    p.add_argument("--server", metavar="URL",
+                   help="with --label: the TF Serving REST endpoint reading this models.config; moving a label to a "
+                   "version it has not loaded is then done in two steps (stage the version, wait until it is "
+                   "AVAILABLE, move the label), as the server requires")
+    p.add_argument("--wait", type=float, default=300, help="with --server: seconds to wait for the version to load")
     p.add_argument("--serving-base-path", default=None,
                    help="the model base path as the server sees it, written into models.config (default: /models/<name>)")
     p.add_argument("--serving-config", metavar="OUTDIR",
@@ -267,15 +272,7 @@ def _run_export(args):
         print(f"wrote {', '.join(names)} to {args.serving_config} (labels: {labels or 'none: serve the newest version'})")
         return 0
     if args.label:
-        versions = {v["version"] for v in export.list_versions(base)}
-        version = args.version if args.version is not None else max(versions, default=0)
-        try:
-            labels = serving_config.set_label(f"{base}/models.config", args.serving_base_path or f"/models/{name}",
-                                              args.label, version, versions)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        print(f"{args.label} -> version {version} in {base}/models.config (labels: {labels})")
-        return 0
+        return _move_label(args, base, name)
     if not args.workdir:
         raise UserError("--workdir is required to export (or use --list, --label or --serving-config)")
     request = export.ExportRequest(
@@ -290,6 +287,40 @@ def _run_export(args):
         raise UserError(str(error)) from None
     print(json.dumps({"version": card["version"], "path": card["path"], "roc_auc": card["metrics"]["roc_auc"],
                       "serving_roc_auc": card["serving_path"]["roc_auc"], "threshold": card["threshold"]}))
+    return 0
+
+
+def _move_label(args, base: str, name: str) -> int:
+    from serving import config as serving_config
+    from serving import export
+
+    config_path = f"{base}/models.config"
+    base_path = args.serving_base_path or f"/models/{name}"
+    versions = {v["version"] for v in export.list_versions(base)}
+    version = args.version if args.version is not None else max(versions, default=0)
+    try:
+        step = serving_config.plan_label(config_path, base_path, args.label, version, versions)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if step == "stage" or args.server:
+        if step == "stage":
+            staged = serving_config.stage_version(config_path, base_path, version)
+            print(f"version {version} added to the version policy in {config_path} (loading before {args.label} moves: "
+                  f"staged {sorted(staged)})")
+        if not args.server:
+            print(f"TF Serving refuses to move {args.label} to a version it has not loaded. Once it reports version "
+                  f"{version} AVAILABLE, run this command again, or add --server URL to wait for it here.")
+            return 0
+        from clients import ServingError
+        from clients.rest import RestClient
+
+        print(f"waiting up to {args.wait:.0f}s for {args.server} to report version {version} AVAILABLE ...", flush=True)
+        try:
+            RestClient(args.server, name).wait_until_available(version, args.wait)
+        except ServingError as error:
+            raise UserError(f"{error.code}: {error.message}; {args.label} still points where it did") from None
+    labels = serving_config.set_label(config_path, base_path, args.label, version, versions)
+    print(f"{args.label} -> version {version} in {config_path} (labels: {labels})")
     return 0
 
 
