@@ -31,6 +31,37 @@ def shards_dir(synth_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_workdir(shards_dir, tmp_path_factory):
+    """A finished run as `xray train` leaves it (config, best weights, training.json), without the training time."""
+    import json
+
+    from trainer.config import preset
+    from trainer.kerasapi import keras
+    from trainer.model import build_model
+    from trainer.workdir import Workdir
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = preset("tiny")
+    paths = Workdir(str(workdir))
+    config.save(paths.config)
+    keras.utils.set_random_seed(0)
+    build_model(config.model).save_weights(paths.best_weights)
+    (workdir / "training.json").write_text(json.dumps({"data": str(shards_dir), "epochs_run": 1, "best_epoch": 1}))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def model_base(trained_workdir, tmp_path_factory):
+    """Two exported versions (1 and 2) of that run, as `xray export` writes them."""
+    from serving import export
+
+    base = tmp_path_factory.mktemp("models")
+    export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
+    export.export(export.ExportRequest(str(trained_workdir), str(base), force=True), log=lambda *_: None)
+    return base
+
+
 def run_xray(*args, timeout=600, env=None, check=True):
     """Runs the real `xray` command line in a subprocess; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

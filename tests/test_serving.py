@@ -20,31 +20,6 @@ from serving import config as serving_config
 from serving import contract, export
 from tfserving_stub import deployment_server
 from trainer import data, records
-from trainer.config import preset
-from trainer.kerasapi import keras
-from trainer.model import build_model
-from trainer.workdir import Workdir
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(shards_dir, tmp_path_factory):
-    """A finished run as `xray train` leaves it (config, best weights, training.json), without the training time."""
-    workdir = tmp_path_factory.mktemp("run")
-    config = preset("tiny")
-    paths = Workdir(str(workdir))
-    config.save(paths.config)
-    keras.utils.set_random_seed(0)
-    build_model(config.model).save_weights(paths.best_weights)
-    (workdir / "training.json").write_text(json.dumps({"data": str(shards_dir), "epochs_run": 1, "best_epoch": 1}))
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def model_base(trained_workdir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("models")
-    export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
-    export.export(export.ExportRequest(str(trained_workdir), str(base), force=True), log=lambda *_: None)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -356,8 +356,10 @@ class ServerCore:
 # --- predict ----------------------------------------------------------------------------------------------
 
 
-def _dtype_name(dtype: int) -> str:
-    return tf.dtypes.as_dtype(dtype).name
+def _dtype_name(dtype) -> str:
+    """DataTypeString: "float", "double", "int32", "string", ..."""
+    name = tf.dtypes.as_dtype(dtype).name
+    return {"float32": "float", "float64": "double"}.get(name, name)
 
 
 class Predictor:
@@ -392,7 +394,7 @@ class Predictor:
                                                     f"to be in the set {{{','.join(sorted(expected))}}}.")
         for index, key in enumerate(sorted(sent)):
             want = _dtype_name(signature.inputs[key].dtype)
-            have = "string" if inputs[key].dtype.kind in "SOU" else tf.dtypes.as_dtype(inputs[key].dtype).name
+            have = "string" if inputs[key].dtype.kind in "SOU" else _dtype_name(inputs[key].dtype)
             if want != have:  # the session's own check (tensorflow/core/common_runtime/executor)
                 raise Status(Code.INVALID_ARGUMENT, f"Expects arg[{index}] to be {want} but {have} is provided")
         function = loaded.loaded.signatures[signature_name]
@@ -599,7 +601,8 @@ def _tensor(value, dtype: str) -> np.ndarray:
     shape = _dense_shape(value)
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
-    np_dtype = object if dtype == "string" else tf.dtypes.as_dtype(dtype).as_numpy_dtype
+    np_dtype = object if dtype == "string" else tf.dtypes.as_dtype({"float": "float32", "double": "float64"}
+                                                                   .get(dtype, dtype)).as_numpy_dtype
     return np.array(flat, dtype=np_dtype).reshape(shape)
 
 

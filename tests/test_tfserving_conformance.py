@@ -1,0 +1,501 @@
+"""The TF Serving stand-in (tests/tfserving_stub.py) held to TF Serving's own behaviour.
+
+One test (or parametrised group) per row of docs/tfserving-conformance.md. The cases marked "ported" restate,
+in this project's words, the request/response cases of TF Serving's http_rest_api_handler_test.cc and
+json_tensor_test.cc (tensorflow/serving at 9d981c5c): the same requests, the same expected status codes and
+message fragments, against a half-plus-two model built here as theirs is (versions 123 and 124 served by a
+`specific` policy that lists 123, label "Version_Label" -> 123).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from PIL import Image
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as serving_config
+from tfserving_stub import HTTP_STATUS, Options, Status, StubModelServer, request_tensors
+
+MODEL = "saved_model_half_plus_two_2_versions"
+VERSION = 123
+LABEL = "Version_Label"
+
+
+def half_plus(offset: float):
+    class HalfPlus(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": 0.5 * x + offset}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def with_bytes(self, x):
+            return {"y": 0.5 * x + offset, "y_bytes": tf.strings.as_string(x)}
+
+    return HalfPlus()
+
+
+def save(module, path, signatures):
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+@pytest.fixture(scope="module")
+def half_plus_two_base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("half_plus_two")
+    for version, offset in ((VERSION, 2.0), (VERSION + 1, 3.0)):
+        module = half_plus(offset)
+        save(module, base / str(version), {"serving_default": module.predict, "with_bytes": module.with_bytes})
+    return base
+
+
+def write_config(path, base, versions=(VERSION,), labels=None, name=MODEL, policy="specific"):
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+    if policy == "specific":
+        model.model_version_policy.specific.versions.extend(versions)
+    elif policy == "all":
+        model.model_version_policy.all.SetInParent()
+    else:
+        model.model_version_policy.latest.num_versions = policy
+    for label, version in (labels or {}).items():
+        model.version_labels[label] = version
+    serving_config.write_text_proto(config, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def handler_server(half_plus_two_base, tmp_path_factory):
+    """As HttpRestApiHandlerTest sets up: specific policy {123}, then a reload that adds the label."""
+    config = tmp_path_factory.mktemp("config") / "models.config"
+    write_config(config, half_plus_two_base)
+    server = StubModelServer(Options(model_config_file=str(config))).start()
+    write_config(config, half_plus_two_base, labels={LABEL: VERSION})
+    assert server.poll_config() is None
+    yield server
+    server.stop()
+
+
+def call(server, method, path, body=b""):
+    response = requests.request(method, server.rest_url + path, data=body, timeout=30)
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    return response.status_code, payload
+
+
+# --- routes (http_rest_api_util.cc, http_rest_api_handler.cc, http_server.cc) -------------------------------
+
+UNSUPPORTED = [  # ported: HttpRestApiHandlerTest.UnsupportedApiCalls
+    ("GET", "/v1/foo", "Malformed request"),
+    ("POST", "/v1/foo", "Malformed request"),
+    ("GET", "/v1/models", "Missing model name"),
+    ("GET", "/v1/models/debug/model_name", "Malformed request"),
+    ("POST", "/v1/models", "Malformed request"),
+    ("GET", "/v1/models/foo:predict", "Malformed request"),
+    ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
+    ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
+    ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
+    ("POST", f"/v1/models/foo/versions/{2**64 - 1}:regress", "Failed to convert version"),
+    ("POST", "/v1/models/foo/metadata", "Malformed request"),
+    ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
+    ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
+    ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
+    ("PUT", f"/v1/models/{MODEL}:predict", "Malformed request"),
+]
+
+
+@pytest.mark.parametrize("method, path, fragment", UNSUPPORTED)
+def test_unsupported_api_calls_are_400_malformed(handler_server, method, path, fragment):
+    status, body = call(handler_server, method, path)
+    assert status == 400 and fragment in body["error"]
+
+
+def test_paths_outside_v1_get_the_http_servers_own_404(handler_server):
+    response = requests.get(handler_server.rest_url + "/statuspage", timeout=10)
+    assert response.status_code == 404 and response.content == b""
+    # The pattern is case-insensitive, as TF Serving's RE2 (?i) patterns are.
+    assert call(handler_server, "GET", f"/V1/MODELS/{MODEL}")[0] == 200
+
+
+@pytest.mark.parametrize("code, http", sorted(((c, h) for c, h in HTTP_STATUS.items() if c != grpc.StatusCode.OK),
+                                              key=lambda item: item[0].name))
+def test_every_status_code_maps_to_tf_servings_http_status(handler_server, code, http):
+    expected = {"CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
+                "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
+                "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
+                "DATA_LOSS": 500, "UNAUTHENTICATED": 401}  # http_server.cc ToHTTPStatusCode, written out again
+    assert http == expected[code.name]
+    handler_server.inject(code, f"injected {code.name}", api="rest")
+    status, body = call(handler_server, "GET", f"/v1/models/{MODEL}")
+    assert (status, body) == (http, {"error": f"injected {code.name}"})
+
+
+def test_cors_preflight_needs_an_origin(handler_server):
+    response = requests.options(f"{handler_server.rest_url}/v1/models/{MODEL}:predict", timeout=10)
+    assert response.status_code == 400 and "Origin header is missing" in response.json()["error"]
+    response = requests.options(f"{handler_server.rest_url}/v1/models/{MODEL}:predict",
+                                headers={"Origin": "http://example.com"}, timeout=10)
+    assert response.status_code == 200
+
+
+# --- model, version, label resolution (server_core.cc, basic_manager.cc) ------------------------------------
+
+@pytest.mark.parametrize("path", [  # ported: PredictModelNameVersionErrors
+    "/v1/models/foo:predict", "/v1/models/foo/versions/50:predict", f"/v1/models/{MODEL}99:predict"])
+def test_unknown_model_or_version_is_not_found(handler_server, path):
+    status, body = call(handler_server, "POST", path, b'{ "instances": [1] }')
+    assert status == 404 and "Servable not found for request" in body["error"]
+
+
+def test_a_version_outside_the_version_policy_is_not_found_over_rest_and_grpc(handler_server, half_plus_two_base):
+    assert (half_plus_two_base / str(VERSION + 1) / "saved_model.pb").exists()  # on disk, but the policy lists 123
+    status, body = call(handler_server, "POST", f"/v1/models/{MODEL}/versions/{VERSION + 1}:predict", b'{"instances": [1.0]}')
+    assert status == 404 and body["error"] == f"Servable not found for request: Specific({MODEL}, {VERSION + 1})"
+    with grpc.insecure_channel(handler_server.grpc_target) as channel:
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=MODEL))
+        request.model_spec.version.value = VERSION + 1
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32)))
+        with pytest.raises(grpc.RpcError) as info:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_latest_policy_serves_only_the_newest_and_a_label_needs_allow_labels(half_plus_two_base, tmp_path):
+    config = write_config(tmp_path / "models.config", half_plus_two_base, policy=1)
+    server = StubModelServer(Options(model_config_file=str(config))).start()
+    try:
+        status, body = call(server, "GET", f"/v1/models/{MODEL}")
+        assert [(v["version"], v["state"]) for v in body["model_version_status"]] == [(str(VERSION + 1), "AVAILABLE")]
+        assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1.0]}')[1] == {"predictions": [3.5]}
+    finally:
+        server.stop()
+    config = write_config(tmp_path / "labels.config", half_plus_two_base, labels={LABEL: VERSION})
+    with pytest.raises(Status) as info:
+        StubModelServer(Options(model_config_file=str(config), allow_version_labels=False)).start()
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_label_for_a_version_not_yet_loaded_stops_the_server_unless_the_flag_is_set(half_plus_two_base, tmp_path):
+    """server_core.cc: labels are checked BEFORE the config's versions load, so at start nothing is AVAILABLE."""
+    config = write_config(tmp_path / "models.config", half_plus_two_base, labels={LABEL: VERSION})
+    with pytest.raises(Status) as info:
+        StubModelServer(Options(model_config_file=str(config))).start()
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.message == (f"Request to assign label to version {VERSION} of model {MODEL}, which is not "
+                                  "currently available for inference")
+    server = StubModelServer(Options(model_config_file=str(config),
+                                     allow_version_labels_for_unavailable_models=True)).start()
+    try:
+        assert call(server, "POST", f"/v1/models/{MODEL}/labels/{LABEL}:predict", b'{"instances": [2.0]}')[1] == \
+            {"predictions": [3.0]}
+    finally:
+        server.stop()
+
+
+def test_moving_a_label_to_an_unloaded_version_is_refused_even_with_the_flag(half_plus_two_base, tmp_path):
+    config = write_config(tmp_path / "models.config", half_plus_two_base, labels={LABEL: VERSION})
+    server = StubModelServer(Options(model_config_file=str(config),
+                                     allow_version_labels_for_unavailable_models=True)).start()
+    try:
+        # One step: policy {123, 124}, label -> 124 while 124 is not loaded: refused, and 124 is never loaded.
+        write_config(config, half_plus_two_base, versions=(VERSION, VERSION + 1), labels={LABEL: VERSION + 1})
+        error = server.poll_config()
+        assert error is not None and error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert call(server, "GET", f"/v1/models/{MODEL}/versions/{VERSION + 1}")[0] == 404
+        assert call(server, "POST", f"/v1/models/{MODEL}/labels/{LABEL}:predict", b'{"instances": [2.0]}')[1] == \
+            {"predictions": [3.0]}
+        # Two steps: load 124 first (labels unchanged), then move the label.
+        write_config(config, half_plus_two_base, versions=(VERSION, VERSION + 1), labels={LABEL: VERSION})
+        assert server.poll_config() is None
+        server.core.wait_for_loads()
+        write_config(config, half_plus_two_base, versions=(VERSION + 1,), labels={LABEL: VERSION + 1})
+        assert server.poll_config() is None
+        assert call(server, "POST", f"/v1/models/{MODEL}/labels/{LABEL}:predict", b'{"instances": [2.0]}')[1] == \
+            {"predictions": [4.0]}
+        status = call(server, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [(str(VERSION + 1), "AVAILABLE"), (str(VERSION), "END")]
+    finally:
+        server.stop()
+
+
+# --- status and metadata (get_model_status_impl.cc, get_model_metadata_impl.cc, http_rest_api_util.cc) ------
+
+@pytest.mark.parametrize("suffix", ["", f"/versions/{VERSION}", f"/labels/{LABEL}"])
+def test_get_status(handler_server, suffix):  # ported: HttpRestApiHandlerTest.GetStatus
+    status, body = call(handler_server, "GET", f"/v1/models/{MODEL}{suffix}")
+    assert status == 200
+    assert body == {"model_version_status": [
+        {"version": str(VERSION), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def test_get_model_metadata_keeps_proto_field_names(handler_server):  # ported: GetModelMetadata
+    status, body = call(handler_server, "GET", f"/v1/models/{MODEL}/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": str(VERSION)}
+    default = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert default["inputs"]["x"]["dtype"] == "DT_FLOAT" and default["inputs"]["x"]["tensor_shape"]["unknown_rank"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+
+
+def test_status_lists_every_version_newest_first_with_loading_and_failed_loads(half_plus_two_base, tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "1").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
+    (base / "3").mkdir()  # a version directory without a SavedModel: its load fails
+    config = write_config(tmp_path / "models.config", base, policy="all")
+    server = StubModelServer(Options(model_config_file=str(config), file_system_poll_wait_seconds=0.1)).start()
+    try:
+        server.options.load_delay_s = 2.0
+        (base / "2").symlink_to(half_plus_two_base / str(VERSION + 1), target_is_directory=True)
+        deadline = time.monotonic() + 10
+        while call(server, "GET", f"/v1/models/{MODEL}/versions/2")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        states = call(server, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"]
+        assert [(s["version"], s["state"]) for s in states] == [("3", "END"), ("2", "LOADING"), ("1", "AVAILABLE")]
+        assert states[0]["status"]["error_code"] == "NOT_FOUND" and "Could not find SavedModel" in \
+            states[0]["status"]["error_message"]
+        # Latest is the newest AVAILABLE version while 2 loads.
+        assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1.0]}')[1] == {"predictions": [2.5]}
+    finally:
+        server.stop()
+
+
+def test_probe_paths_while_the_first_version_loads(half_plus_two_base, tmp_path):
+    """Why the Deployment's readiness probe asks for metadata: status is 200 while loading, metadata is not."""
+    base = tmp_path / "base"
+    base.mkdir()
+    config = write_config(tmp_path / "models.config", base, policy=1)
+    server = StubModelServer(Options(model_config_file=str(config), file_system_poll_wait_seconds=0.1,
+                                     load_delay_s=1.5)).start()  # no version at all: the ports open anyway
+    try:
+        assert call(server, "GET", f"/v1/models/{MODEL}") == (404, {"error": f"Could not find any versions of model {MODEL}"})
+        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 404
+        (base / "7").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
+        deadline = time.monotonic() + 10
+        while call(server, "GET", f"/v1/models/{MODEL}")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, body = call(server, "GET", f"/v1/models/{MODEL}")
+        assert status == 200 and body["model_version_status"][0]["state"] in ("START", "LOADING")
+        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 404
+        server.core.wait_for_loads()
+        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 200
+    finally:
+        server.stop()
+
+
+# --- predict over REST (json_tensor.cc, http_rest_api_handler.cc) -------------------------------------------
+
+PREDICT_ERRORS = [  # ported: HttpRestApiHandlerTest.PredictRequestErrors
+    ("", b"", 400, "JSON Parse error: The document is empty"),
+    ("", b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+    ("", b'{ "instances": ["x", "y"] }', 400, "not of expected type: float"),
+    (f"/labels/nonexistent", b'{ "instances": ["x", "y"] }', 400, "Unrecognized servable version label"),
+    ("", b'{ "signature_name": 100 }', 400, "'signature_name' key must be a string value."),
+    ("", b'{ "signature_name": "nope", "instances": [1.0] }', 400,
+     'Serving signature name: "nope" not found in signature def'),
+    ("", b"[1, 2]", 400, "Is not object"),
+    ("", b'{ "instances": 1 }', 400, "Expecting 'instances' to be an list/array"),
+    ("", b'{ "instances": [] }', 400, "No values in 'instances' array"),
+    ("", b'{ "signature_name": "serving_default" }', 400, "Missing 'inputs' or 'instances' key"),
+]
+
+
+@pytest.mark.parametrize("suffix, body, status, fragment", PREDICT_ERRORS)
+def test_predict_request_errors(handler_server, suffix, body, status, fragment):
+    got, payload = call(handler_server, "POST", f"/v1/models/{MODEL}{suffix}:predict", body)
+    assert got == status and fragment in payload["error"], payload
+
+
+PREDICT = [  # ported: HttpRestApiHandlerTest.Predict
+    ("", '{"instances": [[1.0, 2.0], [3.0, 4.0]]}', {"predictions": [[2.5, 3.0], [3.5, 4.0]]}),
+    (f"/versions/{VERSION}", '{"instances": [1.0, 2.0]}', {"predictions": [2.5, 3.0]}),
+    (f"/labels/{LABEL}", '{"instances": [1.0, 2.0]}', {"predictions": [2.5, 3.0]}),
+    (f"/versions/{VERSION}", '{"signature_name": "serving_default", "instances": [3.0, 4.0]}', {"predictions": [3.5, 4.0]}),
+    (f"/versions/{VERSION}", '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}', {"outputs": [3.5, 4.0]}),
+]
+
+
+@pytest.mark.parametrize("suffix, body, expected", PREDICT)
+def test_predict(handler_server, suffix, body, expected):
+    assert call(handler_server, "POST", f"/v1/models/{MODEL}{suffix}:predict", body.encode()) == (200, expected)
+
+
+def test_several_outputs_are_objects_and_bytes_outputs_are_b64(handler_server):
+    status, body = call(handler_server, "POST", f"/v1/models/{MODEL}:predict",
+                        b'{"signature_name": "with_bytes", "instances": [1.0, 2.0]}')
+    assert status == 200
+    assert [row["y"] for row in body["predictions"]] == [2.5, 3.0]
+    assert [base64.b64decode(row["y_bytes"]["b64"]) for row in body["predictions"]] == [b"1.000000", b"2.000000"]
+    status, body = call(handler_server, "POST", f"/v1/models/{MODEL}:predict",
+                        b'{"signature_name": "with_bytes", "inputs": [1.0, 2.0]}')
+    assert body["outputs"]["y"] == [2.5, 3.0] and body["outputs"]["y_bytes"][0] == {"b64": base64.b64encode(b"1.000000").decode()}
+
+
+def info_map(**dtypes):
+    return {name: meta_graph_pb2.TensorInfo(dtype=tf.dtypes.as_dtype(dtype).as_datatype_enum)
+            for name, dtype in dtypes.items()}
+
+
+JSON_TENSOR_OK = [  # ported: JsontensorTest (FillPredictRequestFromJson cases)
+    ("SingleUnnamedTensor", {"default": "int32"}, {"instances": [[1, 2], [3, 4], [5, 6]]}, "row",
+     {"default": ([3, 2], [1, 2, 3, 4, 5, 6])}),
+    ("MixedInputForFloatTensor", {"default": "float32"}, {"instances": [1, 2.0, 3, 4, 5.003, 0.007, 0.0]}, "row",
+     {"default": ([7], [1, 2, 3, 4, 5.003, 0.007, 0])}),
+    ("SingleUnnamedTensorBase64Scalars", {"default": "string"},
+     {"instances": [{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}]}, "row", {"default": ([2], [b"hello", b"world"])}),
+    ("SingleUnnamedTensorBase64Lists", {"default": "string"},
+     {"instances": [[{"b64": "aGVsbG8="}], [{"b64": "d29ybGQ="}]]}, "row", {"default": ([2, 1], [b"hello", b"world"])}),
+    ("SingleNamedTensorBase64", {"default": "string"},
+     {"instances": [{"default": [[{"b64": "aGVsbG8="}], [{"b64": "d29ybGQ="}]]}]}, "row",
+     {"default": ([1, 2, 1], [b"hello", b"world"])}),
+    ("MultipleNamedTensor", {"int_tensor": "int32", "str_tensor": "string"},
+     {"instances": [{"int_tensor": [[1, 2], [3, 4], [5, 6]], "str_tensor": ["foo", "bar"]},
+                    {"int_tensor": [[7, 8], [9, 0], [1, 2]], "str_tensor": ["baz", "bat"]}]}, "row",
+     {"int_tensor": ([2, 3, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]),
+      "str_tensor": ([2, 2], [b"foo", b"bar", b"baz", b"bat"])}),
+    ("SingleUnnamedTensorColumnarFormat", {"default": "int32"}, {"inputs": [[1, 2], [3, 4], [5, 6]]}, "columnar",
+     {"default": ([3, 2], [1, 2, 3, 4, 5, 6])}),
+    ("MultipleNamedTensorColumnarFormat", {"int_tensor": "int32", "str_tensor": "string"},
+     {"inputs": {"int_tensor": [[1, 2], [3, 4]], "str_tensor": [{"b64": "aGVsbG8="}]}}, "columnar",
+     {"int_tensor": ([2, 2], [1, 2, 3, 4]), "str_tensor": ([1], [b"hello"])}),
+]
+
+
+@pytest.mark.parametrize("case, dtypes, document, form, expected", JSON_TENSOR_OK, ids=[c[0] for c in JSON_TENSOR_OK])
+def test_json_tensor_cases(case, dtypes, document, form, expected):
+    tensors, got_form = request_tensors(document, info_map(**dtypes))
+    assert got_form == form
+    for name, (shape, values) in expected.items():
+        assert list(tensors[name].shape) == shape
+        assert tensors[name].reshape(-1).tolist() == pytest.approx(values) if dtypes[name] != "string" else \
+            tensors[name].reshape(-1).tolist() == values
+
+
+JSON_TENSOR_ERRORS = [  # ported: JsontensorTest.SingleUnnamedTensorErrors / MultipleNamedTensorErrors
+    ({"default": "int32"}, {"instances": [[1, 2], [3, 4], [5, 6, 7]], "inputs": [[1, 2]]}, "Not formatted correctly"),
+    ({"default": "int32"}, {"instances": [[1, 2], [3, 4], [5, 6, 7]]}, "Expecting tensor size"),
+    ({"default": "int32"}, {"instances": [[1, 2], [3, 4], [[5, 6]]]}, "Expecting shape"),
+    ({"default": "int32"}, {"instances": [1, [1]]}, "Expecting shape"),
+    ({"default": "int32"}, {"instances": [[1, 2], ["a", "b"]]}, "not of expected type"),
+    ({"int_tensor": "int32", "str_tensor": "string"},
+     {"instances": [{"int_tensor": [[1, 2], [3, 4], [5, 6]], "str_tensor": ["foo", "bar"]},
+                    {"int_tensor": [[[7, 8], [9, 0], [1, 2]]], "str_tensor": ["baz", "bat"]}]}, "Expecting shape"),
+    ({"int_tensor": "int32", "str_tensor": "string"},
+     {"instances": [{"int_tensor": [[1, 2], [3, 4], [5, 6], [7, 8]], "str_tensor": ["foo", "bar"]},
+                    {"int_tensor": [[7, 8], [9, 0], [1, 2]], "str_tensor": ["baz", "bat"]}]}, "Expecting tensor size"),
+    ({"int_tensor": "int32", "str_tensor": "string"},
+     {"instances": [{"int_tensor": [[1, 2]], "str_tensor": ["foo"]}, [1, 20, 30]]}, "Expecting object but got list"),
+    ({"str_tensor": "string"}, {"instances": [["baz", "bar"], {"str_tensor": ["baz", "bat"]}]},
+     "Expecting value/list but got object"),
+    ({"default": "string"}, {"instances": [{"b64": "!!!"}]}, "Unable to base64 decode"),
+    ({"a": "int32", "b": "int32"}, {"instances": [1, 2]}, "instances is a plain list"),
+    ({"a": "int32", "b": "int32"}, {"inputs": {"a": [1]}}, "Missing named input: b in 'inputs' object."),
+    ({"a": "int32"}, {"instances": [{"a": 1, "c": 2}]}, "does not have named input: c"),
+]
+
+
+@pytest.mark.parametrize("dtypes, document, fragment", JSON_TENSOR_ERRORS)
+def test_json_tensor_errors(dtypes, document, fragment):
+    with pytest.raises(Status) as info:
+        request_tensors(document, info_map(**dtypes))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and fragment in info.value.message
+
+
+# --- predict over gRPC (predict_util.cc, server.cc) ----------------------------------------------------------
+
+def test_grpc_outputs_are_repeated_proto_fields_and_signature_errors_are_failed_precondition(handler_server):
+    with grpc.insecure_channel(handler_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=MODEL))
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0, 2.0], np.float32)))
+        response = stub.Predict(request, timeout=30)
+        assert list(response.outputs["y"].float_val) == [2.5, 3.0] and not response.outputs["y"].tensor_content
+        assert (response.model_spec.version.value, response.model_spec.signature_name) == (VERSION, "serving_default")
+        request.model_spec.signature_name = "nope"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == 'Serving signature key "nope" not found.'
+        request.model_spec.signature_name = ""
+        request.inputs["z"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32)))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("input size does not match signature: 2!=1")
+        metadata = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model_pb2.ModelSpec(name=MODEL), metadata_field=["signature_def"]), timeout=30)
+        assert metadata.model_spec.version.value == VERSION
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=model_pb2.ModelSpec(name=MODEL), metadata_field=["weights"]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=MODEL)), timeout=30)
+        assert [(s.version, s.state) for s in status.model_version_status] == \
+            [(VERSION, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+
+# --- batching (batching/batching_session.cc) -----------------------------------------------------------------
+
+class MeanPixel(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def predict(self, image_bytes):
+        def one(data):
+            return tf.reduce_mean(tf.cast(tf.io.decode_png(data, channels=1), tf.float32))
+
+        return {"mean": tf.map_fn(one, image_bytes, fn_output_signature=tf.float32)}
+
+
+def png(value: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((4, 4), value, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_batching_merges_concurrent_requests_and_one_bad_image_fails_the_whole_batch(tmp_path):
+    module = MeanPixel()
+    save(module, tmp_path / "models" / "1", {"serving_default": module.predict})
+    config = write_config(tmp_path / "models.config", tmp_path / "models", name="mean", policy=1)
+    server = StubModelServer(Options(model_config_file=str(config), enable_batching=True, max_batch_size=8,
+                                     batch_timeout_s=0.5)).start()
+
+    def post(images, out, index):
+        body = {"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+        response = requests.post(f"{server.rest_url}/v1/models/mean:predict", json=body, timeout=30)
+        out[index] = (response.status_code, response.json())
+
+    try:
+        results = [None] * 3
+        threads = [threading.Thread(target=post, args=([png(10 * (k + 1))], results, k)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(r[1]["predictions"][0] for r in results) == [10.0, 20.0, 30.0]
+        assert server.predictor.batches[-1] == 3  # one run for the three requests
+
+        inputs = [[png(10)], [b"\x89PNG\r\n\x1a\n broken"], [png(30)]]
+        threads = [threading.Thread(target=post, args=(inputs[k], results, k)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r[0] for r in results] == [400, 400, 400]  # the good images fail with the bad one
+        too_many = {"instances": [{"b64": base64.b64encode(png(1)).decode()}] * 9}
+        response = requests.post(f"{server.rest_url}/v1/models/mean:predict", json=too_many, timeout=30)
+        assert response.status_code == 400
+        assert response.json()["error"] == "Task size 9 is larger than maximum input batch size 8"
+    finally:
+        server.stop()
