@@ -5,6 +5,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +329,48 @@ def test_xray_predict_against_a_dead_server_is_one_line(synth_dir):
         assert "Traceback" not in result.stderr
     result = run_xray("predict", "/nonexistent/*.jpeg", "--grpc", "127.0.0.1:9", check=False)
     assert result.returncode == 2 and "no image files found" in result.stderr
+
+
+def test_export_label_moves_in_two_steps_on_a_server_that_requires_it(model_base, tmp_path):
+    """Moving stable from 1 to 2 (not loaded) in one step is refused by TF Serving (server_core.cc); the CLI stages
+    version 2, waits for the server to report it AVAILABLE, then moves the label."""
+    base = tmp_path / "models"
+    base.mkdir()
+    for version in ("1", "2"):
+        (base / version).symlink_to(model_base / version, target_is_directory=True)
+    stub = deployment_server(str(base), labels={"stable": 1}, config_dir=str(base),
+                             model_config_file_poll_wait_seconds=0.2, file_system_poll_wait_seconds=0.2).start()
+    try:
+        assert [(s["version"], s["state"]) for s in RestClient(stub.rest_url).status()] == [(1, "AVAILABLE")]
+        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 2, "--server", stub.rest_url,
+                          "--wait", 60, "--serving-base-path", base)
+        assert "version 2 added to the version policy" in result.stdout and "stable -> version 2" in result.stdout
+        assert stub.core.reload_errors == []  # no config the server refused on the way
+        deadline = time.monotonic() + 10
+        while RestClient(stub.rest_url, label="stable").metadata()["version"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert RestClient(stub.rest_url, label="stable").metadata()["version"] == 2
+        # Without --server the CLI cannot know when the version is loaded: it stages it and says what to do next.
+        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 1, "--serving-base-path", base)
+        assert "TF Serving refuses to move stable" in result.stdout and "--server" in result.stdout
+        config = serving_config.read_models_config(str(base / "models.config"))
+        assert serving_config.labels_of(config) == {"stable": 2} and serving_config.staged_of(config) == {1}
+        deadline = time.monotonic() + 10
+        while 1 not in [s["version"] for s in RestClient(stub.rest_url).status() if s["state"] == "AVAILABLE"] \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 1, "--serving-base-path", base)
+        assert "stable -> version 1" in result.stdout
+        config = serving_config.read_models_config(str(base / "models.config"))
+        assert serving_config.labels_of(config) == {"stable": 1} and serving_config.staged_of(config) == set()
+    finally:
+        stub.stop()
+
+
+def test_export_label_with_an_unreachable_server_is_one_line(model_base, tmp_path):
+    base = tmp_path / "models"
+    base.mkdir()
+    (base / "2").symlink_to(model_base / "2", target_is_directory=True)
+    result = run_xray("export", "--model-base", base, "--label", "canary", "--server", "http://127.0.0.1:9", "--wait", 1,
+                      check=False)
+    assert result.returncode == 2 and "not AVAILABLE" in result.stderr and "Traceback" not in result.stderr
