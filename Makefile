@@ -123,7 +123,7 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 	  --entrypoint tensorflow_model_server $(SERVING_IMAGE) \
 	  --port=8500 --rest_api_port=8501 --model_config_file=/config/models.config \
 	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
-	  --monitoring_config_file=/config/monitoring.config
+	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true
 
 predict: $(VENV)/.installed ## score the synthetic test images with the exported model in-process
 	$(XRAY) predict $(BUILD)/synth/test --model $(MODEL_BASE) --format table

@@ -374,3 +374,15 @@ def test_export_label_with_an_unreachable_server_is_one_line(model_base, tmp_pat
     result = run_xray("export", "--model-base", base, "--label", "canary", "--server", "http://127.0.0.1:9", "--wait", 1,
                       check=False)
     assert result.returncode == 2 and "not AVAILABLE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_serve_runs_tf_serving_with_the_deployments_flags():
+    """The local server and the cluster's behave alike: the same tensorflow_model_server flags (ports and the
+    gRPC channel arguments aside)."""
+    from tfserving_stub import deployment_args
+
+    dry_run = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    docker = dry_run[dry_run.index("docker run"):].replace("\\\n", " ")
+    flags = set(docker.split("tensorflow/serving")[1].split())
+    wanted = {a for a in deployment_args() if not a.startswith(("--port", "--rest_api_port", "--grpc_channel_arguments"))}
+    assert wanted <= flags, wanted - flags
