@@ -98,13 +98,23 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     rebuilds the best value from history and would never rewrite a truncated file).
 
     Overrides tf-keras 2.21's ModelCheckpoint._save_handler (private; tests/test_train_multiworker.py and
-    tests/test_callbacks.py fail if a tf-keras upgrade stops calling it)."""
+    tests/test_callbacks.py fail if a tf-keras upgrade stops calling it).
+
+    ``weights_of``: save this model's weights instead of the fitted model's (training on cached features fits
+    a view of the full model; the file must hold the full model's weights)."""
+
+    def __init__(self, *args, weights_of=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weights_of = weights_of
 
     def _save_handler(self, filepath):
         directory, name = filepath.rsplit("/", 1) if "/" in filepath else (".", filepath)
         tmp = f"{directory}/.tmp-{uuid.uuid4().hex[:8]}-{name}"  # same suffix: the same file format
         try:
-            super()._save_handler(tmp)
+            if self.weights_of is not None:
+                self.weights_of.save_weights(tmp, overwrite=True)
+            else:
+                super()._save_handler(tmp)
             tf.io.gfile.rename(tmp, filepath, overwrite=True)
         finally:
             if tf.io.gfile.exists(tmp):

@@ -72,7 +72,12 @@ class TrainConfig:
     alpha: float = 1e-6
     early_stopping_patience: int = 10
     steps_per_epoch: int = 0  # 0: one pass over the train split
-    augment: bool = True
+    # The design document applies no augmentation; the demo preset turns it on (a from-scratch model on 64 px).
+    augment: bool = False
+    # "auto": compute the frozen part of the backbone once per image and train the tail and head on the
+    # cached output when that is exact (trainer/feature_cache.py); "off": always run the whole model.
+    feature_cache: str = "auto"
+    feature_cache_dtype: str = "float32"  # or "float16": half the memory, not exact
     seed: int = 0
     mixed_precision: str = "off"  # for GPU nodes; the sigmoid output stays float32
     xla: bool = False
@@ -106,6 +111,9 @@ class TrainConfig:
                f"one of {', '.join(ALLREDUCE_DTYPES)}")
         _check(self.collective_timeout_s >= 0, "train.collective_timeout_s", self.collective_timeout_s, "0 (off) or a number of seconds")
         _check(self.collective in COLLECTIVES, "train.collective", self.collective, f"one of {', '.join(COLLECTIVES)}")
+        _check(self.feature_cache in ("auto", "off"), "train.feature_cache", self.feature_cache, "auto or off")
+        _check(self.feature_cache_dtype in ("float32", "float16"), "train.feature_cache_dtype", self.feature_cache_dtype,
+               "float32 or float16")
         _check(self.max_peer_losses >= 0, "train.max_peer_losses", self.max_peer_losses, "0 or a positive integer")
 
     def check_split(self, num_replicas: int, what: str = "workers") -> None:
@@ -262,7 +270,7 @@ def demo() -> Config:
     return Config(
         model=ModelConfig(image_size=64, weights="none", trainable_layers="all", train_batchnorm=True, batchnorm_momentum=0.9),
         train=TrainConfig(epochs=10, learning_rate=5e-4, first_decay_steps=200, early_stopping_patience=4,
-                          gradient_allreduce="bfloat16"),
+                          gradient_allreduce="bfloat16", augment=True),
         eval=EvalConfig(),
     )
 

@@ -28,7 +28,7 @@ import uuid
 import tensorflow as tf
 
 from trainer import callbacks as xcallbacks
-from trainer import cluster, data, records
+from trainer import cluster, data, feature_cache, records
 from trainer.config import Config, ConfigError, TrainConfig
 from trainer.kerasapi import keras
 from trainer.allreduce import with_gradient_exchange
@@ -135,8 +135,30 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     log.info("train %d images, val %d; %d steps/epoch, %d val steps; class weights %s",
              counts["train"], counts["val"], steps_per_epoch, validation_steps, class_weights)
 
+    # --- model ------------------------------------------------------------------------------------
+    if config.train.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.train.mixed_precision}")
+    keras.utils.set_random_seed(config.train.seed)
+    not_cached = feature_cache.why_not(config)
+    with strategy.scope():
+        full_model = build_model(config.model)
+        split_model = feature_cache.Split(full_model) if not_cached is None else None
+        model = split_model.cached if split_model else full_model
+        if strategy.num_replicas_in_sync > 1:
+            model = exchange_gradients(model, config.train)
+        model = compile_model(model, config.train, jit_compile=config.train.xla)
+    if split_model:
+        log.info("feature cache: on (frozen trunk up to %s computed once per image; train.feature_cache=off to "
+                 "run the whole model every step)", split_model.cut)
+    else:
+        log.info("feature cache: off (%s)", not_cached)
+
     def dataset_fn(split, training, weights=None):
         def make(input_context):
+            if split_model:
+                arrays = feature_cache.features_for(split_model, data_uri, manifest, split, config, input_context)
+                return feature_cache.dataset(arrays, batch, training, config.train.seed, input_context,
+                                             with_weights=weights is not None)
             return data.make_dataset(
                 records.shard_pattern(data_uri, split), batch, training,
                 image_size=config.model.image_size, input_context=input_context, seed=config.train.seed,
@@ -146,16 +168,6 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
 
     train_ds = dataset_fn("train", True, class_weights)
     val_ds = dataset_fn("val", False)
-
-    # --- model ------------------------------------------------------------------------------------
-    if config.train.mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{config.train.mixed_precision}")
-    keras.utils.set_random_seed(config.train.seed)
-    with strategy.scope():
-        model = build_model(config.model)
-        if strategy.num_replicas_in_sync > 1:
-            model = exchange_gradients(model, config.train)
-        model = compile_model(model, config.train, jit_compile=config.train.xla)
 
     # --- fit --------------------------------------------------------------------------------------
     # Non-chief workers write into a throwaway directory; BackupAndRestore handles them itself.
@@ -168,7 +180,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     # Weights only: a full .keras file (~3x larger with the optimizer slots) loads very slowly, since h5py
     # seeks inside the zip archive; the architecture is rebuilt from config.json (trainer.model.load_trained).
     checkpoint = xcallbacks.AtomicModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
-                                                   save_weights_only=True)
+                                                   save_weights_only=True,
+                                                   weights_of=full_model if split_model else None)
     history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers,
                                         announce=spec.is_chief, images_per_epoch=steps_per_epoch * batch,
                                         max_epochs=config.train.epochs)
@@ -222,6 +235,8 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         "seconds_this_run": round(time.time() - started, 1),
         "data": data_uri,
         "best_weights": paths.best_weights,
+        "feature_cache": {"cut": split_model.cut, "dtype": config.train.feature_cache_dtype} if split_model
+        else {"off": not_cached},
     }
     if spec.is_chief:
         # BackupAndRestore deletes its checkpoint but leaves the (empty) directory behind.

@@ -1,0 +1,99 @@
+"""The frozen-trunk feature cache (trainer/feature_cache.py): where it cuts, when it applies, that training on
+cached features gives the same weights as training the whole model, and `xray train` with it on 2 workers."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_xray
+from trainer import feature_cache
+from trainer.config import Config, ModelConfig, TrainConfig, preset
+from trainer.kerasapi import keras
+from trainer.model import build_model, compile_model, load_trained
+
+SMALL = ModelConfig(image_size=32, weights="none", trainable_layers="10", train_batchnorm=False,
+                    dense1_units=16, dense2_units=8)
+
+
+def test_the_cut_of_the_documented_fine_tuning_is_the_last_block_input():
+    split = feature_cache.Split(build_model(SMALL))
+    assert split.cut == "conv5_block2_out"
+    trainable = {w.name for w in split.full.trainable_weights}
+    assert trainable == {w.name for w in split.cached.trainable_weights}
+    assert not split.trunk.trainable_weights or all(not layer.trainable for layer in split.trunk.layers
+                                                    if layer.weights)
+
+
+@pytest.mark.parametrize("model, train, reason", [
+    (SMALL, TrainConfig(), None),
+    (SMALL, TrainConfig(feature_cache="off"), "feature_cache=off"),
+    (SMALL, TrainConfig(augment=True), "augment"),
+    (dataclasses.replace(SMALL, trainable_layers="all"), TrainConfig(), "trainable_layers=all"),
+    (dataclasses.replace(SMALL, train_batchnorm=True), TrainConfig(), "train_batchnorm"),
+])
+def test_the_cache_is_used_only_where_it_is_exact(model, train, reason):
+    why = feature_cache.why_not(Config(model=model, train=train))
+    assert (why is None) if reason is None else (reason in why)
+    assert feature_cache.why_not(preset("seed")) is None  # the documented config: no augmentation, frozen BN
+    assert feature_cache.why_not(preset("demo")) is not None
+
+
+def test_training_on_cached_features_gives_the_same_weights_as_training_the_whole_model():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (24, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, (24, 1)).astype(np.float32)
+    weights = np.where(labels[:, 0] == 1, 0.7, 1.8).astype(np.float32)
+    train = TrainConfig(learning_rate=1e-3, first_decay_steps=50)
+
+    keras.utils.set_random_seed(3)
+    whole = compile_model(build_model(SMALL), train)
+    keras.utils.set_random_seed(3)
+    split = feature_cache.Split(build_model(SMALL))
+    cached = compile_model(split.cached, train)
+    for a, b in zip(whole.weights, split.full.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    trunk_before = [w.numpy().copy() for w in split.trunk.weights]
+    trainable_before = [w.numpy().copy() for w in whole.trainable_weights]
+
+    keras.utils.set_random_seed(7)
+    whole.fit(images, labels, sample_weight=weights, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    features = split.trunk.predict(images, batch_size=4, verbose=0)
+    keras.utils.set_random_seed(7)
+    cached.fit(features, labels, sample_weight=weights, batch_size=4, epochs=2, shuffle=False, verbose=0)
+
+    for a, b in zip(whole.weights, split.full.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
+    moved = [not np.allclose(w.numpy(), before) for w, before in zip(whole.trainable_weights, trainable_before)]
+    assert all(moved), "every trainable weight changed in 12 steps"
+    for w, before in zip(split.trunk.weights, trunk_before):
+        np.testing.assert_array_equal(w.numpy(), before)  # the frozen trunk did not move
+
+
+def test_xray_train_on_two_workers_caches_each_workers_shards_and_a_second_run_reuses_them(shards_dir, tmp_path):
+    cache = tmp_path / "cache"
+    overrides = ["model.image_size=32", "model.trainable_layers=10", "model.train_batchnorm=false",
+                 "train.augment=false", "train.epochs=2"]
+    env = {"XRAY_FEATURE_CACHE": str(cache)}
+    first = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "run1", "--preset", "tiny", "--workers", 2,
+                     *overrides, env=env)
+    assert "feature cache: on" in first.stdout + first.stderr
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 4  # 2 workers x (train, val): each worker caches its own shards
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    summary = json.loads((tmp_path / "run1" / "training.json").read_text())
+    assert summary["feature_cache"]["cut"] == "conv5_block2_out" and summary["epochs_run"] == 2
+    config = Config.load(str(tmp_path / "run1" / "config.json"))
+    model = load_trained(config.model, str(tmp_path / "run1" / "best.weights.h5"))  # the full model's weights
+    assert model.get_layer("resnet50v2") is not None
+
+    second = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "run2", "--preset", "tiny", "--workers", 2,
+                      *overrides, env=env)
+    log = second.stdout + second.stderr
+    assert log.count("images from") == 4 and "through the frozen trunk" not in log
+    assert {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")} == stamps
+
+    off = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "run3", "--preset", "tiny",
+                   *overrides, "train.feature_cache=off", env=env)
+    assert "feature cache: off (train.feature_cache=off)" in off.stdout + off.stderr

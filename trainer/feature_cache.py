@@ -1,0 +1,181 @@
+"""Feature cache for the frozen trunk: compute the frozen part of the backbone once per image, train the rest.
+
+The documented fine-tuning trains only the last ``model.trainable_layers`` backbone layers and the head,
+with BatchNormalization frozen in inference mode, and applies no augmentation (the ``seed`` preset). For a
+given image everything below the trainable tail then computes the same output in every epoch and every tuner
+trial. With ``train.feature_cache=auto`` (the default) and those conditions met, a first pass runs each image
+of this worker's shards through the frozen trunk once and keeps the output; every epoch then runs only the
+tail and the head on the cached tensors. It is exact: the same layers, weights and ops run on the same values
+(``tests/test_feature_cache.py`` trains both ways and compares the weights). The exported model is the full
+model, whose layers are the very objects trained here.
+
+- The cut is the last single tensor before the first trainable layer that everything after it depends on
+  alone (ResNet50V2 with 10 trainable layers: ``conv5_block2_out``; the three frozen layers between it and the
+  first trainable one run in the tail).
+- Key: the data manifest's sha256, the split and this worker's share of the shards, the image size, the cut,
+  the trunk's weights (sha256 of their bytes) and the storage dtype. A resumed run and every tuner trial on
+  the same data and trunk find the same key; anything else misses and rebuilds.
+- Where: ``$XRAY_FEATURE_CACHE`` or ``~/.cache/xray/features`` (local disk of the worker), one ``.npz`` per
+  key written to a temporary name and renamed. ``train.feature_cache_dtype=float16`` halves the size (ResNet50V2
+  at 224 px: 7x7x2048 values per image, 392 KiB as float32) at the cost of exactness (measured in bench P7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data, records
+from trainer.config import Config
+from trainer.kerasapi import keras
+
+log = logging.getLogger("xray.feature_cache")
+BACKBONE = "resnet50v2"
+HEAD_LAYERS = ("flatten", "avg_pool", "dense1", "dropout1", "dense2", "dropout2", "probability")
+
+
+def why_not(config: Config) -> str | None:
+    """None when the cache is exact for this config; otherwise the reason it is not used."""
+    if config.train.feature_cache == "off":
+        return "train.feature_cache=off"
+    if config.model.trainable_layers == "all":
+        return "model.trainable_layers=all (nothing is frozen)"
+    if config.model.train_batchnorm:
+        return "model.train_batchnorm=true (frozen layers would still update their statistics)"
+    if config.train.augment:
+        return "train.augment=true (every epoch sees different pixels)"
+    return None
+
+
+def cut_layer(backbone: keras.Model) -> str:
+    """The output the trainable tail depends on alone: walk back from the first trainable layer to a bottleneck."""
+    layers = backbone.layers
+    first = next((i for i, layer in enumerate(layers) if layer.trainable and layer.weights), None)
+    if first is None:
+        raise ValueError("the backbone has no trainable layer: nothing to cache in front of")
+    index = {layer.name: i for i, layer in enumerate(layers)}
+
+    def boundary(k: int) -> set[str]:
+        feeding = set()
+        for layer in layers[k:]:
+            for node in layer._inbound_nodes:
+                inbound = node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers]
+                feeding.update(src.name for src in inbound if index.get(src.name, k) < k)
+        return feeding
+
+    for k in range(first, 0, -1):
+        feeding = boundary(k)
+        if len(feeding) == 1 and index[next(iter(feeding))] == k - 1:
+            return layers[k - 1].name
+    raise ValueError("no single tensor separates the frozen trunk from the trainable tail")
+
+
+class Split:
+    """Views of one full model: ``trunk`` (image -> features) and ``cached`` (features -> probability)."""
+
+    def __init__(self, full: keras.Model):
+        self.full = full
+        backbone = full.get_layer(BACKBONE)
+        self.cut = cut_layer(backbone)
+        cut_output = backbone.get_layer(self.cut).output
+        self.trunk = keras.Model(backbone.input, cut_output, name="frozen_trunk")
+        tail = keras.Model(cut_output, backbone.output, name="trainable_tail")
+        features = keras.Input(shape=cut_output.shape[1:], name="features")
+        x = tail(features)
+        for name in HEAD_LAYERS:
+            try:
+                layer = full.get_layer(name)
+            except ValueError:
+                continue
+            x = layer(x)
+        self.cached = keras.Model(features, x, name=f"{full.name}_on_cached_features")
+        self.feature_shape = tuple(cut_output.shape[1:])
+
+    def trunk_digest(self) -> str:
+        digest = hashlib.sha256()
+        for weight in self.trunk.weights:
+            digest.update(weight.name.encode())
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+        return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XRAY_FEATURE_CACHE") or Path.home() / ".cache" / "xray" / "features")
+
+
+def manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest.get("shards", manifest), sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(manifest: dict, split: str, pipeline: tuple[int, int], image_size: int, cut: str, trunk_digest: str,
+              dtype: str) -> str:
+    parts = [manifest_digest(manifest), split, f"{pipeline[0]}of{pipeline[1]}", str(image_size), cut, trunk_digest, dtype]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, config: Config,
+                 input_context: tf.distribute.InputContext | None = None) -> dict[str, np.ndarray]:
+    """This worker's ``{"features", "labels", "weights"}`` for a split: from the cache, or computed and stored."""
+    dtype = config.train.feature_cache_dtype
+    pipeline = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
+    key = cache_key(manifest, split, pipeline, config.model.image_size, split_model.cut, split_model.trunk_digest(), dtype)
+    path = cache_dir() / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as stored:
+                arrays = {name: stored[name] for name in ("features", "labels", "weights")}
+            log.info("feature cache: %s split, %d images from %s", split, len(arrays["labels"]), path)
+            return arrays
+        except (OSError, ValueError, KeyError) as error:  # a damaged file is rebuilt, never trusted
+            log.warning("feature cache: %s unreadable (%s); rebuilding", path, error)
+    started = time.monotonic()
+    weights = records.class_weights(manifest)
+    dataset = data.make_dataset(records.shard_pattern(data_uri, split), 32, training=False,
+                                image_size=config.model.image_size, input_context=_reading_context(input_context),
+                                class_weights=weights)
+    trunk = split_model.trunk
+    features, labels, sample_weights = [], [], []
+    for images, label, weight in dataset:
+        features.append(trunk(images, training=False).numpy().astype(dtype))
+        labels.append(label.numpy())
+        sample_weights.append(weight.numpy())
+    arrays = {"features": np.concatenate(features), "labels": np.concatenate(labels),
+              "weights": np.concatenate(sample_weights).astype(np.float32)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(temporary, path)
+    log.info("feature cache: %s split, %d images through the frozen trunk in %.1fs -> %s (%.1f MiB)", split,
+             len(arrays["labels"]), time.monotonic() - started, path, path.stat().st_size / 2**20)
+    return arrays
+
+
+def _reading_context(input_context):
+    """The same shard assignment as training's, without the per-replica batch split (we batch by 32 here)."""
+    if input_context is None:
+        return None
+    return tf.distribute.InputContext(num_input_pipelines=input_context.num_input_pipelines,
+                                      input_pipeline_id=input_context.input_pipeline_id, num_replicas_in_sync=1)
+
+
+def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed: int = 0,
+            input_context: tf.distribute.InputContext | None = None, with_weights: bool = True) -> tf.data.Dataset:
+    """Cached features as (features, label[, weight]) batches: shuffled and endless for training."""
+    local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
+    features = arrays["features"].astype(np.float32) if arrays["features"].dtype != np.float32 else arrays["features"]
+    parts = (features, arrays["labels"]) + ((arrays["weights"],) if with_weights else ())
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if training:
+        ds = ds.shuffle(len(arrays["labels"]), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat().batch(local_batch, drop_remainder=False)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
