@@ -104,3 +104,15 @@ def test_worker_stops_when_its_chief_goes_away(shards_dir, tmp_path):
     output, _ = worker.communicate(timeout=90)
     assert worker.returncode == 3, output[-2000:]
     assert f"the chief at 127.0.0.1:{port} is gone; this worker stops" in output
+
+
+def test_trials_of_the_documented_fine_tuning_share_one_feature_cache(shards_dir, tmp_path):
+    """Trials differ only in head hyperparameters: the first computes the frozen trunk's output, the others read it
+    (each trial runs in a fresh process)."""
+    cache = tmp_path / "cache"
+    run_xray("tune", "--data", shards_dir, "--workdir", tmp_path / "tune", *TINY, "--max-trials", 3,
+             "model.trainable_layers=10", "model.train_batchnorm=false", "train.augment=false",
+             env={"XRAY_FEATURE_CACHE": str(cache)})
+    rows = _trials(tmp_path / "tune")
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    assert len(list(cache.glob("*.npz"))) == 2  # train and val, once for all three trials

@@ -167,15 +167,18 @@ def _reading_context(input_context):
 
 
 def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed: int = 0,
-            input_context: tf.distribute.InputContext | None = None, with_weights: bool = True) -> tf.data.Dataset:
-    """Cached features as (features, label[, weight]) batches: shuffled and endless for training."""
+            input_context: tf.distribute.InputContext | None = None, with_weights: bool = True,
+            repeat: bool = True) -> tf.data.Dataset:
+    """Cached features as (features, label[, weight]) batches: shuffled for training; endless unless repeat=False."""
     local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
     features = arrays["features"].astype(np.float32) if arrays["features"].dtype != np.float32 else arrays["features"]
     parts = (features, arrays["labels"]) + ((arrays["weights"],) if with_weights else ())
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if training:
         ds = ds.shuffle(len(arrays["labels"]), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(local_batch, drop_remainder=False)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(local_batch, drop_remainder=False)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -26,7 +26,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import cluster, data, records
+from trainer import cluster, data, feature_cache, records
 from trainer.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
@@ -110,6 +110,9 @@ class XrayHyperModel(kt.HyperModel):
 
     def build(self, hp):
         config = config_for(self.base, self.values(hp))
+        # Every trial starts from the same initial weights: trials differ by their hyperparameters only, and with
+        # the same frozen trunk they share its feature cache (trainer/feature_cache.py).
+        keras.utils.set_random_seed(config.train.seed)
         return compile_model(build_model(config.model), config.train)
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, **kwargs):
@@ -117,9 +120,18 @@ class XrayHyperModel(kt.HyperModel):
         batch = config.train.batch_size
         size = config.model.image_size
         weights = records.class_weights(self.manifest)
-        train = data.make_dataset(records.shard_pattern(self.data_uri, "train"), batch, True, image_size=size,
-                                  seed=config.train.seed, class_weights=weights, augment=config.train.augment)
-        val = data.make_dataset(records.shard_pattern(self.data_uri, "val"), batch, False, image_size=size)
+        if feature_cache.why_not(config) is None:
+            # Train tail + head on the frozen trunk's cached output: computed by the first trial, read by the others.
+            split = feature_cache.Split(model)
+            model = compile_model(split.cached, config.train)
+            arrays = {name: feature_cache.features_for(split, self.data_uri, self.manifest, name, config)
+                      for name in ("train", "val")}
+            train = feature_cache.dataset(arrays["train"], batch, True, config.train.seed)
+            val = feature_cache.dataset(arrays["val"], batch, False, with_weights=False, repeat=False)
+        else:
+            train = data.make_dataset(records.shard_pattern(self.data_uri, "train"), batch, True, image_size=size,
+                                      seed=config.train.seed, class_weights=weights, augment=config.train.augment)
+            val = data.make_dataset(records.shard_pattern(self.data_uri, "val"), batch, False, image_size=size)
         steps = config.train.steps_per_epoch or records.num_steps(sum(self.manifest["counts"]["train"].values()), batch)
         monitor = self.options.objective
         stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=OBJECTIVES[monitor], patience=self.options.patience)
