@@ -1,6 +1,7 @@
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,24 @@ def test_a_rerun_removes_the_old_manifest_before_the_old_shards(shards_dir, tmp_
     source = json.loads((shards_dir / "manifest.json").read_text())["source"]
     records.convert(source, str(out), records.ShardOptions(num_shards=2, image_size=32), show_progress=False)
     assert removed[0] == "manifest.json" and all(name.endswith(".tfrecord") for name in removed[1:])
+
+
+def test_parallel_conversion_writes_the_same_shards_as_one_thread(synth_dir, tmp_path):
+    """xray shards decodes on all cores; the result must not depend on it (order, duplicates, payloads)."""
+    (tmp_path / "src").mkdir()
+    for split in ("train", "test"):
+        shutil.copytree(synth_dir / split, tmp_path / "src" / split)
+    first = sorted((tmp_path / "src" / "train" / "NORMAL").glob("*.jpeg"))[0]
+    shutil.copy(first, first.with_name("IM-9999-0001.jpeg"))  # a duplicate: the first of the two is kept
+    (tmp_path / "src" / "train" / "NORMAL" / "IM-9998-0001.jpeg").write_bytes(b"\xff\xd8\xff broken")
+    manifests = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        manifests[workers] = records.convert(tmp_path / "src", str(out), records.ShardOptions(
+            num_shards=2, image_size=32, workers=workers), show_progress=False)
+    assert manifests[1]["skipped"] == manifests[2]["skipped"] and len(manifests[1]["skipped"]) == 2
+    assert "duplicate of" in " ".join(s["reason"] for s in manifests[1]["skipped"])
+    one, two = sorted((tmp_path / "out1").glob("*.tfrecord")), sorted((tmp_path / "out2").glob("*.tfrecord"))
+    assert [p.name for p in one] == [p.name for p in two] and one
+    for a, b in zip(one, two):
+        assert a.read_bytes() == b.read_bytes()

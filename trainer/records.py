@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import time
 import uuid
@@ -217,7 +218,8 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
         image_format = image.format
         image.load()
     except Exception as error:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
-        reason = str(error) or type(error).__name__
+        # PIL names the in-memory buffer by its address ("cannot identify image file <_io.BytesIO object at 0x..>").
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error)) or type(error).__name__
         if "truncated" in reason.lower():
             raise ValueError(f"truncated image ({reason})") from None
         raise ValueError(f"not a readable image ({reason})") from None
@@ -286,8 +288,11 @@ class ShardOptions:
     seed: int = 0
     image_size: int | None = None
     patient_pattern: str = DEFAULT_PATIENT_PATTERN
+    workers: int = 0  # threads that read, hash, decode, resize and re-encode; 0: one per core
 
     def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers} must be 0 (one per core) or a positive number")
         if self.num_shards < 1:
             raise ValueError(f"--num-shards {self.num_shards} must be at least 1")
         if not 0 <= self.val_fraction < 1:
@@ -358,22 +363,33 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
     skipped = []
     first_seen: dict[str, str] = {}
     good: list[SourceImage] = []
-    with _progress_bar(len(images), "checking") if show_progress else _NoProgress() as bar:
-        for image in images:
-            try:
-                data = image.path.read_bytes()
-            except OSError as error:
-                skipped.append({"path": image.relative, "reason": f"unreadable file ({error.strerror or error})"})
-                bar.update(1)
-                continue
-            total_bytes += len(data)
-            image.sha256 = hashlib.sha256(data).hexdigest()
-            try:
-                if image.sha256 in first_seen:
-                    raise ValueError(f"duplicate of {first_seen[image.sha256]} (same bytes)")
-                (image.height, image.width), image.payload = check_image(data, options.image_size)
-            except ValueError as error:
-                skipped.append({"path": image.relative, "reason": str(error)})
+    def inspect(image: SourceImage):
+        """Read, hash, decode, resize, re-encode: the costly part, run on all cores (PIL and TensorFlow release the
+        GIL while they decode, resize and encode). Returns (bytes read, error or None)."""
+        try:
+            data = image.path.read_bytes()
+        except OSError as error:
+            return 0, f"unreadable file ({error.strerror or error})"
+        image.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            (image.height, image.width), image.payload = check_image(data, options.image_size)
+        except ValueError as error:
+            return len(data), str(error)
+        return len(data), None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = options.workers or os.cpu_count() or 1
+    with _progress_bar(len(images), "checking") if show_progress else _NoProgress() as bar, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        # In order, so that the first of two identical files is the one kept, as in a sequential pass.
+        for image, (size, error) in zip(images, pool.map(inspect, images)):
+            total_bytes += size
+            if error is None and image.sha256 in first_seen:
+                error = f"duplicate of {first_seen[image.sha256]} (same bytes)"
+                image.payload = None
+            if error is not None:
+                skipped.append({"path": image.relative, "reason": error})
             else:
                 first_seen[image.sha256] = image.relative
                 good.append(image)

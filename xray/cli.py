@@ -93,6 +93,8 @@ def _add_shards(sub):
                    help="re-encode each image as a PX x PX grayscale JPEG (default: keep the original bytes)")
     p.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN,
                    help="regex whose first group is the patient id in a file name (default: Kaggle's names)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="threads decoding, resizing and re-encoding images (default 0: one per core)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(run=_run_shards)
 
@@ -101,7 +103,8 @@ def _run_shards(args):
     from trainer import records
 
     try:
-        options = records.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern)
+        options = records.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern,
+                                       args.workers)
         manifest = records.convert(args.src, args.out, options, show_progress=True)
     except (records.SourceLayoutError, ValueError) as error:
         raise UserError(str(error)) from None
