@@ -204,8 +204,8 @@ logs: $(VENV)/.installed ## follow the chief's log of JOB
 delete: $(VENV)/.installed ## delete JOB and its pods (the workdir on the volume stays)
 	$(XRAY) jobs delete $(JOB) -n $(NAMESPACE)
 
-bench: $(VENV)/.installed ## P1-P5 side-by-side benchmarks -> bench/results.json (about 12 minutes on 2 cores)
-	$(BIN)/python -m bench.run --out bench/results.json
+bench: $(VENV)/.installed ## P1-P9 side-by-side benchmarks -> bench/results.json (ONLY=P7,P9 for some)
+	$(BIN)/python -m bench.run --out bench/results.json $(if $(ONLY),--only $(ONLY))
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training, a local Kubernetes control plane)
 	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout.

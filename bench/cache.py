@@ -1,0 +1,136 @@
+"""Bench P7 and P8: the frozen trunk's feature cache (trainer/feature_cache.py), measured side by side.
+
+P7: the documented model (seed preset, 224 px, random backbone weights: step time does not depend on weight
+values) trained one epoch over the train split without the cache and with it; per-epoch ratio, and a 10-epoch
+total with the cache build included.
+P8: `xray tune` (seed preset, the same trials) with and without the shared cache: trials per hour of wall time,
+each trial in its own process as the tuner runs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def _epoch_timer():
+    from trainer.kerasapi import keras
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    return EpochTimes()
+
+
+def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int, summary) -> dict:
+    import numpy as np
+
+    from trainer import data, feature_cache, records
+    from trainer.config import preset
+    from trainer.kerasapi import keras
+    from trainer.model import build_model, compile_model
+
+    config = preset("seed")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
+    batch, size = config.train.batch_size, config.model.image_size
+    manifest = records.read_manifest(str(shards))
+    weights = records.class_weights(manifest)
+    steps = records.num_steps(sum(manifest["counts"]["train"].values()), batch)
+
+    keras.utils.set_random_seed(0)
+    whole = compile_model(build_model(config.model), config.train)
+    images = data.make_dataset(records.shard_pattern(str(shards), "train"), batch, True, image_size=size,
+                               class_weights=weights, augment=False)
+    timer = _epoch_timer()
+    whole.fit(images, epochs=full_epochs + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    full = timer.seconds[1:]  # the first epoch traces the graph
+
+    keras.utils.set_random_seed(0)
+    split = feature_cache.Split(build_model(config.model))
+    cached = compile_model(split.cached, config.train)
+    cache_dir = work / "p7-features"
+    for old in cache_dir.glob("*.npz"):
+        old.unlink()
+    import os
+
+    os.environ["XRAY_FEATURE_CACHE"] = str(cache_dir)
+    started = time.perf_counter()
+    arrays = feature_cache.features_for(split, str(shards), manifest, "train", config)
+    build = time.perf_counter() - started
+    timer = _epoch_timer()
+    cached.fit(feature_cache.dataset(arrays, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
+               callbacks=[timer])
+    with_cache = timer.seconds[1:]
+    half = dict(arrays, features=arrays["features"].astype(np.float16))
+    timer = _epoch_timer()
+    cached.fit(feature_cache.dataset(half, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
+               callbacks=[timer])
+    with_half = timer.seconds[1:]
+    error = float(np.max(np.abs(half["features"].astype(np.float32) - arrays["features"])) /
+                  max(float(np.max(np.abs(arrays["features"]))), 1e-12))
+
+    per_epoch = statistics.median(full) / statistics.median(with_cache)
+    ten = 10 * statistics.median(full) / (build + 10 * statistics.median(with_cache))
+    images_per_epoch = steps * batch
+    return {"id": "P7", "measure": "seed preset epoch time at 224 px, without / with the feature cache; 10 epochs with "
+                                   "the cache build included", "target": ">= 4 per epoch; >= 3 over 10 epochs",
+            "ratio": per_epoch, "ten_epoch_ratio": ten, "met": per_epoch >= 4 and ten >= 3,
+            "epoch_seconds": {"without_cache": summary(full), "with_cache": summary(with_cache),
+                              "with_float16_cache": summary(with_half)},
+            "cache_build_seconds": build, "cut": split.cut,
+            "images_per_second": {"without_cache": images_per_epoch / statistics.median(full),
+                                  "cache_build": len(arrays["labels"]) / build,
+                                  "with_cache": images_per_epoch / statistics.median(with_cache)},
+            "cache_bytes": {"float32": int(arrays["features"].nbytes), "float16": int(half["features"].nbytes)},
+            "float16_max_relative_error": error,
+            "inputs": {"preset": "seed", "image_size": size, "weights": "none (random)", "batch": batch,
+                       "train_images": len(arrays["labels"]), "steps_per_epoch": steps}}
+
+
+def p8_tune_trials(shards: Path, work: Path, trials: int, epochs: int, xray) -> dict:
+    runs = {}
+    for name, overrides, env in (
+        ("with_cache", [], {"XRAY_FEATURE_CACHE": str(work / "p8-features")}),
+        ("without_cache", ["train.feature_cache=off"], {"XRAY_FEATURE_CACHE": str(work / "p8-unused")}),
+    ):
+        directory = work / f"p8-tune-{name}"
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(work / "p8-features", ignore_errors=True) if name == "with_cache" else None
+        started = time.perf_counter()
+        xray("tune", "--data", shards, "--workdir", directory, "--preset", "seed", "--max-trials", trials,
+             "--epochs-per-trial", epochs, "--objective", "val_loss", "--algorithm", "random", "model.weights=none",
+             *overrides, env=env)
+        wall = time.perf_counter() - started
+        with open(directory / "trials.csv") as f:
+            rows = list(csv.DictReader(f))
+        fit = [float(r["seconds"]) for r in rows if r["seconds"]]
+        runs[name] = {"wall_seconds": wall, "trials": len(rows), "trials_per_hour": len(rows) / wall * 3600,
+                      "fit_seconds_per_trial": fit, "statuses": [r["status"] for r in rows]}
+    ratio = runs["with_cache"]["trials_per_hour"] / runs["without_cache"]["trials_per_hour"]
+    fit_ratio = statistics.median(runs["without_cache"]["fit_seconds_per_trial"]) / \
+        statistics.median(runs["with_cache"]["fit_seconds_per_trial"])
+    overhead = {name: (run["wall_seconds"] - sum(run["fit_seconds_per_trial"])) / max(run["trials"], 1)
+                for name, run in runs.items()}
+    return {"id": "P8", "measure": "xray tune trials per hour (seed preset), with / without the shared feature cache",
+            "target": ">= 4", "ratio": ratio, "met": ratio >= 4, "fit_time_ratio": fit_ratio,
+            "per_trial_outside_fit_seconds": overhead, "runs": runs,
+            "inputs": {"preset": "seed", "weights": "none (random)", "trials": trials, "epochs_per_trial": epochs,
+                       "process_per_trial": "yes (XRAY_TUNE_TRIALS_PER_PROCESS=1, the default)"}}
+
+
+def dump(result: dict) -> str:
+    return json.dumps(result, indent=2)
