@@ -286,7 +286,7 @@ def p3_two_workers_vs_one(demo_shards: Path, seed_shards: Path, demo_epochs: int
     """
     cores = os.cpu_count() or 1
     step = {"one_worker": _steps("factored", 1, seed_shards, seed_steps)}
-    for exchange in ("factored", "optimizer", "none"):
+    for exchange in ("factored", "factored16", "optimizer", "none"):
         step[f"two_workers_{exchange}"] = _steps(exchange, 2, seed_shards, seed_steps)
     seed_ratios = {name[len("two_workers_"):]: step["one_worker"] / seconds
                    for name, seconds in step.items() if name.startswith("two_workers_")}
@@ -301,7 +301,8 @@ def p3_two_workers_vs_one(demo_shards: Path, seed_shards: Path, demo_epochs: int
     auc = {name: run["test_auc"] for name, run in demo.items()}
     auc_difference = abs(auc["two_workers"] - auc["one_worker"])
     # What the project controls: how much of a 2-worker step the exchange costs.
-    efficiency = {name: step["two_workers_none"] / step[f"two_workers_{name}"] for name in ("factored", "optimizer")}
+    efficiency = {name: step["two_workers_none"] / step[f"two_workers_{name}"]
+                  for name in ("factored", "factored16", "optimizer")}
     ratio = efficiency["factored"]
     return {"id": "P3", "measure": "exchange efficiency, 2 workers: step time with no exchange / with the trainer's "
                                    "exchange (documented model, 224 px)",
@@ -452,7 +453,8 @@ def main(argv=None) -> int:
         extra = f" (|AUC diff| {r['auc_difference']:.4f})" if "auc_difference" in r else ""
         if "demo" in r:
             seed = r["seed"]["ratio"]
-            extra += (f"; Keras' own all-reduce {r['efficiency']['optimizer']:.3f}; raw 2 vs 1 worker "
+            extra += (f"; bfloat16 factored {r['efficiency']['factored16']:.3f}; Keras' own all-reduce "
+                      f"{r['efficiency']['optimizer']:.3f}; raw 2 vs 1 worker "
                       f"{r['two_vs_one_ratio']:.3f} (no exchange at all {seed['none']:.3f});"
                       f" demo preset (64 px) 2 vs 1 {r['demo']['ratio']:.3f}")
         if "ten_epoch_ratio" in r:
