@@ -91,9 +91,9 @@ def test_make_train_remakes_the_demo_data_when_a_setting_changes(tmp_path):
                               text=True, check=True).stdout
 
     assert "xray synth --out" in plan()  # nothing made yet
-    (tmp_path / ".demo-data-patients240-seed1-synth128-px64-shards4").touch()
+    (tmp_path / ".demo-data-patients240-seed1-synth128-px64-shards4-val0.2-difficulty0.5").touch()
     assert "xray synth" not in plan() and "xray train" in plan()  # made with these settings: reused
-    for change in ("PATIENTS=300", "SEED=2", "SYNTH_SIZE=256", "IMAGE_SIZE=96", "SHARDS=8", "DIFFICULTY=0.3"):
+    for change in ("PATIENTS=300", "SEED=2", "SYNTH_SIZE=256", "IMAGE_SIZE=96", "SHARDS=8", "DIFFICULTY=0.3", "VAL_FRACTION=0.1"):
         remade = plan(change)
         assert "xray synth --out" in remade and "xray shards" in remade, change
         assert f"rm -rf {tmp_path}/synth {tmp_path}/shards" in remade and f"{tmp_path}/run" in remade

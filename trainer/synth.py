@@ -17,14 +17,21 @@ Layout and names follow Kaggle's set so that ``xray shards`` reads both the same
 About 3 pneumonia patients to 1 normal (Kaggle's train split is 3875:1341 images), 1-3 images per
 patient, and no patient in both train and test. The same seed gives the same bytes.
 
-``difficulty`` (0 to 1) makes the task more like real films: fainter and fewer opacities (some cases
-nearly invisible), benign densities on some normal films, wider exposure, more noise, patients shifted
-and rotated, side markers and burned-in text on that share of the films. 0 is the easy caricature.
-Measured with `make train` (demo preset, 2 workers, 240 patients, seed 1), test AUC: 0 -> 1.000,
-0.1 -> 0.689, 0.15 -> 0.590, 0.3 -> 0.689 and 0.660, 0.6 -> 0.473. Above 0 the demo's 10 epochs with
-early stopping after 4 on a 44-image validation split mostly keep an early epoch (at 0.1 the validation
-AUC reached 0.99 by epoch 5, but epoch 1 had the lowest validation loss), so the default stays 0 until
-the demo is recalibrated with a larger validation split.
+``difficulty`` (0 to 1) makes the task harder in two ways. OCCULT_RATE x difficulty of the pneumonia
+films show no opacity at all (radiographically occult pneumonia: the label says pneumonia, the film
+does not), which caps the AUC any model can reach. Above VISUAL_START the films themselves get harder
+too: fainter and fewer opacities (some nearly invisible), benign densities on some normal films, wider
+exposure, more noise, patients shifted and rotated, side markers and burned-in text. 0 is the easy
+caricature.
+
+Calibration, measured with the demo preset (10 epochs from scratch at 64 px, 2 workers, 240 patients,
+a validation fifth of the training patients): the default 0.5 (20% occult, no visual degradation) gave
+test AUC 0.880 [95% CI 0.800, 0.947] (seed 1) and 0.946 [0.890, 0.990] (seed 2), inside the 0.85-0.97 the demo is meant
+to land in: high enough to show it learns, low enough for the tuner, the export gate and the 1-vs-2-worker
+comparison to see differences. Visual degradation is what the from-scratch demo model cannot cope with
+in 10 epochs: under the earlier scale (visual difficulty = difficulty) test AUC was 0.1 -> 0.689 (a
+44-image validation split) and 0.998 (an 88-image one), 0.15 -> 0.462, 0.3 -> 0.636, 0.6 -> 0.473, and
+the same 0.5-occult set with visual 0.1 gave 0.919 once and failed to learn (0.5-0.66) three times.
 """
 
 from __future__ import annotations
@@ -41,8 +48,19 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PNEUMONIA_FRACTION = 0.75
 TEST_FRACTION = 0.15
 MAX_IMAGES_PER_PATIENT = 3
-DEFAULT_DIFFICULTY = 0.0
-MARKER_RATE = 1.0  # the share of films with a side marker and burned-in text is the difficulty itself
+DEFAULT_DIFFICULTY = 0.5
+MARKER_RATE = 1.0  # the share of films with a side marker and burned-in text is the visual difficulty itself
+# OCCULT_RATE * difficulty of the pneumonia films show no opacity at all; the film's own degradations (exposure,
+# noise, positioning, fainter opacities, markers) start above VISUAL_START and reach VISUAL_MAX at 1. Visual
+# difficulty above ~0.1 often stops the demo's from-scratch model from learning within its 10 epochs (measured,
+# see above), while occult cases cap the reachable AUC without slowing the learning.
+OCCULT_RATE = 0.4
+VISUAL_START = 0.5
+VISUAL_MAX = 0.6
+
+
+def visual_difficulty(difficulty: float) -> float:
+    return max(0.0, difficulty - VISUAL_START) / (1 - VISUAL_START) * VISUAL_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +147,7 @@ def _markers(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def render_chest(height: int, width: int, pneumonia_kind: str, rng: np.random.Generator,
                  difficulty: float = 0.0) -> np.ndarray:
     """One grayscale image as uint8 [height, width]; see the module docstring for ``difficulty``."""
-    d = difficulty
+    d = visual_difficulty(difficulty)  # how far the film itself departs from the clean caricature
     yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
     # Patient positioning: the whole chest shifted.
     yy, xx = yy + rng.normal(0, 0.08 * d), xx + rng.normal(0, 0.08 * d)
@@ -164,6 +182,8 @@ def render_chest(height: int, width: int, pneumonia_kind: str, rng: np.random.Ge
     texture = 0.6 + 0.4 * rng.random((height, width))
     # Opacities fade with difficulty, and some cases are nearly invisible (as mild or early pneumonia is).
     strength = (1 - 0.7 * d) * (0.25 if rng.random() < 0.35 * d else 1.0)
+    if pneumonia_kind != "normal" and rng.random() < OCCULT_RATE * difficulty:
+        strength = 0.0  # radiographically occult: the label says pneumonia, the film shows nothing
     if pneumonia_kind == "bacteria":
         side = rng.choice((-1, 1))
         count = max(1, round(3 * (1 - 0.5 * d)))
