@@ -12,7 +12,6 @@ client keeps talking to one pod; the server sets a max connection age to spread 
 
 from __future__ import annotations
 
-import time
 
 import grpc
 import numpy as np

@@ -15,7 +15,6 @@ starts N of these as local processes. Workdir layout (only the chief writes it):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
