@@ -197,7 +197,7 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     from conftest import run_xray
 
     manifest = json.loads((shards_dir / "manifest.json").read_text())
-    assert manifest["options"]["resize"] == records.RESIZE_METHOD == "tf-bilinear-antialias"
+    assert manifest["options"]["resize"] == records.RESIZE_METHOD == "tf-jpeg-dct-scale+bilinear-antialias"
     assert records.check_for_model(manifest, "d", 32) == []
     (warning,) = records.check_for_model(manifest, "d", 64)
     assert "32 px images and the model reads 64 px: they are upsampled" in warning
@@ -208,8 +208,13 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     (old / "manifest.json").write_text(json.dumps(manifest))
     result = run_xray("train", "--data", old, "--workdir", tmp_path / "run", "--preset", "tiny", check=False, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "the serving signature resizes with tf-bilinear-antialias" in result.stderr
+    assert f"the serving signature resizes with {records.RESIZE_METHOD}" in result.stderr
     assert "Re-run xray shards --image-size 32" in result.stderr
+    # Shards of the previous method (antialiased resize of a fully decoded JPEG): refused the same way.
+    manifest["options"]["resize"] = "tf-bilinear-antialias"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(records.StaleShardsError, match="resized with tf-bilinear-antialias"):
+        records.check_for_model(manifest, str(old), 32)
 
 
 def test_file_names_that_are_not_utf8_are_recorded_escaped_not_a_crash(synth_dir, tmp_path):

@@ -19,11 +19,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 def preprocess_image(image_bytes, image_size: int):
     """One encoded JPEG/PNG (scalar string tensor) -> float32 [image_size, image_size, 3] in [-1, 1].
 
-    Decodes to one grayscale channel (colour sources are converted), resizes to a square with
-    ``records.resize_gray`` (the resize xray shards uses), repeats the channel three times for the ImageNet backbone and scales like
+    Decodes to one grayscale channel (colour sources are converted; a large JPEG at a DCT scale, see
+    ``records.decode_gray``), resizes to a square with ``records.resize_gray`` (xray shards does the same), repeats the channel three times for the ImageNet backbone and scales like
     ``keras.applications.resnet_v2.preprocess_input`` (x / 127.5 - 1). Works eagerly and in graphs.
     """
-    image = tf.io.decode_image(image_bytes, channels=1, dtype=tf.uint8, expand_animations=False)
+    image = records.decode_gray(image_bytes, image_size)
     image = records.resize_gray(image, image_size)
     image = tf.image.grayscale_to_rgb(image)
     image = image / 127.5 - 1.0

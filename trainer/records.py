@@ -191,11 +191,35 @@ def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
     return found
 
 
-# The one resize of the project, recorded in every manifest: xray shards (when it stores images at a size),
-# the training reader and the serving signature all call resize_gray. Antialiased: downsizing a 2000 px
-# film averages over each output pixel's footprint instead of sampling 4 pixels, so an image sent to the
-# server at full size and the same image pre-resized into shards reach the model with the same detail.
-RESIZE_METHOD = "tf-bilinear-antialias"
+# The one decode + resize of the project, recorded in every manifest: xray shards (when it stores images at a
+# size), the training reader and the serving signature all call decode_gray and resize_gray. A JPEG is decoded
+# at the largest DCT scale (1/2, 1/4 or 1/8: libjpeg's scaled IDCT) that keeps both sides >= the target size,
+# which skips most of the decoding work for a large film; the rest is an antialiased resize, which averages
+# over each output pixel's footprint instead of sampling 4 pixels. So an image sent to the server at full
+# size and the same image pre-resized into shards reach the model with the same detail.
+RESIZE_METHOD = "tf-jpeg-dct-scale+bilinear-antialias"
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def decode_gray(image_bytes, image_size: int):
+    """Encoded JPEG/PNG/BMP/GIF (scalar string tensor) -> uint8 [height, width, 1], for a resize to image_size.
+
+    JPEGs come out DCT-scaled (see RESIZE_METHOD), at least image_size on both sides when the source is."""
+    import tensorflow as tf
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        smaller = tf.minimum(shape[0], shape[1])
+        index = tf.add_n([tf.cast(smaller // scale >= image_size, tf.int32) for scale in JPEG_SCALES[1:]])
+        branches = [lambda scale=scale: tf.io.decode_jpeg(image_bytes, channels=1, ratio=scale) for scale in JPEG_SCALES]
+        return tf.switch_case(index, branches)
+
+    def other():
+        return tf.io.decode_image(image_bytes, channels=1, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image.set_shape([None, None, 1])
+    return image
 
 
 def resize_gray(image, image_size: int):
@@ -228,16 +252,34 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
     size = (image.height, image.width)
     if image_size is None and image_format in ("JPEG", "PNG") and not image.mode.startswith("I;16"):
         return size, None
-    gray = _to_gray8(image)
     buffer = io.BytesIO()
     if image_size is not None:
-        # The serving signature's resize (preprocess_image calls resize_gray too): both paths see the same pixels.
-        resized = resize_gray(np.asarray(gray, dtype=np.uint8)[:, :, None], image_size).numpy()
+        # The serving signature's decode and resize (preprocess_image calls the same): both paths see the same pixels.
+        resized = None
+        if image_format == "JPEG":
+            try:
+                resized = _decode_and_resize(data, image_size).numpy()
+            except Exception:  # noqa: BLE001 - a JPEG PIL reads but TensorFlow does not: the PIL path below
+                resized = None
+        if resized is None:
+            resized = resize_gray(np.asarray(_to_gray8(image), dtype=np.uint8)[:, :, None], image_size).numpy()
         pixels = np.clip(np.rint(resized[:, :, 0]), 0, 255).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
     else:
-        gray.save(buffer, format="PNG")
+        _to_gray8(image).save(buffer, format="PNG")
     return size, buffer.getvalue()
+
+
+_DECODERS: dict = {}
+
+
+def _decode_and_resize(data: bytes, image_size: int):
+    import tensorflow as tf
+
+    if image_size not in _DECODERS:
+        _DECODERS[image_size] = tf.function(lambda b: resize_gray(decode_gray(b, image_size), image_size),
+                                            input_signature=[tf.TensorSpec([], tf.string)])
+    return _DECODERS[image_size](tf.constant(data))
 
 
 def _to_gray8(image: Image.Image) -> Image.Image:
