@@ -36,6 +36,13 @@ def test_user_errors_are_one_line_and_exit_2(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_train_on_missing_data_leaves_no_workdir(tmp_path):
+    result = run_xray("train", "--data", tmp_path / "no-shards", "--workdir", tmp_path / "run", "--preset", "tiny",
+                      check=False)
+    assert result.returncode == 2 and "no manifest.json under" in result.stderr
+    assert not (tmp_path / "run").exists()  # no config.json that a later run would be compared against
+
+
 def test_synth_then_shards_print_summaries_and_write_the_manifest(tmp_path):
     synth = run_xray("synth", "--out", tmp_path / "s", "--num-patients", 12, "--seed", 1, "--image-size", 48).stdout
     assert "wrote" in synth and "PNEUMONIA images" in synth

@@ -478,21 +478,12 @@ def as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
     if array.dtype.kind in "SO":
         proto.dtype = types_pb2.DT_STRING
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
-    elif array.dtype == np.float32:
-        proto.dtype = types_pb2.DT_FLOAT
-        proto.float_val.extend(flat.tolist())
-    elif array.dtype == np.float64:
-        proto.dtype = types_pb2.DT_DOUBLE
-        proto.double_val.extend(flat.tolist())
-    elif array.dtype == np.int64:
-        proto.dtype = types_pb2.DT_INT64
-        proto.int64_val.extend(flat.tolist())
-    elif array.dtype == np.bool_:
-        proto.dtype = types_pb2.DT_BOOL
-        proto.bool_val.extend(flat.tolist())
-    else:
-        proto.dtype = tf.dtypes.as_dtype(array.dtype).as_datatype_enum
-        proto.int_val.extend(flat.astype(np.int64).tolist())
+        return proto
+    fields = {np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val", np.dtype(np.int64): "int64_val",
+              np.dtype(np.bool_): "bool_val"}
+    proto.dtype = tf.dtypes.as_dtype(array.dtype).as_datatype_enum
+    field = fields.get(array.dtype, "int_val")  # int32, int16, int8, uint8 travel in int_val
+    getattr(proto, field).extend((flat if field != "int_val" else flat.astype(np.int64)).tolist())
     return proto
 
 

@@ -109,6 +109,7 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         log.info("%s already finished training (%s epochs, best epoch %s); nothing to do. Use a new --workdir "
                  "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
         return finished
+    manifest = records.read_manifest(data_uri)  # before anything is written: no workdir for data that is not there
     check_or_write_config(paths, config, spec.is_chief)
     config.train.check_split(spec.num_workers)  # before joining the group: a refusal must not hang the others
     strategy = cluster.make_strategy(spec, config.train.collective_timeout_s, config.train.collective)
@@ -118,7 +119,6 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
              config.train.batch_size / strategy.num_replicas_in_sync)
 
     # --- data -------------------------------------------------------------------------------------
-    manifest = records.read_manifest(data_uri)
     try:
         for warning in records.check_for_model(manifest, data_uri, config.model.image_size):
             log.warning(warning)
