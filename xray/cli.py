@@ -58,7 +58,7 @@ def _add_synth(sub):
     p.add_argument("--image-size", type=int, default=256, help="image width in pixels (height varies +-15%%)")
     p.add_argument("--difficulty", type=float, default=None,
                    help="0 (easy caricature) to 1 (default 0.5: calibrated for a demo test AUC in 0.85-0.97): "
-                        "0.4 x difficulty of the pneumonia films show nothing (occult); above 0.5 also fainter and "
+                        "0.3 x difficulty of the pneumonia films show nothing (occult); above 0.5 also fainter and "
                         "fewer opacities, benign densities, exposure, noise, positioning, side markers and text")
     p.set_defaults(run=_run_synth)
 
