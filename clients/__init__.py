@@ -80,10 +80,6 @@ def parse_status(body: dict) -> list[dict]:
     return sorted(versions, key=lambda v: -v["version"])
 
 
-def available_versions(status: list[dict]) -> list[int]:
-    return [v["version"] for v in status if v["state"] == "AVAILABLE"]
-
-
 def parse_metadata(body: dict) -> dict:
     """GetModelMetadataResponse as TF Serving's REST API writes it (proto field names, signature_def inside
     signature_def) into {"name", "version", "signatures": {name: {"inputs"|"outputs": {key: {"dtype", "shape"}}}}}."""

@@ -16,7 +16,7 @@ import time
 
 import requests
 
-from clients import HTTP_TO_CODE, Retry, ServingError, available_versions, parse_metadata, parse_status
+from clients import HTTP_TO_CODE, Retry, ServingError, parse_metadata, parse_status
 from serving import contract
 
 
@@ -76,15 +76,14 @@ class RestClient:
         with an error, DEADLINE_EXCEEDED when ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                status = RestClient(self.base_url, self.model_name, timeout=self.timeout, session=self.session,
-                                    retries=0).status()
+            try:  # every version of the model, one attempt per poll: the loop is the retry
+                status = parse_status(self._send("get", f"{self.base_url}/v1/models/{self.model_name}"))
             except ServingError as error:
                 if error.code not in ("NOT_FOUND", "UNAVAILABLE"):
                     raise
                 status = []
             entry = next((v for v in status if v["version"] == version), None)
-            if entry and version in available_versions(status):
+            if entry and entry["state"] == "AVAILABLE":
                 return status
             if entry and entry["state"] == "END" and entry["error_code"] != "OK":
                 raise ServingError("FAILED_PRECONDITION", f"version {version} failed to load: {entry['error_code']}: "

@@ -96,14 +96,17 @@ class Split:
                 continue
             x = layer(x)
         self.cached = keras.Model(features, x, name=f"{full.name}_on_cached_features")
-        self.feature_shape = tuple(cut_output.shape[1:])
+        self._trunk_digest = None
 
     def trunk_digest(self) -> str:
-        digest = hashlib.sha256()
-        for weight in self.trunk.weights:
-            digest.update(weight.name.encode())
-            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        return digest.hexdigest()
+        """sha256 of the trunk's weights: hashed once (the trunk never trains), reused for every split's key."""
+        if self._trunk_digest is None:
+            digest = hashlib.sha256()
+            for weight in self.trunk.weights:
+                digest.update(weight.name.encode())
+                digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+            self._trunk_digest = digest.hexdigest()
+        return self._trunk_digest
 
 
 def cache_dir() -> Path:
