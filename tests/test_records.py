@@ -109,9 +109,12 @@ def test_validation_is_patient_disjoint_and_stratified(tmp_path):
     assert manifest["num_patients"]["val"] == (counts["val"]["NORMAL"] + counts["val"]["PNEUMONIA"]) // 4
 
 
-def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("image_size", [None, 32], ids=["as-is", "resized"])
+def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, monkeypatch, image_size):
+    # Resized, a JPEG is checked by TensorFlow's decode alone; PIL names the problem when that fails.
     good = _jpeg(value=10)
     truncated = _jpeg(value=20)[:200]
+    truncated_near_end = _jpeg(value=25)[:-30]
     png = io.BytesIO()
     Image.fromarray(np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)).save(png, format="PNG")
     files = {
@@ -122,6 +125,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, mo
         "train/NORMAL/empty.jpeg": b"",
         "train/NORMAL/notes.jpeg": b"this is not an image",
         "train/PNEUMONIA/person1_virus_1.jpeg": truncated,
+        "train/PNEUMONIA/person7_virus_7.jpeg": truncated_near_end,
         "train/PNEUMONIA/person2_virus_2.jpeg": _jpeg(value=40),
         "train/PNEUMONIA/person3_virus_3.jpeg": _jpeg(value=50),
         "train/PNEUMONIA/person4_virus_4.jpeg": _jpeg(value=60, mode="CMYK"),
@@ -140,17 +144,19 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, mo
         return real_read_bytes(self)
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.3), show_progress=False)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.3, image_size=image_size),
+                       show_progress=False)
     reasons = {item["path"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
+    assert reasons["person7_virus_7.jpeg"].startswith("truncated image")
     assert reasons["empty.jpeg"] == "empty file"
     assert reasons["notes.jpeg"].startswith("not a readable image")
     assert reasons["person1_virus_1.jpeg"].startswith("truncated image")
     assert reasons["person4_virus_4.jpeg"].startswith("unsupported image mode CMYK")
     assert reasons["IM-0004-0001.jpeg"] == "duplicate of train/NORMAL/IM-0001-0001.jpeg (same bytes)"
     assert reasons["person6_virus_6.jpeg"].startswith("unreadable file")
-    assert manifest["num_skipped"] == 6
+    assert manifest["num_skipped"] == 7
     written = sorted(_read_all(tmp_path / "out"))
-    assert len(written) == len(files) + 1 - 6
+    assert len(written) == len(files) + 1 - 7
     assert "train/NORMAL/IM-0003-0001.png" in written or "val/NORMAL/IM-0003-0001.png" in written
 
 

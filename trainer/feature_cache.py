@@ -143,7 +143,10 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
     dataset = data.make_dataset(records.shard_pattern(data_uri, split), 32, training=False,
                                 image_size=config.model.image_size, input_context=_reading_context(input_context),
                                 class_weights=weights)
-    trunk = tf.function(lambda images: split_model.trunk(images, training=False))  # 1.4x eager's images/s
+    # A graph runs 1.4x eager's images/s; one trace for every batch size (the last batch is smaller).
+    size = config.model.image_size
+    trunk = tf.function(lambda images: split_model.trunk(images, training=False),
+                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     features, labels, sample_weights = [], [], []
     for images, label, weight in dataset:
         features.append(trunk(images).numpy().astype(dtype))

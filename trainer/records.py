@@ -237,10 +237,19 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
     """
     if not data:
         raise ValueError("empty file")
+    resized = None
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # the header only: format, mode, size
         image_format = image.format
-        image.load()
+        if image_size is not None and image_format == "JPEG" and image.mode in SUPPORTED_MODES:
+            # The serving signature's decode (preprocess_image calls the same) reads the whole file and fails on
+            # a truncated or corrupt one, at a DCT scale: no second, full-size decode by PIL for a good JPEG.
+            try:
+                resized = _decode_and_resize(data, image_size).numpy()
+            except Exception:  # noqa: BLE001 - PIL decodes it below and names the problem, or reads what TF cannot
+                resized = None
+        if resized is None:
+            image.load()
     except Exception as error:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
         # PIL names the in-memory buffer by its address ("cannot identify image file <_io.BytesIO object at 0x..>").
         reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error)) or type(error).__name__
@@ -254,14 +263,8 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
         return size, None
     buffer = io.BytesIO()
     if image_size is not None:
-        # The serving signature's decode and resize (preprocess_image calls the same): both paths see the same pixels.
-        resized = None
-        if image_format == "JPEG":
-            try:
-                resized = _decode_and_resize(data, image_size).numpy()
-            except Exception:  # noqa: BLE001 - a JPEG PIL reads but TensorFlow does not: the PIL path below
-                resized = None
-        if resized is None:
+        # The serving signature's decode and resize for JPEGs (above): both paths see the same pixels.
+        if resized is None:  # a JPEG PIL reads but TensorFlow does not, or another format
             resized = resize_gray(np.asarray(_to_gray8(image), dtype=np.uint8)[:, :, None], image_size).numpy()
         pixels = np.clip(np.rint(resized[:, :, 0]), 0, 255).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
