@@ -23,7 +23,9 @@ def _trials(workdir):
 
 def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, tmp_path):
     workdir = tmp_path / "tune"
-    result = run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 3)
+    # A 1 MB budget: every trial's growth passes it, so the tuner continues in a fresh process after each.
+    result = run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 3,
+                      env={"XRAY_TUNE_MEMORY_MB": "1"})
     rows = _trials(workdir)
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
     first = next(r for r in rows if r["trial"] == "0")
@@ -33,10 +35,10 @@ def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, 
     assert sorted(r["rank"] for r in rows) == [1, 2, 3]
     assert result.stdout.count("[tune] trial") == 3 and "rank  trial" in result.stdout
     # Memory does not pile up across trials (each fitted trial costs ~350 MB in one TF process; the
-    # tuner continues in a fresh process after each trial).
+    # tuner continues in a fresh process before the budget would be passed).
     rss = [int(m) for m in re.findall(r"done; rss (\d+) MB\)", result.stdout)]
     assert len(rss) == 3 and max(rss) - min(rss) < 200, rss
-    assert result.stdout.count("continuing in a fresh process") == 3
+    assert result.stdout.count("would pass the 1 MB budget); continuing in a fresh process") == 3
     assert (workdir / "trials.csv").read_text().splitlines()[0].startswith("trial,status,rank,objective")
 
     best_row = next(r for r in rows if r["rank"] == 1)
@@ -45,14 +47,19 @@ def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, 
         best_row["dropout1"], best_row["l2"], best_row["learning_rate"])
     assert best.model.image_size == defaults.model.image_size  # the rest is the base preset
 
-    run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 4)
+    # Resumed with room for many trials: the two new ones run in one process, memory growing between them.
+    result = run_xray("tune", "--data", shards_dir, "--workdir", workdir, *TINY, "--max-trials", 5,
+                      env={"XRAY_TUNE_MEMORY_MB": "100000"})
+    assert "fresh process" not in result.stdout
+    rss = [int(m) for m in re.findall(r"done; rss (\d+) MB\)", result.stdout)]
+    assert len(rss) == 2 and rss[1] > rss[0], rss
     resumed = _trials(workdir)
-    assert len(resumed) == 4
+    assert len(resumed) == 5
     def without_rank(row):
         return {key: value for key, value in row.items() if key != "rank"}
 
-    # The earlier trials are kept as they were (only their rank may change); one new trial ran.
-    assert [without_rank(r) for r in resumed if r["trial"] != "3"] == [without_rank(r) for r in rows]
+    # The earlier trials are kept as they were (only their rank may change); two new trials ran.
+    assert [without_rank(r) for r in resumed if r["trial"] not in ("3", "4")] == [without_rank(r) for r in rows]
 
 
 def test_crashing_trials_are_recorded_failed_and_the_search_goes_on(shards_dir, tmp_path):
@@ -108,11 +115,31 @@ def test_worker_stops_when_its_chief_goes_away(shards_dir, tmp_path):
 
 def test_trials_of_the_documented_fine_tuning_share_one_feature_cache(shards_dir, tmp_path):
     """Trials differ only in head hyperparameters: the first computes the frozen trunk's output, the others read it
-    (each trial runs in a fresh process)."""
+    (each trial runs in a fresh process here, so the others read it from disk)."""
     cache = tmp_path / "cache"
     run_xray("tune", "--data", shards_dir, "--workdir", tmp_path / "tune", *TINY, "--max-trials", 3,
              "model.trainable_layers=10", "model.train_batchnorm=false", "train.augment=false",
-             env={"XRAY_FEATURE_CACHE": str(cache)})
+             env={"XRAY_FEATURE_CACHE": str(cache), "XRAY_TUNE_TRIALS_PER_PROCESS": "1"})
     rows = _trials(tmp_path / "tune")
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
     assert len(list(cache.glob("*.npz"))) == 2  # train and val, once for all three trials
+
+
+@pytest.mark.parametrize("name, value", [("XRAY_TUNE_MEMORY_MB", "lots"), ("XRAY_TUNE_TRIALS_PER_PROCESS", "-1")])
+def test_a_bad_restart_setting_is_one_line_before_any_trial(shards_dir, tmp_path, name, value):
+    result = run_xray("tune", "--data", shards_dir, "--workdir", tmp_path / "tune", *TINY, "--max-trials", 2,
+                      env={name: value}, check=False)
+    assert result.returncode == 2 and f"{name}={value!r} must be a whole number >= 0" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "tune" / "trials.json").exists()
+
+
+def test_the_default_memory_budget_is_half_of_the_smaller_limit(monkeypatch):
+    from tuner import search
+
+    monkeypatch.delenv("XRAY_TUNE_MEMORY_MB", raising=False)
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert 0 < search.memory_budget_mb() <= machine // 2
+    monkeypatch.setenv("XRAY_TUNE_MEMORY_MB", "1234")
+    assert search.restart_policy() == (None, 1234)
+    monkeypatch.setenv("XRAY_TUNE_TRIALS_PER_PROCESS", "3")
+    assert search.restart_policy() == (3, 1234)

@@ -198,6 +198,7 @@ def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str)
         oracle = oracle_cls(max_trials=options.max_trials, **common)
         tuner_cls = kt.Tuner
     oracle.report = lambda o: write_reports(o, hypermodel, options, workdir)
+    restart_policy()  # a bad XRAY_TUNE_* value stops here, before the first trial
     if tuner_cls is kt.Hyperband:
         # kt.Hyperband builds its own oracle; hand it ours by building the base Tuner with Hyperband's trial logic.
         tuner = _HyperbandTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
@@ -207,31 +208,88 @@ def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str)
 
 
 TRIALS_PER_PROCESS_ENV = "XRAY_TUNE_TRIALS_PER_PROCESS"
+MEMORY_ENV = "XRAY_TUNE_MEMORY_MB"
+MEMORY_SHARE = 0.5  # of the machine's or the container's memory, when XRAY_TUNE_MEMORY_MB is not set
 
 
 class XrayTuner(kt.Tuner):
-    """KerasTuner's Tuner, running a bounded number of trials per process.
+    """KerasTuner's Tuner, continuing in a fresh process before memory runs short.
 
     Memory grows by one model per fitted trial in TF 2.21 / tf-keras 2.21, whatever is cleared:
-    measured +350 MB resident per trial (tiny preset: 1.26 GB after trial 1, 3.09 GB after trial 6),
-    with KerasTuner's clear_session, an extra clear_session + gc.collect, and with the model's compiled
-    functions and optimizer dropped; no Keras model stays reachable, so the memory is held below
-    Python. The fix that works is a fresh process: after XRAY_TUNE_TRIALS_PER_PROCESS finished trials
-    (default 1) the process re-executes itself with the same arguments and environment, and the search
-    continues from its saved state (same PID, so a launcher or a pod sees nothing but a log line).
+    measured +350 MB resident per trial (tiny preset: 1.26 GB after trial 1, 3.09 GB after six; about
+    +400 MB per seed-preset trial), with KerasTuner's clear_session, an extra clear_session + gc.collect,
+    and with the model's compiled functions and optimizer dropped; no Keras model stays reachable, so the
+    memory is held below Python. The fix that works is a fresh process: the process re-executes itself with
+    the same arguments and environment, and the search continues from its saved state (same PID, so a
+    launcher or a pod sees nothing but a log line). When: after a trial, if one more trial's growth (the
+    largest seen here) would take the resident memory past the budget, ``XRAY_TUNE_MEMORY_MB`` or half of
+    the container's limit (cgroup) or of the machine's memory. A process start costs ~6 s, which short
+    trials on cached features feel; ``XRAY_TUNE_TRIALS_PER_PROCESS=N`` instead restarts after every N
+    trials (0: never).
     """
 
     trials_here = 0
+    growth_mb = 0
+    _rss_at_begin = 0
+
+    def on_trial_begin(self, trial):
+        XrayTuner._rss_at_begin = _rss_mb_or_zero()
+        super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # the oracle has recorded the trial and the tuner state is saved
         XrayTuner.trials_here += 1
-        limit = int(os.environ.get(TRIALS_PER_PROCESS_ENV, "1"))
-        if limit > 0 and XrayTuner.trials_here >= limit:
-            print(f"[tune] {XrayTuner.trials_here} trial(s) in this process (rss {_rss_mb()} MB); "
+        rss = _rss_mb_or_zero()
+        XrayTuner.growth_mb = max(XrayTuner.growth_mb, rss - XrayTuner._rss_at_begin)
+        limit, budget = restart_policy()
+        if limit is not None:
+            restart = limit > 0 and XrayTuner.trials_here >= limit
+            why = f"{TRIALS_PER_PROCESS_ENV}={limit}"
+        else:
+            restart = rss + XrayTuner.growth_mb > budget
+            why = f"one more trial (+{XrayTuner.growth_mb} MB) would pass the {budget} MB budget"
+        if restart:
+            print(f"[tune] {XrayTuner.trials_here} trial(s) in this process (rss {rss} MB; {why}); "
                   "continuing in a fresh process to return their memory", flush=True)
             sys.stderr.flush()
             os.execv(sys.executable, [sys.executable, "-m", "xray", *sys.argv[1:]])
+
+
+def restart_policy() -> tuple[int | None, int]:
+    """(trials per process from XRAY_TUNE_TRIALS_PER_PROCESS or None, memory budget in MB)."""
+    count = os.environ.get(TRIALS_PER_PROCESS_ENV, "").strip()
+    return (_non_negative_int(TRIALS_PER_PROCESS_ENV, count) if count else None), memory_budget_mb()
+
+
+def _non_negative_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must be a whole number >= 0 (unset it for the default)")
+    return value
+
+
+def memory_budget_mb() -> int:
+    """XRAY_TUNE_MEMORY_MB, else MEMORY_SHARE of the smaller of the cgroup limit and the machine's memory."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if text:
+        return _non_negative_int(MEMORY_ENV, text)
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 2**60:  # "max" or a huge number: no limit
+            limits.append(int(value) // 2**20)
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+    except (ValueError, OSError):
+        pass
+    return int(min(limits) * MEMORY_SHARE) if limits else 4096
 
 
 class _HyperbandTuner(XrayTuner):
@@ -295,6 +353,11 @@ def write_reports(oracle, hypermodel: XrayHyperModel, options: SearchOptions, wo
         print(f"[tune] trial {last['trial']} {last['status'].lower()}: {score}{best_text} "
               f"({len(done)} of {options.max_trials} done; rss {_rss_mb()} MB)", flush=True)
     return rows
+
+
+def _rss_mb_or_zero() -> int:
+    rss = _rss_mb()
+    return rss if isinstance(rss, int) else 0
 
 
 def _rss_mb() -> int | str:
