@@ -15,5 +15,6 @@ if "keras_tuner" not in sys.modules:
     sys.modules["keras"] = keras
 
 import keras_tuner as kt  # noqa: E402
+from keras_tuner.src.engine import tuner_utils  # noqa: E402  (TunerCallback, for XrayTuner.run_trial)
 
-__all__ = ["kt"]
+__all__ = ["kt", "tuner_utils"]

@@ -31,7 +31,7 @@ from trainer.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
-from tuner.kt import kt
+from tuner.kt import kt, tuner_utils
 
 ALGORITHMS = ("bayesian", "hyperband", "random")
 OBJECTIVES = {"val_loss": "min", "val_auc": "max"}
@@ -231,6 +231,14 @@ class XrayTuner(kt.Tuner):
     trials_here = 0
     growth_mb = 0
     _rss_at_begin = 0
+
+    def run_trial(self, trial, *args, **kwargs):
+        """KerasTuner's run_trial without its per-trial checkpoint (SaveBestEpoch): it wrote the trial model's
+        weights at every better epoch (0.9 s and ~120-350 MB each at 224 px) for ``get_best_models``, which
+        nothing here calls: the result of a search is best_config.json, trained with ``xray train``."""
+        callbacks = self._deepcopy_callbacks(kwargs.pop("callbacks", []))
+        callbacks.append(tuner_utils.TunerCallback(self, trial))
+        return [self._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)]
 
     def on_trial_begin(self, trial):
         XrayTuner._rss_at_begin = _rss_mb_or_zero()
