@@ -73,13 +73,14 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
     cached.fit(feature_cache.dataset(arrays, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
                callbacks=[timer])
     with_cache = timer.seconds[1:]
-    half = dict(arrays, features=arrays["features"].astype(np.float16))
+    names = feature_cache.feature_names(arrays)
+    half = dict(arrays, **{name: arrays[name].astype(np.float16) for name in names})
     timer = _epoch_timer()
     cached.fit(feature_cache.dataset(half, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
                callbacks=[timer])
     with_half = timer.seconds[1:]
-    error = float(np.max(np.abs(half["features"].astype(np.float32) - arrays["features"])) /
-                  max(float(np.max(np.abs(arrays["features"]))), 1e-12))
+    error = max(float(np.max(np.abs(half[name].astype(np.float32) - arrays[name]))) /
+                max(float(np.max(np.abs(arrays[name]))), 1e-12) for name in names)
 
     per_epoch = statistics.median(full) / statistics.median(with_cache)
     ten = 10 * statistics.median(full) / (build + 10 * statistics.median(with_cache))
@@ -93,7 +94,8 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
             "images_per_second": {"without_cache": images_per_epoch / statistics.median(full),
                                   "cache_build": len(arrays["labels"]) / build,
                                   "with_cache": images_per_epoch / statistics.median(with_cache)},
-            "cache_bytes": {"float32": int(arrays["features"].nbytes), "float16": int(half["features"].nbytes)},
+            "cache_bytes": {"float32": sum(int(arrays[name].nbytes) for name in names),
+                            "float16": sum(int(half[name].nbytes) for name in names)},
             "float16_max_relative_error": error,
             "inputs": {"preset": "seed", "image_size": size, "weights": "none (random)", "batch": batch,
                        "train_images": len(arrays["labels"]), "steps_per_epoch": steps}}

@@ -17,9 +17,13 @@ SMALL = ModelConfig(image_size=32, weights="none", trainable_layers="10", train_
                     dense1_units=16, dense2_units=8)
 
 
-def test_the_cut_of_the_documented_fine_tuning_is_the_last_block_input():
+def test_the_cut_of_the_documented_fine_tuning_is_what_the_trained_layers_read():
     split = feature_cache.Split(build_model(SMALL))
-    assert split.cut == "conv5_block2_out"
+    # The last block's shortcut input, and what its first trained conv reads (before the free padding): the
+    # frozen 1x1 conv in between runs once per image, not every step.
+    assert split.cuts == ["conv5_block2_out", "conv5_block3_1_relu"]
+    tail = {layer.name for layer in split.cached.get_layer("trainable_tail").layers}
+    assert "conv5_block3_1_conv" not in tail and {"conv5_block3_2_pad", "conv5_block3_2_conv"} <= tail
     trainable = {w.name for w in split.full.trainable_weights}
     assert trainable == {w.name for w in split.cached.trainable_weights}
     assert not split.trunk.trainable_weights or all(not layer.trainable for layer in split.trunk.layers
@@ -83,7 +87,7 @@ def test_xray_train_on_two_workers_caches_each_workers_shards_and_a_second_run_r
     assert len(files) == 4  # 2 workers x (train, val): each worker caches its own shards
     stamps = {f: f.stat().st_mtime_ns for f in files}
     summary = json.loads((tmp_path / "run1" / "training.json").read_text())
-    assert summary["feature_cache"]["cut"] == "conv5_block2_out" and summary["epochs_run"] == 2
+    assert summary["feature_cache"]["cut"] == "conv5_block2_out+conv5_block3_1_relu" and summary["epochs_run"] == 2
     config = Config.load(str(tmp_path / "run1" / "config.json"))
     model = load_trained(config.model, str(tmp_path / "run1" / "best.weights.h5"))  # the full model's weights
     assert model.get_layer("resnet50v2") is not None
@@ -97,3 +101,22 @@ def test_xray_train_on_two_workers_caches_each_workers_shards_and_a_second_run_r
     off = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "run3", "--preset", "tiny",
                    *overrides, "train.feature_cache=off", env=env)
     assert "feature cache: off (train.feature_cache=off)" in off.stdout + off.stderr
+
+
+def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
+    ids = np.arange(10, dtype=np.float32)
+    arrays = {"features_0": ids[:, None, None] * np.ones((1, 2, 3), np.float32),
+              "features_1": (ids * 10)[:, None], "labels": ids[:, None], "weights": ids + 0.5}
+    seen = []
+    for (first, second), label, weight in feature_cache.dataset(arrays, 4, True, seed=1).take(5):
+        np.testing.assert_array_equal(first.numpy()[:, 0, 0], label.numpy()[:, 0])
+        np.testing.assert_array_equal(second.numpy()[:, 0], label.numpy()[:, 0] * 10)
+        np.testing.assert_array_equal(weight.numpy(), label.numpy()[:, 0] + 0.5)
+        seen.extend(label.numpy()[:, 0].tolist())
+    epochs = [seen[:10], seen[10:20]]
+    assert all(sorted(epoch) == ids.tolist() for epoch in epochs)  # each epoch is a permutation
+    assert epochs[0] != epochs[1] and epochs[0] != ids.tolist()  # reshuffled, and shuffled at all
+    one_cut = {name: value for name, value in arrays.items() if name != "features_1"}
+    fixed = [label.numpy()[:, 0].tolist() for _, label in
+             feature_cache.dataset(one_cut, 4, False, with_weights=False, repeat=False)]
+    assert sum(fixed, []) == ids.tolist() and [len(batch) for batch in fixed] == [4, 4, 2]

@@ -9,15 +9,16 @@ tail and the head on the cached tensors. It is exact: the same layers, weights a
 (``tests/test_feature_cache.py`` trains both ways and compares the weights). The exported model is the full
 model, whose layers are the very objects trained here.
 
-- The cut is the last single tensor before the first trainable layer that everything after it depends on
-  alone (ResNet50V2 with 10 trainable layers: ``conv5_block2_out``; the three frozen layers between it and the
-  first trainable one run in the tail).
+- The cut is every frozen output the trainable layers read (ResNet50V2 with 10 trainable layers:
+  ``conv5_block2_out``, the last block's shortcut, and ``conv5_block3_1_relu``, what its first trained conv reads
+  after padding). Caching the second as well keeps the frozen 1x1 conv of the last block (51M multiply-adds per
+  image) out of every step, for 25% more stored values than the block input alone.
 - Key: the data manifest's sha256, the split and this worker's share of the shards, the image size, the cut,
   the trunk's weights (sha256 of their bytes) and the storage dtype. A resumed run and every tuner trial on
   the same data and trunk find the same key; anything else misses and rebuilds.
 - Where: ``$XRAY_FEATURE_CACHE`` or ``~/.cache/xray/features`` (local disk of the worker), one ``.npz`` per
   key written to a temporary name and renamed. ``train.feature_cache_dtype=float16`` halves the size (ResNet50V2
-  at 224 px: 7x7x2048 values per image, 392 KiB as float32) at the cost of exactness (measured in bench P7).
+  at 224 px: 7x7x(2048+512) values per image, 490 KiB as float32) at the cost of exactness (measured in bench P7).
 """
 
 from __future__ import annotations
@@ -54,48 +55,56 @@ def why_not(config: Config) -> str | None:
     return None
 
 
-def cut_layer(backbone: keras.Model) -> str:
-    """The output the trainable tail depends on alone: walk back from the first trainable layer to a bottleneck."""
+def cut_layers(backbone: keras.Model) -> list[str]:
+    """The outputs the trainable tail depends on: every layer before the first trainable one that feeds it or a
+    later layer (a padding layer replaced by what it pads: free to redo, smaller to store), in layer order."""
     layers = backbone.layers
     first = next((i for i, layer in enumerate(layers) if layer.trainable and layer.weights), None)
     if first is None:
         raise ValueError("the backbone has no trainable layer: nothing to cache in front of")
+    if first == 0:
+        raise ValueError("the backbone's first layer is trainable: nothing frozen to cache")
     index = {layer.name: i for i, layer in enumerate(layers)}
 
-    def boundary(k: int) -> set[str]:
-        feeding = set()
-        for layer in layers[k:]:
-            for node in layer._inbound_nodes:
-                inbound = node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers]
-                feeding.update(src.name for src in inbound if index.get(src.name, k) < k)
-        return feeding
+    def inputs_of(layer) -> list:
+        found = []
+        for node in layer._inbound_nodes:
+            inbound = node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers]
+            found.extend(inbound)
+        return found
 
-    for k in range(first, 0, -1):
-        feeding = boundary(k)
-        if len(feeding) == 1 and index[next(iter(feeding))] == k - 1:
-            return layers[k - 1].name
-    raise ValueError("no single tensor separates the frozen trunk from the trainable tail")
+    cut = set()
+    for layer in layers[first:]:
+        for source in inputs_of(layer):
+            if index.get(source.name, first) < first:
+                while isinstance(source, keras.layers.ZeroPadding2D) and len(inputs_of(source)) == 1:
+                    source = inputs_of(source)[0]
+                cut.add(source.name)
+    return sorted(cut, key=index.__getitem__)
 
 
 class Split:
-    """Views of one full model: ``trunk`` (image -> features) and ``cached`` (features -> probability)."""
+    """Views of one full model: ``trunk`` (image -> features) and ``cached`` (features -> probability).
+
+    With several cut tensors, ``trunk`` returns a list and ``cached`` takes one, in ``cuts`` order."""
 
     def __init__(self, full: keras.Model):
         self.full = full
         backbone = full.get_layer(BACKBONE)
-        self.cut = cut_layer(backbone)
-        cut_output = backbone.get_layer(self.cut).output
-        self.trunk = keras.Model(backbone.input, cut_output, name="frozen_trunk")
-        tail = keras.Model(cut_output, backbone.output, name="trainable_tail")
-        features = keras.Input(shape=cut_output.shape[1:], name="features")
-        x = tail(features)
+        self.cuts = cut_layers(backbone)
+        self.cut = "+".join(self.cuts)
+        outputs = [backbone.get_layer(name).output for name in self.cuts]
+        self.trunk = keras.Model(backbone.input, _one_or_list(outputs), name="frozen_trunk")
+        tail = keras.Model(_one_or_list(outputs), backbone.output, name="trainable_tail")
+        features = [keras.Input(shape=output.shape[1:], name=f"features_{i}") for i, output in enumerate(outputs)]
+        x = tail(_one_or_list(features))
         for name in HEAD_LAYERS:
             try:
                 layer = full.get_layer(name)
             except ValueError:
                 continue
             x = layer(x)
-        self.cached = keras.Model(features, x, name=f"{full.name}_on_cached_features")
+        self.cached = keras.Model(_one_or_list(features), x, name=f"{full.name}_on_cached_features")
         self._trunk_digest = None
 
     def trunk_digest(self) -> str:
@@ -107,6 +116,15 @@ class Split:
                 digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
             self._trunk_digest = digest.hexdigest()
         return self._trunk_digest
+
+
+def _one_or_list(items: list):
+    return items[0] if len(items) == 1 else items
+
+
+def feature_names(arrays: dict) -> list[str]:
+    """The feature arrays of a cache entry, in the trunk's output order: features_0, features_1, ..."""
+    return sorted((name for name in arrays if name.startswith("features_")), key=lambda name: int(name.split("_")[1]))
 
 
 def cache_dir() -> Path:
@@ -133,7 +151,10 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
     if path.exists():
         try:
             with np.load(path) as stored:
-                arrays = {name: stored[name] for name in ("features", "labels", "weights")}
+                arrays = {name: stored[name] for name in stored.files}
+            missing = {"labels", "weights"} - set(arrays) or ({"features_0"} - set(feature_names(arrays)))
+            if missing:
+                raise KeyError(f"no {', '.join(sorted(missing))}")
             log.info("feature cache: %s split, %d images from %s", split, len(arrays["labels"]), path)
             return arrays
         except (OSError, ValueError, KeyError) as error:  # a damaged file is rebuilt, never trusted
@@ -147,13 +168,15 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
     size = config.model.image_size
     trunk = tf.function(lambda images: split_model.trunk(images, training=False),
                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    features, labels, sample_weights = [], [], []
+    features, labels, sample_weights = [[] for _ in split_model.cuts], [], []
     for images, label, weight in dataset:
-        features.append(trunk(images).numpy().astype(dtype))
+        outputs = trunk(images)
+        for stored, output in zip(features, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            stored.append(output.numpy().astype(dtype))
         labels.append(label.numpy())
         sample_weights.append(weight.numpy())
-    arrays = {"features": np.concatenate(features), "labels": np.concatenate(labels),
-              "weights": np.concatenate(sample_weights).astype(np.float32)}
+    arrays = {f"features_{i}": np.concatenate(parts) for i, parts in enumerate(features)}
+    arrays.update(labels=np.concatenate(labels), weights=np.concatenate(sample_weights).astype(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as f:
@@ -177,11 +200,10 @@ def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed
             repeat: bool = True) -> tf.data.Dataset:
     """Cached features as (features, label[, weight]) batches: shuffled for training; endless unless repeat=False."""
     local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    features = arrays["features"].astype(np.float32) if arrays["features"].dtype != np.float32 else arrays["features"]
-    parts = tuple(tf.constant(part) for part in
-                  (features, arrays["labels"]) + ((arrays["weights"],) if with_weights else ()))
+    features = [tf.constant(arrays[name].astype(np.float32, copy=False)) for name in feature_names(arrays)]
+    rest = [tf.constant(arrays["labels"])] + ([tf.constant(arrays["weights"])] if with_weights else [])
     # Shuffle and batch indices, then gather whole batches: the same order as shuffling the examples themselves
-    # (a permutation per epoch from the same seed), without a shuffle buffer of 375 x 392 KiB copies, whose
+    # (a permutation per epoch from the same seed), without a shuffle buffer of copied examples (490 KiB each at 224 px), whose
     # background refill made tearing the iterator down after fit stall for up to 8 s (seen in tuner trials).
     ds = tf.data.Dataset.range(len(arrays["labels"]))
     if training:
@@ -189,7 +211,8 @@ def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(local_batch, drop_remainder=False)
-    ds = ds.map(lambda index: tuple(tf.gather(part, index) for part in parts))
+    ds = ds.map(lambda index: (_one_or_list(tuple(tf.gather(f, index) for f in features)),
+                               *(tf.gather(part, index) for part in rest)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     options.autotune.enabled = False
