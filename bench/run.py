@@ -452,8 +452,8 @@ def main(argv=None) -> int:
         ("P5", lambda: p5_serving_vs_parts(synth, _export(shards), repeats=repeats * 3)),
         ("P7", lambda: cache.p7_epoch_time(prepare_seed_data(120 if args.quick else 240), WORK,
                                            full_epochs=2 if args.quick else 3, cached_epochs=5, summary=_summary)),
-        ("P8", lambda: cache.p8_tune_trials(prepare_seed_data(120 if args.quick else 240), WORK, trials=3,
-                                            epochs=2 if args.quick else 3, xray=_xray)),
+        ("P8", lambda: cache.p8_tune_trials(prepare_seed_data(120 if args.quick else 240), WORK,
+                                            trials=2 if args.quick else 3, epochs=2 if args.quick else 6, xray=_xray)),
         ("P9", lambda: p9_shards_parallel(count=24 if args.quick else 48, repeats=3 if args.quick else 5)),
     ):
         if only and name not in only:
