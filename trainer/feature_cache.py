@@ -106,6 +106,15 @@ class Split:
             x = layer(x)
         self.cached = keras.Model(_one_or_list(features), x, name=f"{full.name}_on_cached_features")
         self._trunk_digest = None
+        self._trunk_function = None
+
+    def trunk_function(self):
+        """The trunk as one traced graph for every split and batch size: 1.4x eager's images/s."""
+        if self._trunk_function is None:
+            self._trunk_function = tf.function(lambda images: self.trunk(images, training=False),
+                                               input_signature=[tf.TensorSpec([None, *self.trunk.input_shape[1:]],
+                                                                              tf.float32)])
+        return self._trunk_function
 
     def trunk_digest(self) -> str:
         """sha256 of the trunk's weights: hashed once (the trunk never trains), reused for every split's key."""
@@ -164,10 +173,7 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
     dataset = data.make_dataset(records.shard_pattern(data_uri, split), 32, training=False,
                                 image_size=config.model.image_size, input_context=_reading_context(input_context),
                                 class_weights=weights)
-    # A graph runs 1.4x eager's images/s; one trace for every batch size (the last batch is smaller).
-    size = config.model.image_size
-    trunk = tf.function(lambda images: split_model.trunk(images, training=False),
-                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    trunk = split_model.trunk_function()
     features, labels, sample_weights = [[] for _ in split_model.cuts], [], []
     for images, label, weight in dataset:
         outputs = trunk(images)

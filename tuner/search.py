@@ -108,6 +108,9 @@ class XrayHyperModel(kt.HyperModel):
             "learning_rate": hp.Float("learning_rate", *space.learning_rate, sampling="log", default=base.train.learning_rate),
         }
 
+    def declare_hyperparameters(self, hp):
+        self.values(hp)
+
     def build(self, hp):
         config = config_for(self.base, self.values(hp))
         # Every trial starts from the same initial weights: trials differ by their hyperparameters only, and with
@@ -231,6 +234,13 @@ class XrayTuner(kt.Tuner):
     trials_here = 0
     growth_mb = 0
     _rss_at_begin = 0
+
+    def _populate_initial_space(self):
+        """The space has no conditional hyperparameters: declaring them is enough. KerasTuner's default also builds
+        the whole model to discover conditional ones (1.7 s at 224 px, in every process)."""
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
         """KerasTuner's run_trial without its per-trial checkpoint (SaveBestEpoch): it wrote the trial model's
