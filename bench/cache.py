@@ -82,6 +82,8 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
     error = max(float(np.max(np.abs(half[name].astype(np.float32) - arrays[name]))) /
                 max(float(np.max(np.abs(arrays[name]))), 1e-12) for name in names)
 
+    adam = _adam_update_seconds([w.shape for w in cached.trainable_weights])
+
     per_epoch = statistics.median(full) / statistics.median(with_cache)
     ten = 10 * statistics.median(full) / (build + 10 * statistics.median(with_cache))
     images_per_epoch = steps * batch
@@ -97,8 +99,31 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
             "cache_bytes": {"float32": sum(int(arrays[name].nbytes) for name in names),
                             "float16": sum(int(half[name].nbytes) for name in names)},
             "float16_max_relative_error": error,
+            "adam_update_seconds": adam,
             "inputs": {"preset": "seed", "image_size": size, "weights": "none (random)", "batch": batch,
                        "train_images": len(arrays["labels"]), "steps_per_epoch": steps}}
+
+
+def _adam_update_seconds(shapes, repeats: int = 10) -> dict:
+    """One optimizer update of the trained variables: Keras' Adam (element-wise ops) vs FusedAdam (one kernel)."""
+    import tensorflow as tf
+
+    from trainer.kerasapi import keras
+    from trainer.model import FusedAdam
+
+    variables = [tf.Variable(tf.random.normal(shape, stddev=0.01)) for shape in shapes]
+    gradients = [tf.random.normal(shape, stddev=0.001) for shape in shapes]
+    seconds = {}
+    for name, optimizer in (("keras_adam", keras.optimizers.Adam(1e-4)), ("fused_adam", FusedAdam(1e-4))):
+        optimizer.build(variables)
+        step = tf.function(lambda optimizer=optimizer: optimizer.apply_gradients(zip(gradients, variables)))
+        step()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        seconds[name] = (time.perf_counter() - started) / repeats
+    seconds["values"] = int(sum(v.shape.num_elements() for v in variables))
+    return seconds
 
 
 def p8_tune_trials(shards: Path, work: Path, trials: int, epochs: int, xray) -> dict:

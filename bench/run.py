@@ -483,6 +483,9 @@ def main(argv=None) -> int:
                       f" demo preset (64 px) 2 vs 1 {r['demo']['ratio']:.3f}")
         if "ten_epoch_ratio" in r:
             extra += f"; 10 epochs with the build {r['ten_epoch_ratio']:.2f}"
+        if "adam_update_seconds" in r:
+            adam = r["adam_update_seconds"]
+            extra += f"; Adam update {adam['keras_adam']:.3f} s (Keras) vs {adam['fused_adam']:.3f} s (fused)"
         if "fit_time_ratio" in r:
             extra += f"; fit time alone {r['fit_time_ratio']:.2f}"
         if "parallel_ratio" in r:
