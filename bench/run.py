@@ -154,7 +154,8 @@ def p2_reader_vs_keras(count: int, repeats: int) -> dict:
         conversion + 10 * counts["keras"] / median["ours_pre_resized"])
     kilobytes = [f.stat().st_size / 1024 for f in (films / "train").rglob("*.jpeg")]
     return {"id": "P2", "measure": "reader images/s on the same film-like JPEGs (1400 px, ~250 KB), ours / keras "
-                                   "image_dataset_from_directory", "target": ">= 1.5", "ratio": ratio, "met": ratio >= 1.5,
+                                   "image_dataset_from_directory", "target": ">= 1.5", "ratio": ratio,
+            "met": ratio >= 1.5,
             "pre_resized_10_epochs_ratio": amortised, "conversion_seconds": conversion,
             "inputs": {"image_size": size, "batch": batch, "source_jpeg_width": P2_SOURCE_WIDTH,
                        "source_kilobytes": _summary(kilobytes), "images": counts},
@@ -226,7 +227,8 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
     times = {"loop": [], "one_thread": [], "shards": []}
     records.check_image(files[0].read_bytes(), 224)  # TensorFlow's resize kernel loaded on every side
     for _ in range(repeats):
-        for name, function in (("loop", one_process_loop), ("one_thread", our_steps_one_thread), ("shards", xray_shards)):
+        for name, function in (("loop", one_process_loop), ("one_thread", our_steps_one_thread),
+                               ("shards", xray_shards)):
             started = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - started)
@@ -234,7 +236,8 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
     ratio = statistics.median(paired)
     parallel = statistics.median(one / shards for one, shards in zip(times["one_thread"], times["shards"]))
     return {"id": "P9", "measure": "xray shards images/s on 2000 px JPEGs (all cores, DCT-scaled decode) / one-process "
-                                   "full decode+resize+encode loop", "target": ">= 1.8", "ratio": ratio, "met": ratio >= 1.8,
+                                   "full decode+resize+encode loop", "target": ">= 1.8", "ratio": ratio,
+            "met": ratio >= 1.8,
             "parallel_ratio": parallel,
             "images_per_second": {name: _summary([len(files) / v for v in values]) for name, values in times.items()},
             "inputs": {"images": len(files), "width": 2000, "megabytes": _summary(megabytes), "image_size": 224,

@@ -144,8 +144,8 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, mo
         return real_read_bytes(self)
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.3, image_size=image_size),
-                       show_progress=False)
+    options = ShardOptions(num_shards=2, val_fraction=0.3, image_size=image_size)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), options, show_progress=False)
     reasons = {item["path"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
     assert reasons["person7_virus_7.jpeg"].startswith("truncated image")
     assert reasons["empty.jpeg"] == "empty file"

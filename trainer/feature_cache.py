@@ -209,8 +209,9 @@ def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed
     features = [tf.constant(arrays[name].astype(np.float32, copy=False)) for name in feature_names(arrays)]
     rest = [tf.constant(arrays["labels"])] + ([tf.constant(arrays["weights"])] if with_weights else [])
     # Shuffle and batch indices, then gather whole batches: the same order as shuffling the examples themselves
-    # (a permutation per epoch from the same seed), without a shuffle buffer of copied examples (490 KiB each at 224 px), whose
-    # background refill made tearing the iterator down after fit stall for up to 8 s (seen in tuner trials).
+    # (a permutation per epoch from the same seed), without a shuffle buffer of copied examples (490 KiB each at
+    # 224 px). Autotuning is off: tearing an autotuned endless iterator down after fit stalled 7-8 s in about
+    # half the tuner trials (TensorFlow waits for its tf.data threads); two batches ahead keep the step fed.
     ds = tf.data.Dataset.range(len(arrays["labels"]))
     if training:
         ds = ds.shuffle(len(arrays["labels"]), seed=seed, reshuffle_each_iteration=True)
