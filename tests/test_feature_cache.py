@@ -120,3 +120,21 @@ def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
     fixed = [label.numpy()[:, 0].tolist() for _, label in
              feature_cache.dataset(one_cut, 4, False, with_weights=False, repeat=False)]
     assert sum(fixed, []) == ids.tolist() and [len(batch) for batch in fixed] == [4, 4, 2]
+
+
+def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, monkeypatch):
+    from trainer import records
+
+    monkeypatch.setenv("XRAY_FEATURE_CACHE", str(tmp_path))
+    config = Config(model=SMALL, train=TrainConfig())
+    manifest = records.read_manifest(str(shards_dir))
+    split = feature_cache.Split(build_model(SMALL))
+    key = feature_cache.cache_key(manifest, "val", (0, 1), SMALL.image_size, split.cut, split.trunk_digest(),
+                                  config.train.feature_cache_dtype)
+    planted = tmp_path / f"{key}.npz"
+    np.savez(planted, labels=np.zeros((1, 1), np.float32), weights=np.ones(1, np.float32))  # no features
+    arrays = feature_cache.features_for(split, str(shards_dir), manifest, "val", config)
+    assert feature_cache.feature_names(arrays) == ["features_0", "features_1"]
+    assert len(arrays["labels"]) == sum(manifest["counts"]["val"].values())
+    with np.load(planted) as stored:  # the entry was written again, whole
+        assert set(stored.files) == {"features_0", "features_1", "labels", "weights"}

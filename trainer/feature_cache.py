@@ -161,9 +161,8 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
         try:
             with np.load(path) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-            missing = {"labels", "weights"} - set(arrays) or ({"features_0"} - set(feature_names(arrays)))
-            if missing:
-                raise KeyError(f"no {', '.join(sorted(missing))}")
+            if not feature_names(arrays) or not {"labels", "weights"} <= set(arrays):
+                raise KeyError(f"incomplete entry ({', '.join(sorted(arrays))})")
             log.info("feature cache: %s split, %d images from %s", split, len(arrays["labels"]), path)
             return arrays
         except (OSError, ValueError, KeyError) as error:  # a damaged file is rebuilt, never trusted

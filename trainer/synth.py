@@ -54,7 +54,7 @@ DEFAULT_DIFFICULTY = 0.5
 MARKER_RATE = 1.0  # the share of films with a side marker and burned-in text is the visual difficulty itself
 # OCCULT_RATE * difficulty of the pneumonia films show no opacity at all; the film's own degradations (exposure,
 # noise, positioning, fainter opacities, markers) start above VISUAL_START and reach VISUAL_MAX at 1. Visual
-# difficulty above ~0.1 often stops the demo's from-scratch model from learning within its 10 epochs (measured,
+# difficulty above ~0.1 often stops the demo's from-scratch model from learning within 10 epochs (measured,
 # see above), while occult cases cap the reachable AUC without slowing the learning.
 OCCULT_RATE = 0.3
 VISUAL_START = 0.5
