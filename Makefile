@@ -33,7 +33,6 @@ CLUSTER_TUNE_DIR ?= /mnt/xray/runs/tune
 SRC ?=
 DATASET ?= chest_xray
 UPLOAD_DEST ?= /mnt/xray/incoming/$(DATASET)
-# The local control plane's tests set UPLOAD_ARGS=--local (KWOK runs no container to exec into).
 UPLOAD_ARGS ?=
 STORAGE_CLASS ?=
 # train-cluster / tune-cluster: a config file (local, or a path on the volume) and key=value overrides.
@@ -41,6 +40,8 @@ CONFIG ?=
 OVERRIDES ?=
 DEADLINE ?= 0
 WATCH_INTERVAL ?= 10
+# xray jobs watch: seconds a pod may stay unable to start (image pull, scheduling, mount, crash loop) before make gives up.
+STUCK_AFTER ?= 45
 # The GPU overlay runs the GPU variant of the image (make image VARIANT=gpu TAG=<tag>-gpu).
 CLUSTER_TAG = $(if $(filter gpu,$(OVERLAY)),$(patsubst %-gpu,%,$(TAG))-gpu,$(TAG))
 JOB ?= xray-train
@@ -52,14 +53,22 @@ PARALLEL ?= 2
 OBJECTIVE ?= val_auc
 MODEL_BASE ?= $(BUILD)/models
 SERVING_CONFIG ?= $(BUILD)/serving-config
-# TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21).
-SERVING_IMAGE ?= tensorflow/serving:2.21.0
+# make serve: TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21). make deploy-serving
+# runs the overlay's (the same) unless SERVING_IMAGE is set.
+SERVING_IMAGE ?=
+# make image: the base image (any Python 3.11 with venv) and a CA bundle for pip behind a TLS-inspecting proxy.
+BASE ?=
+PIP_CERT ?=
+# make cluster-up NODE=0: the control plane with KWOK nodes only (no container runs).
+NODE ?= 1
+# The local cluster's folder (state, kubeconfig, logs, the node's data).
+CLUSTER_ROOT ?= $(abspath $(BUILD))/cluster
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down volume image-set data-cluster export-cluster tensorboard lock
+  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -123,7 +132,7 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 	$(XRAY) export --model-base $(MODEL_BASE) --serving-config $(SERVING_CONFIG) --serving-base-path /models/xray
 	docker run --rm --name xray-serving -p $(GRPC_PORT):8500 -p $(REST_PORT):8501 \
 	  -v $(abspath $(MODEL_BASE)):/models/xray:ro -v $(abspath $(SERVING_CONFIG)):/config:ro \
-	  --entrypoint tensorflow_model_server $(SERVING_IMAGE) \
+	  --entrypoint tensorflow_model_server $(or $(SERVING_IMAGE),tensorflow/serving:2.21.0) \
 	  --port=8500 --rest_api_port=8501 --model_config_file=/config/models.config \
 	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
 	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true
@@ -131,9 +140,11 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 predict: $(VENV)/.installed ## score the synthetic test images with the exported model in-process
 	$(XRAY) predict $(BUILD)/synth/test --model $(MODEL_BASE) --format table
 
-image: ## build the project image: make image IMAGE=registry/xray TAG=0.1.0 [VARIANT=gpu]
+image: ## build the project image: make image IMAGE=registry/xray TAG=0.1.0 [VARIANT=gpu] [BASE=image] [PIP_CERT=ca.pem]
 	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make image IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
-	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(TAG) .
+	@test -z "$(PIP_CERT)" || test -f "$(PIP_CERT)" || { echo "PIP_CERT=$(PIP_CERT) is not a file (a PEM CA bundle)"; exit 1; }
+	$(if $(PIP_CERT),cp "$(PIP_CERT)" .pip-cert.pem;) status=0; docker build --build-arg VARIANT=$(VARIANT) \
+	  $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE):$(TAG) . || status=$$?; rm -f .pip-cert.pem; exit $$status
 
 push: ## push the project image: make push IMAGE=registry/xray TAG=0.1.0
 	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make push IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
@@ -159,7 +170,7 @@ data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) 
 	  --src /mnt/xray/incoming/$(DATASET) --data $(CLUSTER_DATA) --out $(BUILD)/k8s/shards
 	kubectl -n $(NAMESPACE) delete job xray-shards --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/shards
-	$(XRAY) jobs watch xray-shards -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+	$(XRAY) jobs watch xray-shards -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
 train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CONFIG, OVERRIDES), follow it
 	$(XRAY) preflight --component train --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(WORKERS) \
@@ -167,15 +178,15 @@ train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, O
 	  --deadline $(DEADLINE) --out $(BUILD)/k8s/train $(OVERRIDES)
 	kubectl -n $(NAMESPACE) delete job xray-train --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/train
-	$(XRAY) jobs watch xray-train -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+	$(XRAY) jobs watch xray-train -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
-tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES), follow the workers
+tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES, TRIALS), follow the workers
 	$(XRAY) preflight --component tune --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(PARALLEL) \
 	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --namespace $(NAMESPACE) --config "$(CONFIG)" \
-	  --out $(BUILD)/k8s/tune $(OVERRIDES)
+	  --out $(BUILD)/k8s/tune $(if $(filter command line,$(origin TRIALS)),--max-trials $(TRIALS)) $(OVERRIDES)
 	kubectl -n $(NAMESPACE) delete job xray-tune-chief xray-tune-workers --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/tune
-	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 	@echo "best config on the volume: $(CLUSTER_TUNE_DIR)/best_config.json; train it with:"
 	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 
@@ -184,18 +195,19 @@ export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it
 	  --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --out $(BUILD)/k8s/export
 	kubectl -n $(NAMESPACE) delete job xray-export --ignore-not-found --wait=true
 	kubectl apply -k $(BUILD)/k8s/export
-	$(XRAY) jobs watch xray-export -n $(NAMESPACE) --interval $(WATCH_INTERVAL)
+	$(XRAY) jobs watch xray-export -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
-	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving
+	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving \
+	  $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE))
 	kubectl apply -k $(BUILD)/k8s/serving
-	kubectl -n $(NAMESPACE) rollout status deployment/xray-serving --timeout=10m
+	$(XRAY) jobs watch deployment/xray-serving -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
 tensorboard: image-set volume ## TensorBoard over the runs on the volume; then: kubectl -n NAMESPACE port-forward svc/xray-tensorboard 6006
 	$(XRAY) preflight --component tensorboard --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
 	  --out $(BUILD)/k8s/tensorboard
 	kubectl apply -k $(BUILD)/k8s/tensorboard
-	kubectl -n $(NAMESPACE) rollout status deployment/xray-tensorboard --timeout=10m
+	$(XRAY) jobs watch deployment/xray-tensorboard -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 	@echo "open it: kubectl -n $(NAMESPACE) port-forward svc/xray-tensorboard 6006:6006, then http://localhost:6006"
 
 status: $(VENV)/.installed ## worker table, latest epoch and warnings of JOB (default xray-train)
@@ -212,17 +224,21 @@ bench: $(VENV)/.installed ## P1-P9 side-by-side benchmarks -> bench/results.json
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training, a local Kubernetes control plane)
 	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout.
-	bash tests/cluster/build.sh >/dev/null
+	bash xray/localcluster/build.sh >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-cluster-build: ## build the local control plane (Kubernetes v1.34 + etcd + KWOK from Go modules; cached in ~/.cache/xray)
-	bash tests/cluster/build.sh
+cluster-build: ## build the local cluster (Kubernetes v1.34 control plane, kubelet, kube-proxy, etcd, CoreDNS, KWOK; cached in ~/.cache/xray)
+	bash xray/localcluster/build.sh
 
-cluster-up: $(VENV)/.installed ## start a local control plane (KWOK nodes, no containers); writes $(BUILD)/cluster/kubeconfig
-	XRAY_CLUSTER_ROOT=$(abspath $(BUILD))/cluster $(BIN)/python tests/cluster/controlplane.py up
+cluster-up: $(VENV)/.installed ## start a local cluster: control plane, a real node, 2 KWOK nodes (NODE=0: KWOK only); writes $(BUILD)/cluster/kubeconfig
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster up $(if $(filter 0,$(NODE)),--no-node)
 
-cluster-down: ## stop the local control plane started by cluster-up and remove its data (logs stay)
-	XRAY_CLUSTER_ROOT=$(abspath $(BUILD))/cluster $(PYTHON) tests/cluster/controlplane.py down
+image-load: $(VENV)/.installed ## build the project image from the Dockerfile (cached) and load it into the local node as IMAGE:TAG
+	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make image-load IMAGE=xray.local/xray TAG=dev" >&2; exit 2; }
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster image $(IMAGE):$(TAG)
+
+cluster-down: ## stop the local cluster started by cluster-up, take back what its node changed on the host, remove its data (logs stay)
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(PYTHON) -m xray.localcluster down
 
 clean: cluster-down ## remove build outputs (keeps .venv; stops the local control plane first)
 	rm -rf $(BUILD)

@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic data set and its shards, made once per test session; the local
-Kubernetes control plane (tests/cluster/), started once for the tests marked `cluster`."""
+Kubernetes cluster (xray/localcluster: control plane, a real node, KWOK nodes), started once for the tests
+marked `cluster`, and the images its node runs."""
 
 import os
 import subprocess
@@ -74,14 +75,59 @@ def run_xray(*args, timeout=600, env=None, check=True):
 
 @pytest.fixture(scope="session")
 def control_plane():
-    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK (2 nodes) on free 127.0.0.1 ports.
+    """The local cluster as `make cluster-up` starts it: etcd, kube-apiserver, kube-controller-manager,
+    kube-scheduler on free 127.0.0.1 ports, the real node xray-node (kubelet, containerd, CNI bridge, kube-proxy,
+    CoreDNS) and two KWOK nodes (tainted: only pods that tolerate the taint land there).
 
     Same code as `make cluster-up`, under its own root (build/cluster-pytest) so that it neither uses nor stops
-    a control plane the user started. Fails, never skips, when the binaries cannot be built.
+    a cluster the user started. Fails, never skips, when the binaries cannot be built or the node cannot start.
     """
-    from cluster.controlplane import ControlPlane
+    from xray.localcluster.controlplane import ControlPlane
 
     plane = ControlPlane(REPO / "build" / "cluster-pytest")
     plane.up()
     yield plane
     plane.down()
+
+
+PROJECT_IMAGE = "xray.local/xray:test"
+STANDIN_IMAGE = "xray.local/tfserving-standin:test"
+
+
+def _on_node(plane, image: str) -> bool:
+    from xray.localcluster import images
+    from xray.localcluster.node import Node
+
+    return images.normalize(image) in Node(plane).ctr("images", "ls", "-q").stdout.split()
+
+
+@pytest.fixture
+def project_image(control_plane):
+    """The project image built from the Dockerfile (cached by content in ~/.cache/xray/images) and loaded into
+    the node as xray.local/xray:test, the way `make image-load IMAGE=xray.local/xray TAG=test` does (once, unless
+    the node was restarted since)."""
+    if _on_node(control_plane, PROJECT_IMAGE):
+        return PROJECT_IMAGE
+    result = subprocess.run(["make", "image-load", "IMAGE=xray.local/xray", "TAG=test",
+                             f"CLUSTER_ROOT={control_plane.root}"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return PROJECT_IMAGE
+
+
+@pytest.fixture
+def standin_image(control_plane, project_image, tmp_path_factory):
+    """The TF Serving stand-in (tests/tfserving_stub.py) as an image on top of the project image
+    (tests/tfserving_standin/Dockerfile), loaded into the node: the real tensorflow/serving cannot be pulled here."""
+    import shutil
+
+    from xray.localcluster import images
+
+    if _on_node(control_plane, STANDIN_IMAGE):
+        return STANDIN_IMAGE
+
+    context = tmp_path_factory.mktemp("standin-context")
+    for path in (REPO / "tests" / "tfserving_standin").iterdir():
+        shutil.copy2(path, context / path.name)
+    shutil.copy2(REPO / "tests" / "tfserving_stub.py", context / "tfserving_stub.py")
+    control_plane.load_image(images.derived_archive("tfserving-standin", context), STANDIN_IMAGE)
+    return STANDIN_IMAGE

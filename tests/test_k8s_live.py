@@ -1,10 +1,12 @@
-"""The Kubernetes side against a real control plane (tests/cluster/: etcd, kube-apiserver,
-kube-controller-manager and kube-scheduler built from Kubernetes' own modules; KWOK fakes the kubelets).
+"""The Kubernetes side against a real control plane (xray/localcluster: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler built from Kubernetes' own modules), on its simulated KWOK nodes.
 
 What is real here: the API server's validation and Pod Security admission, the Job controller (indexes,
 hostnames, podFailurePolicy, replacements), the Deployment controller, the scheduler, the EndpointSlice
-controller, and every call `xray` and `make` make. What is not: no container runs, so pods complete or fail
-when KWOK's stages say (exit code from the pod-container-running-failed annotations).
+controller, and every call `xray` and `make` make. What is not: these pods run on KWOK nodes (the tests add
+the toleration for their taint and select them), so they complete or fail when KWOK's stages say (exit code
+from the pod-container-running-failed annotations): shapes and failures the real node cannot hold or would
+take minutes to show. The same flow in real containers: tests/test_k8s_real_node.py.
 """
 
 import json
@@ -27,6 +29,7 @@ OVERLAYS = sorted((p.parent.name, p.name) for p in (REPO / "k8s" / "overlays").g
                   if p.name not in ("namespace", "storage"))
 CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
 COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
+NODE_TAINT = "kwok.x-k8s.io/node"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
@@ -45,8 +48,9 @@ def get(plane, *args):
 
 
 def namespace(plane, name: str, tmp_path=None) -> str:
-    """The storage step (`make volume`): the namespace, restricted, and its claim, bound to a test volume."""
-    plane.provide_volume(name)
+    """The storage step (`make volume`): the namespace, restricted, and its claim, bound to a test volume that
+    KWOK's pods can use (no node affinity)."""
+    plane.provide_volume(name, on_node=False)
     out = (tmp_path or REPO / "build" / "k8s-live") / f"storage-{name}"
     run_xray("preflight", "--component", "storage", "--namespace", name, "--out", out,
              env={"KUBECONFIG": str(plane.kubeconfig)})
@@ -66,8 +70,19 @@ def render(plane, tmp_path, component: str, overlay: str = "local", ns: str = "x
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
+def on_kwok(objects: list[dict]) -> list[dict]:
+    """Every pod template (and pod) tolerates the KWOK nodes' taint and selects them: simulated, not the real node."""
+    for obj in objects:
+        spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"] if "template" in obj.get(
+            "spec", {}) else None
+        if spec is not None:
+            spec.setdefault("tolerations", []).append({"key": NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"})
+            spec["nodeSelector"] = {**spec.get("nodeSelector", {}), "type": "kwok"}
+    return objects
+
+
 def apply(plane, objects: list[dict]) -> subprocess.CompletedProcess:
-    return plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in objects))
+    return plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in on_kwok(objects)))
 
 
 def job_state(plane, ns: str, name: str) -> str | None:
@@ -294,40 +309,6 @@ def make(plane, target: str, *variables: str, timeout: int = 300) -> subprocess.
                            *variables], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_the_cluster_flow_data_tune_train_export_serve(control_plane, synth_dir, tmp_path):
-    """The README's cluster walk-through, make target by make target, in a fresh namespace."""
-    ns = "flow"
-    control_plane.provide_volume(ns)
-    common = [f"NAMESPACE={ns}", f"BUILD={tmp_path / 'build'}"]
-    # KWOK has no kubelet to exec into: the upload writes the same layout to a local folder instead.
-    steps = [("data-cluster", [f"SRC={synth_dir}", "UPLOAD_ARGS=--local", f"UPLOAD_DEST={tmp_path / 'incoming'}"]),
-             ("tune-cluster", ["PARALLEL=2"])]
-    best = tmp_path / "best_config.json"  # what `make tune` writes (trainer config format)
-    preset("demo").override(["model.dropout1=0.4", "train.learning_rate=0.0003"]).save(str(best))
-    steps += [("train-cluster", [f"CONFIG={best}", "OVERRIDES=train.epochs=3", "WORKERS=2"]),
-              ("export-cluster", []), ("deploy-serving", []), ("tensorboard", [])]
-    for target, variables in steps:
-        result = make(control_plane, target, *common, *variables)
-        assert result.returncode == 0, f"make {target}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        assert "violate" not in result.stderr, result.stderr
-    assert (tmp_path / "incoming" / "train" / "NORMAL").is_dir() and (tmp_path / "incoming" / ".done-train").exists()
-    assert get(control_plane, "namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    for job in ("xray-shards", "xray-tune-chief", "xray-tune-workers", "xray-train", "xray-export"):
-        assert job_state(control_plane, ns, job) == "Complete", job
-    assert control_plane.kubectl("get", "pod", "xray-upload", "-n", ns, check=False).returncode != 0 or \
-        get(control_plane, "pod", "xray-upload", "-n", ns)["metadata"].get("deletionTimestamp")
-    # The train pods start from the tuned config with the override.
-    (run,) = [c for c in get(control_plane, "configmaps", "-n", ns)["items"] if c["metadata"]["name"].startswith("xray-train-run")]
-    config = json.loads(run["data"]["config.json"])
-    assert (config["model"]["dropout1"], config["train"]["learning_rate"], config["train"]["epochs"]) == (0.4, 3e-4, 3)
-    pod = job_pods(control_plane, ns, "xray-train")[0]
-    assert pod["spec"]["containers"][0]["args"][-2:] == ["--config", "/etc/xray/run/config.json"]
-    # Deleting a component leaves the data: the claim survives kubectl delete -k of the training step.
-    control_plane.kubectl("delete", "-k", str(tmp_path / "build" / "k8s" / "train"), "--wait=false")
-    assert get(control_plane, "pvc", "xray-data", "-n", ns)["status"]["phase"] == "Bound"
-
-
 def test_three_workers_for_batch_16_are_refused_before_anything_is_applied(control_plane, tmp_path):
     ns = namespace(control_plane, "three", tmp_path)
     result = make(control_plane, "train-cluster", f"NAMESPACE={ns}", "WORKERS=3", f"BUILD={tmp_path / 'build'}")
@@ -351,9 +332,11 @@ def test_an_export_refused_by_the_gate_ends_the_watch_with_3(control_plane, tmp_
 
 
 def test_make_cluster_up_and_down_beside_another_control_plane(control_plane, tmp_path):
-    """A second control plane (other ports, other data) next to the session's; cluster-down leaves no process."""
+    """A second control plane (other ports, other data; KWOK nodes only: the machine holds one real node) next
+    to the session's; cluster-down leaves no process."""
     build = tmp_path / "build"
-    up = subprocess.run(["make", "cluster-up", f"BUILD={build}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    up = subprocess.run(["make", "cluster-up", f"BUILD={build}", "NODE=0"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     kubeconfig = build / "cluster" / "kubeconfig"
     assert f"KUBECONFIG={kubeconfig}" in up.stdout

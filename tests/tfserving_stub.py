@@ -879,7 +879,8 @@ class StubModelServer:
     loaded, without --allow_version_labels_for_unavailable_models).
     """
 
-    def __init__(self, options: Options | None = None, *, model_base: str | None = None, name: str = contract.MODEL_NAME):
+    def __init__(self, options: Options | None = None, *, model_base: str | None = None, name: str = contract.MODEL_NAME,
+                 address: str = "127.0.0.1", grpc_port: int = 0, rest_port: int = 0):
         if options is None:
             options = Options(model_name=name, model_base_path=str(model_base))
         if options.enable_batching and not options.max_batch_size:
@@ -895,8 +896,8 @@ class StubModelServer:
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=grpc_options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), self.grpc_server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), self.grpc_server)
-        self.grpc_port = self.grpc_server.add_insecure_port("127.0.0.1:0")
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(self))
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{address}:{grpc_port}")
+        self.http = ThreadingHTTPServer((address, rest_port), _rest_handler(self))
         self.rest_port = self.http.server_address[1]
 
     @property
@@ -989,3 +990,28 @@ def deployment_server(model_base: str, labels: dict[str, int] | None = None, con
     options = Options.from_args(deployment_args(), model_config_file=str(config_path),
                                 batching_parameters_file=str(batching), **overrides)
     return StubModelServer(options)
+
+
+def main(argv: list[str]) -> int:
+    """`tensorflow_model_server` with our Deployment's flags, in the stand-in image the local cluster runs
+    (tests/tfserving_standin/): gRPC on --port, REST on --rest_api_port, on every address of the pod."""
+    import signal
+    import sys
+
+    ports = {"port": 8500, "rest_api_port": 8501}
+    for arg in argv:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name in ports:
+            ports[name] = int(value)
+    try:
+        server = StubModelServer(Options.from_args(argv), address="0.0.0.0", grpc_port=ports["port"],
+                                 rest_port=ports["rest_api_port"]).start()
+    except Status as error:  # TF Serving's main exits when its first config is refused
+        print(f"tensorflow_model_server (stand-in): {error.code.name}: {error.message}", file=sys.stderr)
+        return 1
+    print(f"tensorflow_model_server (stand-in): gRPC on :{server.grpc_port}, REST on :{server.rest_port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0

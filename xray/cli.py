@@ -493,7 +493,8 @@ def _add_preflight(sub):
                        epilog="overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5")
     p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
     p.add_argument("--overlay", default="local", help="k8s/overlays/<overlay> (local, gpu)")
-    p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving, storage)")
+    p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving and storage); serving: a "
+                   "TF Serving image in place of the overlay's tensorflow/serving:2.21.0")
     p.add_argument("--workers", type=int, default=2, help="training workers / tuning trial workers")
     p.add_argument("--data", default="/mnt/xray/shards", help="shards URI as the pods see it")
     p.add_argument("--workdir", default="", help="run directory as the pods see it (default: the overlay's)")
@@ -502,6 +503,7 @@ def _add_preflight(sub):
     p.add_argument("--storage-class", default="", help="storage: the claim's storage class (default: the cluster's)")
     p.add_argument("--src", default="", help="shards: the image folder on the volume (default: the overlay's)")
     p.add_argument("--deadline", type=int, default=0, help="train: activeDeadlineSeconds (default: the manifest's, 3 days)")
+    p.add_argument("--max-trials", type=int, default=0, help="tune: the number of trials (default: the overlay's)")
     p.add_argument("--namespace", default="xray")
     p.add_argument("--out", required=True, help="directory for the rendered kustomization")
     p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
@@ -514,7 +516,7 @@ def _run_preflight(args):
 
     request = kube.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
                                  args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
-                                 args.deadline)
+                                 args.deadline, args.max_trials)
     try:
         warnings = kube.preflight(request, args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
@@ -551,6 +553,10 @@ def _run_upload(args):
 
 def _add_jobs(sub):
     p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: status, watch, logs, delete",
+                       epilog="watch exits 0 when the job succeeded, 1 when it failed, 3 when the export gate refused "
+                       "the model, 4 when a pod cannot start or run (the reason in one line: image pull errors, "
+                       "unschedulable, an unbound claim, OOMKilled, a crash loop) or none started in time. "
+                       "watch deployment/NAME follows a Deployment's rollout the same way.",
                        description="Like kubectl, for our jobs: one row per worker pod (index, phase, restarts, node, age), "
                        "the latest epoch and metrics from the chief's log, recent warning events, and a summary.")
     p.add_argument("action", choices=("status", "watch", "logs", "delete"))
@@ -560,6 +566,11 @@ def _add_jobs(sub):
     p.add_argument("-f", "--follow", action="store_true", help="logs: stream")
     p.add_argument("--tail", type=int, default=None, help="logs: last N lines")
     p.add_argument("--interval", type=float, default=10.0, help="watch: seconds between refreshes")
+    p.add_argument("--stuck-after", type=float, default=45.0, help="watch: give up (exit 4) when a pod has been unable "
+                   "to start or run this many seconds: image pull errors, unschedulable, a volume that does not mount, "
+                   "a crash loop (an OOM kill or an image name that can never be pulled: at once)")
+    p.add_argument("--start-timeout", type=float, default=900.0, help="watch: give up (exit 4) when no pod has "
+                   "started running after this many seconds")
     p.set_defaults(run=_run_jobs)
 
 
@@ -571,8 +582,12 @@ def _run_jobs(args):
             state, text = kube.status(args.name, args.namespace)
             print(text)
             return kube.WATCH_EXIT.get(state, 0)
+        if args.action == "watch" and args.name.startswith("deployment/"):
+            return kube.rollout(args.name.split("/", 1)[1], args.namespace, min(args.interval, 2),
+                                limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
         if args.action == "watch":
-            return kube.watch(args.name, args.namespace, args.interval)
+            return kube.watch(args.name, args.namespace, args.interval,
+                              limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
         if args.action == "logs":
             kube.logs(args.name, args.namespace, args.index, args.follow, args.tail)
             return 0

@@ -156,8 +156,68 @@ def latest_epoch(log_text: str) -> dict | None:
     return None
 
 
-def job_summary(job) -> tuple[str, str]:
-    """(state, explanation): state is running, succeeded, failed or pending."""
+# Why a pod cannot start or keep running, from its status and events. Each is named in `xray jobs status`;
+# `watch` gives up on one with exit 4 (WATCH_STUCK) once it has lasted `stuck_after` seconds (at once for the
+# ones that never heal by waiting: a name the runtime will never pull, an OOM kill).
+IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+START_ERRORS = IMAGE_ERRORS + ("CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                               "CrashLoopBackOff")
+FINAL = ("ErrImageNeverPull", "InvalidImageName", "OOMKilled")
+WATCH_STUCK = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocker:
+    pod: str
+    reason: str  # one of START_ERRORS, OOMKilled, FailedScheduling, FailedMount
+    message: str
+
+    def line(self) -> str:
+        return f"pod {self.pod}: {self.reason}: {self.message}"
+
+
+def blockers(pods, events) -> list[Blocker]:
+    """What keeps the job's pods from running, newest pod of each index first, then failed pods killed for memory."""
+    found = []
+    newest = newest_per_index(pods)
+    for pod in newest:
+        name = pod.metadata.name
+        if pod.status.phase == "Succeeded":
+            continue
+        for status in (pod.status.init_container_statuses or []) + (pod.status.container_statuses or []):
+            waiting = status.state.waiting if status.state else None
+            if waiting and waiting.reason in START_ERRORS:
+                found.append(Blocker(name, waiting.reason, (waiting.message or "").strip() or status.image))
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+                found.append(Blocker(name, "FailedScheduling", (condition.message or "").strip()))
+        for event in events:
+            if event.involved_object.name == name and event.type == "Warning" and event.reason == "FailedMount":
+                found.append(Blocker(name, "FailedMount", (event.message or "").strip()))
+                break
+    for pod in pods:
+        for status in pod.status.container_statuses or []:
+            for state in (status.state, status.last_state):
+                if state and state.terminated and state.terminated.reason == "OOMKilled":
+                    limit = _memory_limit(pod, status.name)
+                    found.append(Blocker(pod.metadata.name, "OOMKilled", f"container {status.name} was killed for "
+                                         f"memory (limit {limit}): raise its memory limit or lower the batch"))
+    unique = {}
+    for blocker in found:
+        unique.setdefault((blocker.pod, blocker.reason), blocker)
+    return list(unique.values())
+
+
+def _memory_limit(pod, container: str) -> str:
+    for spec in pod.spec.containers or []:
+        if spec.name == container and spec.resources and spec.resources.limits:
+            return spec.resources.limits.get("memory", "none")
+    return "none"
+
+
+def job_summary(job, pods=None) -> tuple[str, str]:
+    """(state, explanation): state is running, succeeded, failed or pending. With the job's pods, a job whose
+    active pods have not started (Pending: unscheduled, pulling, creating) is pending, not running."""
     status = job.status
     for condition in status.conditions or []:
         if condition.status != "True":
@@ -170,14 +230,17 @@ def job_summary(job) -> tuple[str, str]:
                 return "refused", ("the export gate refused the model (its test AUC is below the serving version's); "
                                    "the served model is unchanged. Details: xray jobs logs xray-export")
             return "failed", f"{condition.reason}: {message}".strip()
+    counts = f"{status.active or 0} active, {status.succeeded or 0} succeeded, {status.failed or 0} failed pod(s)"
+    if status.active and (pods is None or any(p.status.phase == "Running" for p in newest_per_index(pods))):
+        return "running", counts
     if status.active:
-        return "running", f"{status.active} active, {status.succeeded or 0} succeeded, {status.failed or 0} failed pod(s)"
+        return "pending", f"no pod running yet: {counts}"
     return "pending", "no pod running yet"
 
 
 def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
-    state, explanation = job_summary(job)
+    state, explanation = job_summary(job, pods)
     lines = [f"job {job.metadata.namespace}/{job.metadata.name}: {state.upper()} ({explanation})",
              f"{'INDEX':5s}  {'POD':32s}  {'PHASE':9s}  {'RESTARTS':8s}  {'NODE':20s}  {'AGE':5s}  REASON"]
     for row in pod_rows(pods, now):
@@ -192,6 +255,10 @@ def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = N
             lines.append(f"  {rate}")
     else:
         lines.append("no finished epoch yet")
+    stuck = blockers(pods, events) if state in ("running", "pending") else []
+    if stuck:
+        lines.append("not running:")
+        lines += [f"  {blocker.line()}" for blocker in stuck]
     warnings = [e for e in events if e.type == "Warning"]
     if warnings:
         lines.append("recent warnings:")
@@ -236,22 +303,101 @@ def gather(name: str, namespace: str):
 
 
 def status(name: str, namespace: str) -> tuple[str, str]:
+    state, text, _ = _status(name, namespace)
+    return state, text
+
+
+def _status(name: str, namespace: str) -> tuple[str, str, list[Blocker]]:
     job, pods, events, log = gather(name, namespace)
-    return job_summary(job)[0], format_status(job, pods, events, log)
+    state = job_summary(job, pods)[0]
+    return state, format_status(job, pods, events, log), blockers(pods, events)
 
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "refused": 3}
 
 
-def watch(name: str, namespace: str, interval_s: float = 10, out=print) -> int:
-    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused."""
+@dataclasses.dataclass(frozen=True)
+class WatchLimits:
+    """How long `watch` waits on a pod that cannot start (stuck_after) and for the first pod to run at all."""
+
+    stuck_after_s: float = 45
+    start_timeout_s: float = 900
+
+
+def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits()) -> int:
+    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused,
+    4 (WATCH_STUCK) when a pod cannot start or run (named in one line on stderr) or nothing started in time."""
+    import sys
+
+    start = time.monotonic()
+    first_seen: dict[tuple[str, str], float] = {}
+    started = False
     while True:
-        state, text = status(name, namespace)
+        state, text, stuck = _status(name, namespace)
         out(text)
         if state in WATCH_EXIT:
             return WATCH_EXIT[state]
+        now = time.monotonic()
+        started = started or state == "running"
+        for blocker in stuck:
+            first_seen.setdefault((blocker.pod, blocker.reason), now)
+        for blocker in stuck:
+            if blocker.reason in FINAL or now - first_seen[(blocker.pod, blocker.reason)] >= limits.stuck_after_s:
+                print(f"error: job {namespace}/{name} cannot run: {blocker.line()}", file=sys.stderr)
+                return WATCH_STUCK
+        if not started and now - start >= limits.start_timeout_s:
+            print(f"error: job {namespace}/{name}: no pod started in {limits.start_timeout_s:.0f} s (see the table above; "
+                  f"kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={name})", file=sys.stderr)
+            return WATCH_STUCK
         time.sleep(interval_s)
         out("")
+
+
+def rollout(name: str, namespace: str, interval_s: float = 2, out=print, limits: WatchLimits = WatchLimits()) -> int:
+    """`kubectl rollout status` for a Deployment that names why its pods do not start: 0 once every replica is
+    updated and available; 4 (WATCH_STUCK) as `watch` gives up (one line on stderr)."""
+    import sys
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core, _, context = load_clients()
+    apps = client.AppsV1Api()
+    start = time.monotonic()
+    first_seen: dict[tuple[str, str], float] = {}
+    while True:
+        try:
+            deployment = _api_call(context, apps.read_namespaced_deployment, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise ClusterError(f"no deployment {name} in namespace {namespace} (context {context})") from None
+            raise
+        spec, status = deployment.spec, deployment.status
+        want = spec.replicas if spec.replicas is not None else 1
+        updated, available = status.updated_replicas or 0, status.available_replicas or 0
+        if ((status.observed_generation or 0) >= deployment.metadata.generation and updated == want
+                and available >= want and (status.replicas or 0) == want):
+            out(f"deployment {namespace}/{name}: {available}/{want} replica(s) available")
+            return 0
+        selector = ",".join(f"{k}={v}" for k, v in (spec.selector.match_labels or {}).items())
+        pods = _api_call(context, core.list_namespaced_pod, namespace, label_selector=selector).items
+        names = {p.metadata.name for p in pods}
+        events = [e for e in _api_call(context, core.list_namespaced_event, namespace).items
+                  if e.involved_object.name in names]
+        stuck = blockers(pods, events)
+        out(f"deployment {namespace}/{name}: {available}/{want} replica(s) available, {updated} updated"
+            + "".join(f"\n  {blocker.line()}" for blocker in stuck))
+        now = time.monotonic()
+        for blocker in stuck:
+            first_seen.setdefault((blocker.pod, blocker.reason), now)
+            if blocker.reason in FINAL or now - first_seen[(blocker.pod, blocker.reason)] >= limits.stuck_after_s:
+                print(f"error: deployment {namespace}/{name} cannot roll out: {blocker.line()}", file=sys.stderr)
+                return WATCH_STUCK
+        if now - start >= limits.start_timeout_s:
+            print(f"error: deployment {namespace}/{name}: not available after {limits.start_timeout_s:.0f} s "
+                  f"({available}/{want} available)", file=sys.stderr)
+            return WATCH_STUCK
+        time.sleep(interval_s)
 
 
 def logs(name: str, namespace: str, index: int = 0, follow: bool = False, tail: int | None = None, out=print) -> None:
@@ -312,11 +458,41 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
     except RenderError as error:
         raise ClusterError(str(error)) from None
     if check_cluster:
-        warnings += _cluster_checks(request)
+        warnings += _cluster_checks(request, out_dir)
     return warnings
 
 
-def _cluster_checks(request: RenderRequest) -> list[str]:
+def _claim_spec(claim) -> tuple[str, tuple[str, ...], str]:
+    spec = claim["spec"] if isinstance(claim, dict) else claim.spec.to_dict()
+    resources = spec.get("resources") or {}
+    return (spec.get("storageClassName") or spec.get("storage_class_name") or "",
+            tuple(sorted(spec.get("accessModes") or spec.get("access_modes") or [])),
+            str((resources.get("requests") or {}).get("storage", "")))
+
+
+def _keep_claim(request: RenderRequest, claim, out_dir: str | Path) -> list[str]:
+    """The storage step on an existing claim: its class, access modes and size cannot change (the API server
+    refuses), so the rendered claim is pinned to what exists; asking for something else is refused here."""
+    from xray.render import kustomize, pin_claim
+
+    have_class, have_modes, have_size = _claim_spec(claim)
+    wanted = next(o for o in kustomize(Path(out_dir)) if o["kind"] == "PersistentVolumeClaim")
+    want_class, want_modes, want_size = _claim_spec(wanted)
+    where = f"claim xray-data in namespace {request.namespace}"
+    fix = (f"use another NAMESPACE, or delete the claim and the data on it (kubectl -n {request.namespace} delete pvc "
+           "xray-data) and run make volume again")
+    if request.storage_class and request.storage_class != have_class:
+        raise ClusterError(f"{where} exists with storage class {have_class or '(none)'}, and a claim's class cannot "
+                           f"change (STORAGE_CLASS={request.storage_class}): {fix}")
+    if not set(want_modes) <= set(have_modes):
+        raise ClusterError(f"{where} exists as {','.join(have_modes)} {have_size}; overlay {request.overlay} needs "
+                           f"{','.join(want_modes)} {want_size}, and a claim's access modes cannot change: {fix}")
+    pin_claim(out_dir, have_class, have_modes, have_size)
+    return [f"{where} exists (class {have_class or '(none)'}, {','.join(have_modes)}, {have_size}, "
+            f"{claim.status.phase}): kept as it is"]
+
+
+def _cluster_checks(request: RenderRequest, out_dir: str | Path) -> list[str]:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -328,6 +504,8 @@ def _cluster_checks(request: RenderRequest) -> list[str]:
         if claim.status.phase != "Bound" and request.component != "storage":
             warnings.append(f"volume claim xray-data is {claim.status.phase}: pods wait until it is bound "
                             "(needs a ReadWriteMany storage class on multi-node clusters; see STORAGE_CLASS)")
+        if request.component == "storage":
+            return _keep_claim(request, claim, out_dir)
     except ApiException as error:
         if error.status != 404:
             raise

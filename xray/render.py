@@ -40,7 +40,7 @@ class RenderError(Exception):
 class RenderRequest:
     component: str  # one of WORKLOADS
     overlay: str = "local"
-    image: str = ""  # registry/name:tag of the project image
+    image: str = ""  # registry/name:tag of the project image (serving: of TF Serving; default the overlay's)
     workers: int = 2  # training workers, or tuning trial workers
     data: str = "/mnt/xray/shards"
     workdir: str = ""  # train/tune: the run directory; export: the run to export
@@ -50,6 +50,7 @@ class RenderRequest:
     storage_class: str = ""  # storage: the claim's storage class (default: the cluster's default class)
     src: str = ""  # shards: the image folder on the volume
     deadline_s: int = 0  # train: activeDeadlineSeconds (0: the manifest's)
+    max_trials: int = 0  # tune: the search's trial count (0: the overlay's)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -160,6 +161,21 @@ def _strategic(kind: str, name: str, spec: dict) -> dict:
     return {"target": {"kind": kind, "name": name}, "patch": json.dumps(body)}
 
 
+def pin_claim(out_dir: str | Path, storage_class: str, access_modes: tuple[str, ...], size: str) -> None:
+    """Adds to a rendered storage step a patch that keeps the claim exactly as it exists on the cluster."""
+    import yaml
+
+    path = Path(out_dir) / "kustomization.yaml"
+    doc = yaml.safe_load(path.read_text())
+    ops = [{"op": "replace", "path": "/spec/accessModes", "value": list(access_modes)},
+           {"op": "replace", "path": "/spec/resources/requests/storage", "value": size}]
+    if storage_class:
+        ops.append({"op": "add", "path": "/spec/storageClassName", "value": storage_class})
+    doc["patches"] = [p for p in doc.get("patches", []) if p["target"].get("kind") != "PersistentVolumeClaim"]
+    doc["patches"].append({"target": {"kind": "PersistentVolumeClaim", "name": "xray-data"}, "patch": json.dumps(ops)})
+    path.write_text("# Written by xray preflight; do not edit (re-run it).\n" + yaml.safe_dump(doc, sort_keys=False))
+
+
 def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     """Writes ``out_dir/kustomization.yaml`` (and config.json for train/tune); returns the directory."""
     import yaml
@@ -170,9 +186,10 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     (out / "config.json").unlink(missing_ok=True)  # a previous render's; written again below when needed
     doc: dict = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                  "namespace": request.namespace, "resources": [os.path.relpath(overlay, out)]}
-    if request.component in PROJECT_IMAGE and request.image:
+    if request.image:  # the project image, or for serving a TF Serving image in place of the overlay's
         name, tag = split_image(request.image)
-        doc["images"] = [{"name": "xray", "newName": name, **({"newTag": tag} if tag else {})}]
+        base = "xray" if request.component in PROJECT_IMAGE else "tensorflow/serving"
+        doc["images"] = [{"name": base, "newName": name, **({"newTag": tag} if tag else {})}]
     patches, generators = [], []
     literals = []
     if request.component == "train":
@@ -188,6 +205,8 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
         patches += run_patches
     if request.component in ("train", "tune", "export"):
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
+    if request.component == "tune" and request.max_trials:
+        literals.append(f"XRAY_MAX_TRIALS={request.max_trials}")
     if request.component == "shards":
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_SRC={request.src}"] if request.src else [])
     if literals:

@@ -1,15 +1,16 @@
-"""A local Kubernetes control plane for tests: real etcd, kube-apiserver, kube-controller-manager and
-kube-scheduler built from Kubernetes' own Go modules (tests/cluster/build.sh), with KWOK faking the kubelets
-of a few nodes. No container runs and no image is pulled; admission, the Job and Deployment controllers,
-the scheduler and every API call are the real ones.
+"""A local Kubernetes cluster: real etcd, kube-apiserver, kube-controller-manager and kube-scheduler built
+from Kubernetes' own Go modules (build.sh), one real node that runs containers (node.py: kubelet, containerd,
+CNI bridge, kube-proxy, CoreDNS), and KWOK faking the kubelets of two more nodes for shapes this machine cannot
+hold (many workers, GPUs). The KWOK nodes carry the taint kwok.x-k8s.io/node=fake:NoSchedule when the real
+node is there, so that only a pod that asks for a simulated node lands on one.
 
-    python tests/cluster/controlplane.py up      # make cluster-up: prints the kubeconfig path
-    python tests/cluster/controlplane.py down    # make cluster-down: stops what `up` started, removes its data
+    python -m xray.localcluster up      # make cluster-up: prints the kubeconfig path
+    python -m xray.localcluster down    # make cluster-down: stops what `up` started, removes its data
 
-Test infrastructure in the manner of controller-runtime's envtest and kwokctl: processes started with
-explicit flags, readiness waited for, one log per component under <root>/logs/, everything stopped by PID.
-Ports are picked free at start and data lives under the clone's build/cluster/, so two clones run side by
-side. Never imported by product code.
+In the manner of controller-runtime's envtest and kwokctl: processes started with explicit flags, readiness
+waited for, one log per component under <root>/logs/, everything stopped by PID. Ports are picked free at
+start and data lives under the clone's build/cluster/, so two control planes run side by side (one of them
+with the real node: its bridge, cgroup root and iptables chains are the machine's own).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from xray.localcluster.node import STORAGE_CLASS, Node, NodeError
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_ROOT = REPO / "build" / "cluster"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
 NUM_NODES = 2
+KWOK_TAINT = {"key": NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 # The KWOK stages the nodes and pods go through (files kept by build.sh from KWOK's module): nodes become
 # Ready; pods get an IP and run; Job pods complete with exit 0 after the delay in their
 # pod-complete.stage.kwok.x-k8s.io/delay annotation (about a second without it), or fail with the exit
@@ -49,7 +53,7 @@ def build() -> Path:
     """Builds (or finds in the cache) the binaries; returns the cache directory holding bin/ and kwok-stages/."""
     result = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise ControlPlaneError(f"tests/cluster/build.sh failed with exit {result.returncode} (its output is above)")
+        raise ControlPlaneError(f"xray/localcluster/build.sh failed with exit {result.returncode} (its output is above)")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -103,8 +107,10 @@ class ControlPlane:
     # Start
     # ------------------------------------------------------------------------------------------------
 
-    def up(self, timeout_s: float = 180) -> Path:
-        """Starts every component unless this root's control plane is already running; returns the kubeconfig."""
+    def up(self, timeout_s: float = 180, node: bool = True) -> Path:
+        """Starts every component unless this root's cluster is already running; returns the kubeconfig.
+
+        node=False: the control plane with KWOK nodes only (no container runs)."""
         if self.running():
             return self.kubeconfig
         self.down()
@@ -115,7 +121,7 @@ class ControlPlane:
         ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
                                                  "kwok")}
         token = secrets.token_hex(16)
-        state = {"binaries": bins, "ports": ports, "pids": {}, "root": str(self.root)}
+        state = {"binaries": bins, "ports": ports, "pids": {}, "root": str(self.root), "real_node": node}
         self._save(state)
         try:
             self._credentials(token)
@@ -127,7 +133,12 @@ class ControlPlane:
             self._start(state, "kube-controller-manager", self._controller_manager_args(ports))
             self._start(state, "kube-scheduler", self._scheduler_args(ports))
             self._start(state, "kwok", self._kwok_args(ports, cache))
-            self._create_nodes(timeout_s)
+            self._create_nodes(timeout_s, tainted=node)
+            if node:
+                Node(self).up(state, cache, timeout_s)
+        except NodeError as error:
+            self.down(keep_logs=True)
+            raise ControlPlaneError(str(error)) from None
         except BaseException:
             self.down(keep_logs=True)
             raise
@@ -142,6 +153,17 @@ class ControlPlane:
             subprocess.run(["openssl", "genrsa", "-out", str(pki / "sa.key"), "2048"], check=True, capture_output=True)
             subprocess.run(["openssl", "rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")],
                            check=True, capture_output=True)
+        if not (pki / "kubelet-client.crt").exists():
+            # The API server's client certificate for the kubelet (logs, exec, port-forward); the kubelet trusts
+            # this CA alone and admits no anonymous request.
+            openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-days", "3650"]
+            subprocess.run([*openssl, "-x509", "-keyout", str(pki / "kubelet-ca.key"), "-out", str(pki / "kubelet-ca.crt"),
+                            "-subj", "/CN=xray-kubelet-client-ca"], check=True, capture_output=True)
+            subprocess.run([*openssl, "-keyout", str(pki / "kubelet-client.key"), "-out", str(pki / "kubelet-client.csr"),
+                            "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client"], check=True, capture_output=True)
+            subprocess.run(["openssl", "x509", "-req", "-in", str(pki / "kubelet-client.csr"), "-CA",
+                            str(pki / "kubelet-ca.crt"), "-CAkey", str(pki / "kubelet-ca.key"), "-CAcreateserial",
+                            "-days", "3650", "-out", str(pki / "kubelet-client.crt")], check=True, capture_output=True)
 
     def _etcd_args(self, ports: dict) -> list[str]:
         client = f"http://127.0.0.1:{ports['etcd']}"
@@ -160,7 +182,9 @@ class ControlPlane:
                 f"--token-auth-file={pki / 'tokens.csv'}", "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                "--service-cluster-ip-range=10.96.0.0/16", "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
                 # Privileged pods are allowed by the API server so that a refusal can only come from Pod Security
                 # admission (on by default); nodes are created by the tests, not by kubelets, and must not
                 # keep the not-ready taint that TaintNodesByCondition puts on new nodes.
@@ -184,7 +208,7 @@ class ControlPlane:
         stages = [f"--config={cache / 'kwok-stages' / name}" for name in STAGES]
         return [f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
-                "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1", f"--server-address=127.0.0.1:{ports['kwok']}",
+                "--cidr=10.250.0.0/16", "--node-ip=10.0.0.1", f"--server-address=127.0.0.1:{ports['kwok']}",
                 *stages]
 
     def _start(self, state: dict, name: str, args: list[str]) -> None:
@@ -237,7 +261,7 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def _create_nodes(self, timeout_s: float) -> None:
+    def _create_nodes(self, timeout_s: float, tainted: bool) -> None:
         import yaml
 
         # Room for every overlay at once: the base requests 8 CPU / 24 GiB per training worker, the gpu overlay a
@@ -252,6 +276,7 @@ class ControlPlane:
                              "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                         "kubernetes.io/arch": "amd64", "type": "kwok",
                                         "nvidia.com/gpu.present": "true"}},
+                "spec": {"taints": [KWOK_TAINT]} if tainted else {},
                 "status": {"allocatable": capacity, "capacity": capacity},
             })
         self.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(n) for n in nodes))
@@ -267,36 +292,45 @@ class ControlPlane:
             time.sleep(0.5)
         raise ControlPlaneError(f"KWOK did not make {NUM_NODES} nodes Ready in {timeout_s:.0f} s; see {self.logs}")
 
-    def provide_volume(self, namespace: str, claim: str = "xray-data") -> None:
-        """A PersistentVolume bound in advance to namespace/claim (no storage provisioner runs here)."""
-        self.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{claim}"},
-            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{namespace}-{claim}"},
-                     "claimRef": {"namespace": namespace, "name": claim}}}))
+    def provide_volume(self, namespace: str, claim: str = "xray-data", on_node: bool = True) -> None:
+        """A PersistentVolume bound in advance to namespace/claim: a `local:` volume on the real node, or for pods
+        on the KWOK nodes a hostPath under this root (nothing mounts it: no container runs there)."""
+        name = f"{namespace}-{claim}"
+        if on_node and self._state().get("real_node"):
+            volume = Node(self).volume(name, claim=(namespace, claim))
+        else:
+            volume = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+                      "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                               "persistentVolumeReclaimPolicy": "Retain",
+                               "hostPath": {"path": str(self.root / "volumes" / name)},
+                               "claimRef": {"namespace": namespace, "name": claim}}}
+            if self._state().get("real_node"):  # the claim gets the node's default class: the volume must match
+                volume["spec"]["storageClassName"] = STORAGE_CLASS
+        self.kubectl("apply", "-f", "-", input=json.dumps(volume))
+
+    def load_image(self, archive: Path, *names: str) -> None:
+        """Imports an image archive into the real node's containerd under each of `names` (kind load, here)."""
+        if not self._state().get("real_node"):
+            raise ControlPlaneError(f"the cluster at {self.root} has no real node (started with NODE=0): no image "
+                                    "can be loaded")
+        try:
+            Node(self).load(archive, *names)
+        except NodeError as error:
+            raise ControlPlaneError(str(error)) from None
 
     # ------------------------------------------------------------------------------------------------
     # Stop
     # ------------------------------------------------------------------------------------------------
 
     def down(self, keep_logs: bool = True) -> list[str]:
-        """Stops the components this root started (by PID, newest first) and removes the data; returns their names."""
+        """Stops what this root started (the node first, then the control plane by PID, newest first), takes
+        back what the node added to the host, and removes the data; returns the names of what was stopped."""
         state = self._state()
-        stopped = []
-        for name, pid in reversed(list(state.get("pids", {}).items())):
-            binary = state["binaries"][name]
-            if not self._alive(pid, binary):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while self._alive(pid, binary) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if self._alive(pid, binary):
-                os.kill(pid, signal.SIGKILL)
-            if name in self._processes:
-                self._processes.pop(name).wait()  # reap our own child
-            stopped.append(name)
-        for sub in ("data", "pki"):
+        stopped = Node(self).down(state) if state.get("node") else []
+        for name in reversed(list(state.get("pids", {}))):
+            if self._stop(state, name):
+                stopped.append(name)
+        for sub in ("data", "pki", "node", "volumes"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for path in (self.state_file, self.kubeconfig):
             path.unlink(missing_ok=True)
@@ -304,10 +338,39 @@ class ControlPlane:
             shutil.rmtree(self.logs, ignore_errors=True)
         return stopped
 
+    def _stop(self, state: dict, name: str) -> bool:
+        """SIGTERM, then SIGKILL after 15 s, to the component `name` if it still runs; True when it did."""
+        pid = state.get("pids", {}).get(name)
+        if pid is None:
+            return False
+        binary = state["binaries"][name]
+        alive = self._alive(pid, binary)
+        if alive:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while self._alive(pid, binary) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._alive(pid, binary):
+                os.kill(pid, signal.SIGKILL)
+        if name in self._processes:
+            self._processes.pop(name).wait()  # reap our own child
+        return alive
+
+
+USAGE = """usage: python -m xray.localcluster COMMAND
+  up [--no-node]        start the cluster under $XRAY_CLUSTER_ROOT (default build/cluster); --no-node: KWOK only
+  down                  stop it, take back what the node added to the host, remove its data (logs stay)
+  build                 build (or find in the cache) the binaries; prints their folder
+  image NAME[:TAG]...   build the project image from the Dockerfile (cached by content) and load it into the
+                        node's containerd under each NAME"""
+
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("up", "down", "build"):
-        print("usage: controlplane.py up|down|build", file=sys.stderr)
+    from xray.localcluster import host, images
+
+    if not argv or argv[0] not in ("up", "down", "build", "image") or argv[0] != "up" and "--no-node" in argv \
+            or argv[0] == "image" and len(argv) < 2 or argv[0] in ("down", "build") and len(argv) > 1:
+        print(USAGE, file=sys.stderr)
         return 2
     root = Path(os.environ.get("XRAY_CLUSTER_ROOT", DEFAULT_ROOT))
     plane = ControlPlane(root)
@@ -315,16 +378,20 @@ def main(argv: list[str]) -> int:
         if argv[0] == "build":
             print(build())
         elif argv[0] == "up":
-            kubeconfig = plane.up()
-            print(f"control plane up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
+            node = "--no-node" not in argv
+            kubeconfig = plane.up(node=node)
+            what = "control plane, node xray-node and 2 KWOK nodes" if node else "control plane and 2 KWOK nodes"
+            print(f"{what} up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
+        elif argv[0] == "image":
+            if not plane.running():
+                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
+            archive = images.project_archive(log=lambda line: print(line, file=sys.stderr))
+            plane.load_image(archive, *argv[1:])
+            print(f"loaded {', '.join(argv[1:])} into node xray-node ({archive.name})")
         else:
             stopped = plane.down()
             print(f"stopped {', '.join(stopped) or 'nothing (not running)'}; data removed, logs kept in {plane.logs}")
-    except ControlPlaneError as error:
+    except (ControlPlaneError, host.HostError, images.ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,235 @@
+"""The cluster flow in real containers: the local cluster's real node (kubelet, containerd, runc, CNI bridge,
+kube-proxy, CoreDNS; xray/localcluster/node.py) runs the project image built from the Dockerfile.
+
+Each test goes through the commands the README gives a user (`make data-cluster`, `make train-cluster`, ...,
+`xray predict` through `kubectl port-forward`), against real pods. Where a test needs something a user would not
+do, its name and docstring say so (killing a container through the node's runtime; reading the volume from the
+node's disk).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_xray
+from xray.localcluster import node as localnode
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+IMAGE, TAG = "xray.local/xray", "test"
+
+
+def make(plane, target: str, *variables: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG=str(plane.kubeconfig))
+    return subprocess.run(["make", target, f"IMAGE={IMAGE}", f"TAG={TAG}", "WATCH_INTERVAL=2", *variables], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def get(plane, *args):
+    return json.loads(plane.kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_for(what: str, predicate, timeout_s: float = 300, interval_s: float = 1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def volume_dir(plane, namespace: str) -> Path:
+    """The folder on the node's disk behind namespace/xray-data (a `local:` volume)."""
+    claim = get(plane, "pvc", "xray-data", "-n", namespace)
+    return Path(get(plane, "pv", claim["spec"]["volumeName"])["spec"]["local"]["path"])
+
+
+def run_pod(plane, namespace: str, name: str, script: str, timeout_s: float = 120) -> tuple[str, str]:
+    """Runs `python -c script` in a pod of the project image; returns (phase, log)."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+           "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "probe", "image": f"{IMAGE}:{TAG}", "command": ["python", "-c", script],
+                                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}]}}
+    plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    phase = wait_for(f"pod {name} to finish", lambda: get(plane, "pod", name, "-n", namespace)["status"].get("phase")
+                     in ("Succeeded", "Failed") and get(plane, "pod", name, "-n", namespace)["status"]["phase"],
+                     timeout_s)
+    return phase, plane.kubectl("logs", name, "-n", namespace).stdout
+
+
+def fresh_namespace(plane, name: str) -> str:
+    plane.kubectl("create", "namespace", name)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_the_node_is_real_and_the_kwok_nodes_only_take_pods_that_ask(control_plane):
+    nodes = get(control_plane, "nodes")["items"]
+    (real,) = [n for n in nodes if n["metadata"]["name"] == localnode.NODE_NAME]
+    assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert real["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.4"
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in real["status"]["conditions"])
+    wide = control_plane.kubectl("get", "nodes", "-o", "wide").stdout
+    assert re.search(rf"^{localnode.NODE_NAME}\s+Ready\b.*containerd://", wide, re.M), wide
+    kwok = [n for n in nodes if n["metadata"]["name"].startswith("kwok-node-")]
+    assert len(kwok) == 2 and all(n["spec"]["taints"][0]["key"] == "kwok.x-k8s.io/node" for n in kwok)
+
+
+def test_pods_resolve_cluster_names_and_no_packet_leaves_the_machine(control_plane, project_image, tmp_path):
+    """A pod reaches the API through cluster DNS names, gets REFUSED for any other name (nothing is forwarded),
+    and its connection to an address outside the pod range fails at once on the host. The outside address is a
+    network namespace this test makes, with a listener the host itself can reach, so the refusal is the node's
+    rule and not an absent server."""
+    ns = fresh_namespace(control_plane, "netcheck")
+    outside = "xray-outside"
+    host_ip, peer_ip = "10.253.0.1", "10.253.0.2"
+    subprocess.run(["ip", "netns", "add", outside], check=True)
+    try:
+        for args in (["ip", "link", "add", "xray-out0", "type", "veth", "peer", "name", "xray-out1", "netns", outside],
+                     ["ip", "addr", "add", f"{host_ip}/30", "dev", "xray-out0"], ["ip", "link", "set", "xray-out0", "up"],
+                     ["ip", "-n", outside, "addr", "add", f"{peer_ip}/30", "dev", "xray-out1"],
+                     ["ip", "-n", outside, "link", "set", "xray-out1", "up"],
+                     ["ip", "-n", outside, "link", "set", "lo", "up"],
+                     ["ip", "-n", outside, "route", "add", "default", "via", host_ip]):
+            subprocess.run(args, check=True)
+        listener = subprocess.Popen(["ip", "netns", "exec", outside, sys.executable, "-c",
+                                     "import socket; s = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(); "
+                                     "print('ready', flush=True); [s.accept()[0].close() for _ in iter(int, 1)]"],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout.readline().strip() == "ready"
+            socket.create_connection((peer_ip, 8080), timeout=5).close()  # the host reaches it: it is up
+            script = f"""
+import socket, time
+print("api", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
+try:
+    socket.gethostbyname("example.com")
+    print("outside-name resolved")
+except socket.gaierror as error:
+    print("outside-name refused", error.errno)
+start = time.monotonic()
+try:
+    socket.create_connection(("{peer_ip}", 8080), timeout=20).close()
+    print("outside connected")
+except OSError as error:
+    print(f"outside refused after {{time.monotonic() - start:.1f}} s: {{error}}")
+"""
+            phase, log = run_pod(control_plane, ns, "netcheck", script)
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        subprocess.run(["ip", "link", "del", "xray-out0"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", outside], capture_output=True)
+    assert phase == "Succeeded", log
+    assert "api 10.96.0.1" in log and "outside-name refused" in log, log
+    refused = re.search(r"outside refused after ([\d.]+) s: .*(unreachable|refused)", log)
+    assert refused and float(refused.group(1)) < 2, log
+
+
+def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_image, synth_dir, tmp_path):
+    """The README's cluster walk-through on the real node, make target by make target, in a fresh namespace:
+    upload through `kubectl exec`, shards, 2 tuning trials, 2 workers that find each other by DNS, a worker
+    killed mid-run (through the node's runtime, as the kernel's OOM killer or a node problem would), export,
+    serving through its real probes, predictions through `kubectl port-forward`, status, logs, TensorBoard."""
+    ns = "flow"
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    common = [f"NAMESPACE={ns}", f"BUILD={tmp_path / 'build'}"]
+
+    def step(target, *variables, timeout=900):
+        result = make(control_plane, target, *common, *variables, timeout=timeout)
+        assert result.returncode == 0, f"make {target}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        assert "violate" not in result.stderr, result.stderr
+        return result
+
+    data = step("data-cluster", f"SRC={synth_dir}")
+    assert "train: sending" in data.stderr and "SUCCEEDED" in data.stdout
+    volume = volume_dir(control_plane, ns)
+    assert (volume / "incoming" / "chest_xray" / ".done-train").exists()
+    assert json.loads((volume / "shards" / "manifest.json").read_text())["shards"]["train"]
+
+    tune = step("tune-cluster", "PARALLEL=2", "TRIALS=2", "OVERRIDES=train.epochs=1")
+    assert "SUCCEEDED" in tune.stdout
+    assert (volume / "runs" / "tune" / "best_config.json").exists()
+
+    # Training: 2 workers; once the first epoch is done, worker 1's container is killed on the node.
+    train = subprocess.Popen(["make", "train-cluster", f"IMAGE={IMAGE}", f"TAG={TAG}", "WATCH_INTERVAL=2", "WORKERS=2",
+                              "OVERRIDES=train.epochs=4", *common], cwd=REPO, env=dict(os.environ, **env),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = volume / "runs" / "train" / "history.jsonl"
+    try:
+        wait_for("the first finished epoch", lambda: history.exists() and history.read_text().strip(), 900, 2)
+        (pod,) = [p for p in get(control_plane, "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=xray-train")["items"]
+                  if p["spec"]["hostname"] == "xray-train-1" and p["status"]["phase"] == "Running"]
+        container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+        localnode.Node(control_plane).ctr("tasks", "kill", "--signal", "SIGKILL", container)
+        out, err = train.communicate(timeout=1200)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 0, out[-4000:] + err[-4000:]
+    assert "SUCCEEDED" in out
+    epochs = [json.loads(line)["epoch"] for line in history.read_text().splitlines() if line.strip()]
+    assert epochs == [1, 2, 3, 4], epochs  # resumed from the backup: no finished epoch trained twice
+    pods = get(control_plane, "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=xray-train")["items"]
+    killed = [p for p in pods if p["metadata"]["name"] == pod["metadata"]["name"]][0]
+    assert killed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    assert len(pods) > 2  # the group was replaced
+    logs = step("logs", "JOB=xray-train")
+    assert "Epoch" in logs.stdout  # TensorFlow's own progress lines, printed inside the chief's pod
+    status = step("status", "JOB=xray-train")
+    assert status.stdout.startswith(f"job {ns}/xray-train: SUCCEEDED")
+
+    export = step("export-cluster")
+    assert "SUCCEEDED" in export.stdout and (volume / "models" / "1" / "saved_model.pb").exists()
+
+    step("deploy-serving", f"SERVING_IMAGE={standin_image}")
+    with port_forward(control_plane, ns, "svc/xray-serving", 8500, 8501) as (grpc_port, rest_port):
+        films = sorted((synth_dir / "test").rglob("*.png"))[:3]
+        for transport in (["--grpc", f"127.0.0.1:{grpc_port}"], ["--rest", f"http://127.0.0.1:{rest_port}"]):
+            result = run_xray("predict", *films, *transport, "--format", "jsonl", env=env)
+            rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+            assert len(rows) == 3 and all(0 <= r["probability"] <= 1 and r["label"] in ("NORMAL", "PNEUMONIA")
+                                          for r in rows), result.stdout
+    step("tensorboard")
+    with port_forward(control_plane, ns, "svc/xray-tensorboard", 6006) as (port,):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"TensorBoard" in response.read()
+
+
+class port_forward:
+    """`kubectl port-forward TARGET :p1 :p2 ...` on free local ports; yields the local ports in order."""
+
+    def __init__(self, plane, namespace: str, target: str, *ports: int):
+        self.args = ["kubectl", f"--kubeconfig={plane.kubeconfig}", "-n", namespace, "port-forward", target,
+                     *[f":{p}" for p in ports]]
+        self.count = len(ports)
+
+    def __enter__(self):
+        self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        local = []
+        while len(local) < self.count:
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"kubectl port-forward ended: {self.process.stderr.read()}")
+            found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+            if found:
+                local.append(int(found.group(1)))
+        return tuple(local)
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=10)

@@ -1,0 +1,61 @@
+"""`make cluster-up` / `make cluster-down` with the real node: tear-down gives the machine back as it was."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO
+from xray.localcluster import host
+from xray.localcluster.controlplane import ControlPlane
+
+pytestmark = pytest.mark.cluster
+
+
+def _kubectl(kubeconfig, *args, input=None):
+    return subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], input=input, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cluster_down_leaves_the_host_as_cluster_up_found_it(tmp_path):
+    """Starts a cluster with its node (stopping the test session's own first, if it runs: one node per machine),
+    runs a pod with volumes on it, and leaves it running for `make cluster-down` to clean up. Mounts, links,
+    routes, iptables chains, top-level cgroups, sysctls, the runtime's fixed paths and processes compare equal."""
+    session = ControlPlane(REPO / "build" / "cluster-pytest")
+    restart = session.running()
+    if restart:
+        session.down()
+    try:
+        before = host.snapshot()
+        build = tmp_path / "build"
+        up = subprocess.run(["make", "cluster-up", f"BUILD={build}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=900)
+        assert up.returncode == 0, up.stdout + up.stderr
+        kubeconfig = build / "cluster" / "kubeconfig"
+        state = json.loads((build / "cluster" / "state.json").read_text())
+        during = host.snapshot()
+        assert during != before and "xray0" in during["links"]  # the comparison below can see a change
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "left-running", "namespace": "default"},
+               "spec": {"containers": [{"name": "c", "image": "xray.local/pause:3.10",
+                                        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"},
+                                                         {"name": "config", "mountPath": "/config"}]}],
+                        "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}},
+                                    {"name": "config", "configMap": {"name": "kube-root-ca.crt"}}]}}
+        assert _kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(pod)).returncode == 0
+        ready = _kubectl(kubeconfig, "wait", "--for=condition=Ready", "pod/left-running", "--timeout=120s")
+        assert ready.returncode == 0, ready.stderr
+        down = subprocess.run(["make", "cluster-down", f"BUILD={build}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert down.returncode == 0 and "containerd" in down.stdout, down.stdout + down.stderr
+        after = host.snapshot()
+        for key in before:
+            assert after[key] == before[key], f"{key} differs after cluster-down"
+        for name, pid in state["pids"].items():
+            assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1][:3], name
+        shims = subprocess.run(["pgrep", "-f", str(build / "cluster")], capture_output=True, text=True).stdout.split()
+        assert not shims, shims
+    finally:
+        if restart:
+            session.up()
