@@ -196,7 +196,7 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
 
     step("deploy-serving", f"SERVING_IMAGE={standin_image}")
     with port_forward(control_plane, ns, "svc/xray-serving", 8500, 8501) as (grpc_port, rest_port):
-        films = sorted((synth_dir / "test").rglob("*.png"))[:3]
+        films = sorted((synth_dir / "test").rglob("*.jpeg"))[:3]
         for transport in (["--grpc", f"127.0.0.1:{grpc_port}"], ["--rest", f"http://127.0.0.1:{rest_port}"]):
             result = run_xray("predict", *films, *transport, "--format", "jsonl", env=env)
             rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -233,3 +233,74 @@ class port_forward:
     def __exit__(self, *exc):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# What make says when a pod cannot run: the reason, within a minute, one line, a non-zero exit.
+# ----------------------------------------------------------------------------------------------------
+
+STUCK = {
+    # An image no registry serves: the "registry" is a closed port on this machine (no lookup leaves it).
+    "missing-image": ("train-cluster", ["IMAGE=127.0.0.1:1/xray", "TAG=missing", "WORKERS=1"],
+                      r"(ErrImagePull|ImagePullBackOff): .*127\.0\.0\.1:1/xray:missing"),
+    # A GPU worker: only the (tainted) KWOK nodes have GPUs, and the real node has none.
+    "no-node-fits": ("train-cluster", ["OVERLAY=gpu", "WORKERS=1"], r"FailedScheduling: 0/3 nodes are available"),
+    # A claim of a storage class that has no volume: it stays Pending, the pods unschedulable.
+    "unbound-claim": ("train-cluster", ["STORAGE_CLASS=xray-empty", "WORKERS=1"],
+                      r"FailedScheduling: .*unbound immediate PersistentVolumeClaims"),
+    # TF Serving's command in an image that does not have it: the container fails at every start.
+    "crash-loop": ("deploy-serving", [f"SERVING_IMAGE={IMAGE}:{TAG}"], r"(CrashLoopBackOff|RunContainerError)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STUCK))
+def test_make_names_why_a_pod_cannot_run(control_plane, project_image, tmp_path, case):
+    target, variables, reason = STUCK[case]
+    if case == "unbound-claim":
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "xray-empty"},
+            "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}))
+    start = time.monotonic()
+    result = make(control_plane, target, f"NAMESPACE=stuck-{case}", f"BUILD={tmp_path / 'build'}", "STUCK_AFTER=20",
+                  *variables, timeout=300)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and "Error 4" in result.stderr, result.stdout[-2000:] + result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert re.search(reason, line), line
+    assert elapsed < 120, elapsed  # named within a minute or so of the pod's first status, not after 10 minutes
+    assert "RUNNING" not in result.stdout  # a pod that never ran is never reported as running
+
+
+def test_an_oom_killed_worker_is_named_by_jobs_watch(control_plane, project_image):
+    """A container that outgrows its memory limit: the kernel kills it, `xray jobs watch` says so and exits 4."""
+    ns = fresh_namespace(control_plane, "stuck-oom")
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hungry", "namespace": ns},
+           "spec": {"backoffLimit": 3, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+               "name": "worker", "image": f"{IMAGE}:{TAG}",
+               "command": ["python", "-c", "b = bytearray(512 << 20); import time; time.sleep(60)"],
+               "resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": "96Mi"}}}]}}}}
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(job))
+    result = run_xray("jobs", "watch", "hungry", "-n", ns, "--interval", "2", "--stuck-after", "60",
+                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False, timeout=240)
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"OOMKilled: container worker was killed for memory \(limit 96Mi\)", result.stderr), result.stderr
+
+
+def test_the_volume_step_keeps_an_existing_claim(control_plane, tmp_path):
+    """README step 2 with a storage class, then any later step (each runs make volume without it): the claim is
+    kept as it is. Asking it for another class or for an overlay's access modes it lacks is one line, exit 2."""
+    common = ["NAMESPACE=keep", f"BUILD={tmp_path / 'build'}"]
+    first = make(control_plane, "volume", *common, f"STORAGE_CLASS={localnode.STORAGE_CLASS}")
+    assert first.returncode == 0, first.stderr
+    again = make(control_plane, "volume", *common)
+    assert again.returncode == 0, again.stderr
+    assert f"claim xray-data in namespace keep exists (class {localnode.STORAGE_CLASS}, ReadWriteOnce, 5Gi" in again.stderr
+    assert "immutable" not in again.stderr
+    other = make(control_plane, "volume", *common, "STORAGE_CLASS=standard-rwx")
+    (line,) = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    assert other.returncode != 0 and "a claim's class cannot change (STORAGE_CLASS=standard-rwx)" in line
+    assert "kubectl -n keep delete pvc xray-data" in line
+    gpu = make(control_plane, "volume", *common, "OVERLAY=gpu")
+    (line,) = [line for line in gpu.stderr.splitlines() if line.startswith("error:")]
+    assert gpu.returncode != 0 and "overlay gpu needs ReadWriteMany" in line
+    assert get(control_plane, "pvc", "xray-data", "-n", "keep")["spec"]["storageClassName"] == localnode.STORAGE_CLASS

@@ -175,6 +175,11 @@ class Blocker:
     def line(self) -> str:
         return f"pod {self.pod}: {self.reason}: {self.message}"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What `watch` times: one pull problem however the kubelet names it between retries."""
+        return self.pod, "image" if self.reason in IMAGE_ERRORS else self.reason
+
 
 def blockers(pods, events) -> list[Blocker]:
     """What keeps the job's pods from running, newest pod of each index first, then failed pods killed for memory."""
@@ -340,9 +345,9 @@ def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: 
         now = time.monotonic()
         started = started or state == "running"
         for blocker in stuck:
-            first_seen.setdefault((blocker.pod, blocker.reason), now)
+            first_seen.setdefault(blocker.key, now)
         for blocker in stuck:
-            if blocker.reason in FINAL or now - first_seen[(blocker.pod, blocker.reason)] >= limits.stuck_after_s:
+            if blocker.reason in FINAL or now - first_seen[blocker.key] >= limits.stuck_after_s:
                 print(f"error: job {namespace}/{name} cannot run: {blocker.line()}", file=sys.stderr)
                 return WATCH_STUCK
         if not started and now - start >= limits.start_timeout_s:
@@ -389,8 +394,8 @@ def rollout(name: str, namespace: str, interval_s: float = 2, out=print, limits:
             + "".join(f"\n  {blocker.line()}" for blocker in stuck))
         now = time.monotonic()
         for blocker in stuck:
-            first_seen.setdefault((blocker.pod, blocker.reason), now)
-            if blocker.reason in FINAL or now - first_seen[(blocker.pod, blocker.reason)] >= limits.stuck_after_s:
+            first_seen.setdefault(blocker.key, now)
+            if blocker.reason in FINAL or now - first_seen[blocker.key] >= limits.stuck_after_s:
                 print(f"error: deployment {namespace}/{name} cannot roll out: {blocker.line()}", file=sys.stderr)
                 return WATCH_STUCK
         if now - start >= limits.start_timeout_s:

@@ -3,7 +3,7 @@ all on this machine, joined to the control plane of controlplane.py (the way kin
 container around it).
 
 What it sets up on the host, and what `down` takes away again:
-- containerd with its config, root, state and socket under <root>/node/ (the CRI plugin with
+- containerd with its config, root, state and socket under /var/lib/xray-node-<hash of the root>/ (the CRI plugin with
   restrict_oom_score_adj: root here may not lower an OOM score, see docs/local-control-plane.md);
 - the bridge `xray0` holding 10.244.0.1/24, the pods' gateway; pods get addresses from the CNI bridge and
   host-local plugins (Debian's containernetworking-plugins), with no masquerade;
@@ -12,12 +12,13 @@ What it sets up on the host, and what `down` takes away again:
 - the kubelet (cgroupfs driver, cgroup root /xray-node), kube-proxy (iptables mode, its KUBE-* chains), CoreDNS
   on 10.244.0.1 answering cluster.local only (no forward plugin is built in), behind the kube-dns Service;
 - a default StorageClass `xray-local` and a few `local:` PersistentVolumes on the node (folders under
-  <root>/node/volumes/), which the kubelet chowns to the pod's fsGroup;
+  /var/lib/xray-node-<hash>/volumes/), which the kubelet chowns to the pod's fsGroup;
 - sysctls the kubelet and kube-proxy set; the previous values are kept in state.json and written back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ DNS_SERVICE_IP = "10.96.0.10"
 CGROUP_ROOT = "xray-node"
 CHAIN = "XRAY-NODE"
 STORAGE_CLASS = "xray-local"
-NUM_VOLUMES = 4
+NUM_VOLUMES = 8
 COMPONENTS = ("containerd", "kubelet", "kube-proxy", "coredns")
 
 
@@ -55,8 +56,13 @@ class Node:
 
     def __init__(self, plane):
         self.plane = plane
-        self.dir = plane.root / "node"
-        self.sock = self.dir / "run" / "containerd.sock"
+        # The node's data (containerd's images and snapshots, the kubelet's pods and volumes, the local volumes)
+        # lives in a folder named after the cluster's root, not under it: the kubelet and containerd make unix
+        # sockets below their folders, a socket's path has at most 104 bytes, and a clone's path (a test's
+        # temporary folder) can be longer than that alone.
+        self.dir = Path("/var/lib") / f"xray-node-{hashlib.sha256(str(plane.root).encode()).hexdigest()[:10]}"
+        self.run_dir = self.dir / "run"
+        self.sock = self.run_dir / "containerd.sock"
 
     # ------------------------------------------------------------------------------------------------
     # Up
@@ -72,8 +78,9 @@ class Node:
         state["node"] = {"sysctls": host.sysctls(), "paths_before": [str(p) for p in (
             Path("/run/containerd"), Path("/var/lib/cni"), Path("/var/lib/kubelet")) if p.exists()]}
         self.plane._save(state)
-        for sub in ("run", "containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "volumes"):
+        for sub in ("containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "volumes"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._network()
         self._cgroup_root()
         state["binaries"].update({"containerd": "/usr/bin/containerd", "kubelet": str(cache / "bin" / "kubelet"),
@@ -136,7 +143,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [grpc]
   address = "{self.sock}"
 [ttrpc]
-  address = "{self.dir / 'run' / 'containerd-ttrpc.sock'}"
+  address = "{self.run_dir / 'containerd-ttrpc.sock'}"
 [{cri}]
   sandbox_image = "{images.PAUSE_IMAGE}"
   # Root here lacks CAP_SYS_RESOURCE: a sandbox that lowers its OOM score dies in runc create.
@@ -152,7 +159,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     runtime_type = "io.containerd.runc.v2"
   [{cri}.containerd.runtimes.runc.options]
     SystemdCgroup = false
-    Root = "{self.dir / 'run' / 'runc'}"
+    Root = "{self.run_dir / 'runc'}"
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.dir / 'cni' / 'net.d'}"
@@ -252,7 +259,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         self.plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
     def volume(self, name: str, claim: tuple[str, str] | None = None) -> dict:
-        """A `local:` PersistentVolume on this node (a folder under <root>/node/volumes/), optionally pre-bound."""
+        """A `local:` PersistentVolume on this node (a folder under its volumes/), optionally pre-bound."""
         path = self.dir / "volumes" / name
         path.mkdir(parents=True, exist_ok=True)
         spec = {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
@@ -340,6 +347,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             if path not in before:
                 host.unmount_under(Path(path))
                 _rmtree(Path(path))
+        _rmtree(self.dir)
         state.pop("node")
         self.plane._save(state)
         return stopped
