@@ -163,7 +163,7 @@ data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) 
 	$(XRAY) preflight --component upload --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
 	  --out $(BUILD)/k8s/upload
 	kubectl apply -k $(BUILD)/k8s/upload
-	kubectl -n $(NAMESPACE) wait --for=condition=Ready pod/xray-upload --timeout=10m
+	$(XRAY) jobs watch pod/xray-upload -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 	$(XRAY) upload "$(SRC)" --namespace $(NAMESPACE) --dest $(UPLOAD_DEST) $(UPLOAD_ARGS)
 	kubectl -n $(NAMESPACE) delete pod xray-upload --wait=false
 	$(XRAY) preflight --component shards --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \

@@ -59,3 +59,24 @@ def test_cluster_down_leaves_the_host_as_cluster_up_found_it(tmp_path):
     finally:
         if restart:
             session.up()
+
+
+def test_make_image_builds_the_dockerfile_on_a_local_base():
+    """`make image` as a user runs it, with BASE and PIP_CERT, against a real Docker engine (the private one the
+    local cluster builds with; its layers are cached from the tests' image, so this takes seconds when the sources
+    did not change). The image runs `xray` as uid 10001 and holds no CA bundle of the build."""
+    from xray.localcluster import images
+
+    with images.Engine() as engine:
+        engine.ensure_base(images.base_archive())
+        result = subprocess.run(["make", "image", "IMAGE=xray.local/make-image", "TAG=test", f"BASE={images.BASE_IMAGE}",
+                                 "PIP_CERT=/etc/ssl/certs/ca-certificates.crt"], cwd=REPO, capture_output=True, text=True,
+                                env=dict(engine.env, DOCKER_BUILDKIT="0"), timeout=1800)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert not (REPO / ".pip-cert.pem").exists()  # staged for the build only
+        ran = engine.run("run", "--rm", "--network=none", "--entrypoint", "sh", "xray.local/make-image:test", "-c",
+                         "id -u; xray --help | head -1; ls /src/.pip-cert.pem 2>&1 || true")
+        engine.run("image", "rm", "xray.local/make-image:test", check=False)
+    lines = ran.stdout.splitlines()
+    assert lines[0] == "10001" and lines[1].startswith("usage: xray"), ran.stdout
+    assert "No such file" in ran.stdout  # the build stage's CA bundle is not in the final image

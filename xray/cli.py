@@ -556,7 +556,8 @@ def _add_jobs(sub):
                        epilog="watch exits 0 when the job succeeded, 1 when it failed, 3 when the export gate refused "
                        "the model, 4 when a pod cannot start or run (the reason in one line: image pull errors, "
                        "unschedulable, an unbound claim, OOMKilled, a crash loop) or none started in time. "
-                       "watch deployment/NAME follows a Deployment's rollout the same way.",
+                       "watch deployment/NAME follows a Deployment's rollout the same way, watch pod/NAME a pod until "
+                       "it is Ready.",
                        description="Like kubectl, for our jobs: one row per worker pod (index, phase, restarts, node, age), "
                        "the latest epoch and metrics from the chief's log, recent warning events, and a summary.")
     p.add_argument("action", choices=("status", "watch", "logs", "delete"))
@@ -582,9 +583,10 @@ def _run_jobs(args):
             state, text = kube.status(args.name, args.namespace)
             print(text)
             return kube.WATCH_EXIT.get(state, 0)
-        if args.action == "watch" and args.name.startswith("deployment/"):
-            return kube.rollout(args.name.split("/", 1)[1], args.namespace, min(args.interval, 2),
-                                limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
+        if args.action == "watch" and args.name.startswith(("deployment/", "pod/")):
+            follow = kube.rollout if args.name.startswith("deployment/") else kube.pod_ready
+            return follow(args.name.split("/", 1)[1], args.namespace, min(args.interval, 2),
+                          limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
         if args.action == "watch":
             return kube.watch(args.name, args.namespace, args.interval,
                               limits=kube.WatchLimits(args.stuck_after, args.start_timeout))

@@ -329,54 +329,72 @@ class WatchLimits:
     start_timeout_s: float = 900
 
 
+class _StuckClock:
+    """How long each blocker has lasted, and whether `watch` should give up on it (one line on stderr)."""
+
+    def __init__(self, what: str, limits: WatchLimits):
+        self.what, self.limits = what, limits
+        self.start = time.monotonic()
+        self.first_seen: dict[tuple[str, str], float] = {}
+
+    def stuck(self, blockers_now: list[Blocker], started: bool, waiting_for: str = "no pod started", hint: str = "") -> bool:
+        import sys
+
+        now = time.monotonic()
+        for blocker in blockers_now:
+            self.first_seen.setdefault(blocker.key, now)
+            if blocker.reason in FINAL or now - self.first_seen[blocker.key] >= self.limits.stuck_after_s:
+                print(f"error: {self.what} cannot run: {blocker.line()}", file=sys.stderr)
+                return True
+        if not started and now - self.start >= self.limits.start_timeout_s:
+            print(f"error: {self.what}: {waiting_for} in {self.limits.start_timeout_s:.0f} s{hint}", file=sys.stderr)
+            return True
+        return False
+
+
 def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits()) -> int:
     """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused,
     4 (WATCH_STUCK) when a pod cannot start or run (named in one line on stderr) or nothing started in time."""
-    import sys
-
-    start = time.monotonic()
-    first_seen: dict[tuple[str, str], float] = {}
+    clock = _StuckClock(f"job {namespace}/{name}", limits)
     started = False
     while True:
         state, text, stuck = _status(name, namespace)
         out(text)
         if state in WATCH_EXIT:
             return WATCH_EXIT[state]
-        now = time.monotonic()
         started = started or state == "running"
-        for blocker in stuck:
-            first_seen.setdefault(blocker.key, now)
-        for blocker in stuck:
-            if blocker.reason in FINAL or now - first_seen[blocker.key] >= limits.stuck_after_s:
-                print(f"error: job {namespace}/{name} cannot run: {blocker.line()}", file=sys.stderr)
-                return WATCH_STUCK
-        if not started and now - start >= limits.start_timeout_s:
-            print(f"error: job {namespace}/{name}: no pod started in {limits.start_timeout_s:.0f} s (see the table above; "
-                  f"kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={name})", file=sys.stderr)
+        if clock.stuck(stuck, started, hint=f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={name})"):
             return WATCH_STUCK
         time.sleep(interval_s)
         out("")
 
 
+def _events_for(core, context: str, namespace: str, pods) -> list:
+    names = {p.metadata.name for p in pods}
+    return [e for e in _api_call(context, core.list_namespaced_event, namespace).items if e.involved_object.name in names]
+
+
+def _read(context: str, kind: str, call, name: str, namespace: str):
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return _api_call(context, call, name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise ClusterError(f"no {kind} {name} in namespace {namespace} (context {context})") from None
+        raise
+
+
 def rollout(name: str, namespace: str, interval_s: float = 2, out=print, limits: WatchLimits = WatchLimits()) -> int:
     """`kubectl rollout status` for a Deployment that names why its pods do not start: 0 once every replica is
     updated and available; 4 (WATCH_STUCK) as `watch` gives up (one line on stderr)."""
-    import sys
-
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     core, _, context = load_clients()
     apps = client.AppsV1Api()
-    start = time.monotonic()
-    first_seen: dict[tuple[str, str], float] = {}
+    clock = _StuckClock(f"deployment {namespace}/{name}", limits)
     while True:
-        try:
-            deployment = _api_call(context, apps.read_namespaced_deployment, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                raise ClusterError(f"no deployment {name} in namespace {namespace} (context {context})") from None
-            raise
+        deployment = _read(context, "deployment", apps.read_namespaced_deployment, name, namespace)
         spec, status = deployment.spec, deployment.status
         want = spec.replicas if spec.replicas is not None else 1
         updated, available = status.updated_replicas or 0, status.available_replicas or 0
@@ -386,21 +404,30 @@ def rollout(name: str, namespace: str, interval_s: float = 2, out=print, limits:
             return 0
         selector = ",".join(f"{k}={v}" for k, v in (spec.selector.match_labels or {}).items())
         pods = _api_call(context, core.list_namespaced_pod, namespace, label_selector=selector).items
-        names = {p.metadata.name for p in pods}
-        events = [e for e in _api_call(context, core.list_namespaced_event, namespace).items
-                  if e.involved_object.name in names]
-        stuck = blockers(pods, events)
+        stuck = blockers(pods, _events_for(core, context, namespace, pods))
         out(f"deployment {namespace}/{name}: {available}/{want} replica(s) available, {updated} updated"
             + "".join(f"\n  {blocker.line()}" for blocker in stuck))
-        now = time.monotonic()
-        for blocker in stuck:
-            first_seen.setdefault(blocker.key, now)
-            if blocker.reason in FINAL or now - first_seen[blocker.key] >= limits.stuck_after_s:
-                print(f"error: deployment {namespace}/{name} cannot roll out: {blocker.line()}", file=sys.stderr)
-                return WATCH_STUCK
-        if now - start >= limits.start_timeout_s:
-            print(f"error: deployment {namespace}/{name}: not available after {limits.start_timeout_s:.0f} s "
-                  f"({available}/{want} available)", file=sys.stderr)
+        if clock.stuck(stuck, False, f"not available ({available}/{want})"):
+            return WATCH_STUCK
+        time.sleep(interval_s)
+
+
+def pod_ready(name: str, namespace: str, interval_s: float = 2, out=print, limits: WatchLimits = WatchLimits()) -> int:
+    """`kubectl wait --for=condition=Ready pod/NAME` that names why the pod does not start: 0 once it is Ready,
+    1 when it ended, 4 (WATCH_STUCK) as `watch` gives up."""
+    core, _, context = load_clients()
+    clock = _StuckClock(f"pod {namespace}/{name}", limits)
+    while True:
+        pod = _read(context, "pod", core.read_namespaced_pod, name, namespace)
+        if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            out(f"pod {namespace}/{name}: Ready")
+            return 0
+        if pod.status.phase in ("Succeeded", "Failed"):
+            out(f"pod {namespace}/{name}: ended ({pod.status.phase}) before it was Ready")
+            return 1
+        stuck = blockers([pod], _events_for(core, context, namespace, [pod]))
+        out(f"pod {namespace}/{name}: {pod.status.phase}" + "".join(f"\n  {b.line()}" for b in stuck))
+        if clock.stuck(stuck, False, "not Ready"):
             return WATCH_STUCK
         time.sleep(interval_s)
 

@@ -138,8 +138,7 @@ def project_archive(log=print) -> Path:
     host.ensure_packages(host.BUILD_PACKAGES)
     base = base_archive(log)
     with Engine(log) as engine:
-        if engine.run("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
-            engine.run("load", "-i", str(base))
+        engine.ensure_base(base)
         reference = f"xray.local/xray:{key}"
         cert = os.environ.get("PIP_CERT") or _system_ca()
         log(f"building the project image from the Dockerfile (base {BASE_IMAGE}; minutes on a cold cache)")
@@ -235,6 +234,10 @@ class Engine:
                 raise ImageError(f"the private Docker engine did not start; see {IMAGES / 'dockerd.log'}")
             time.sleep(0.5)
         return self
+
+    def ensure_base(self, archive: Path) -> None:
+        if self.run("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
+            self.run("load", "-i", str(archive))
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True)
