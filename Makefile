@@ -223,8 +223,10 @@ bench: $(VENV)/.installed ## P1-P9 side-by-side benchmarks -> bench/results.json
 	$(BIN)/python -m bench.run --out bench/results.json $(if $(ONLY),--only $(ONLY))
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training, a local Kubernetes control plane)
-	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout.
+	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout:
+	@# the cluster's binaries, then the project image's archive (both cached in ~/.cache/xray).
 	bash xray/localcluster/build.sh >/dev/null
+	$(BIN)/python -m xray.localcluster image-archive >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 cluster-build: ## build the local cluster (Kubernetes v1.34 control plane, kubelet, kube-proxy, etcd, CoreDNS, KWOK; cached in ~/.cache/xray)

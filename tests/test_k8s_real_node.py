@@ -263,8 +263,13 @@ STUCK = {
     # A claim of a storage class that has no volume: it stays Pending, the pods unschedulable.
     "unbound-claim": ("train-cluster", ["STORAGE_CLASS=xray-empty", "WORKERS=1"],
                       r"FailedScheduling: .*unbound immediate PersistentVolumeClaims"),
-    # TF Serving's command in an image that does not have it: the container fails at every start.
-    "crash-loop": ("deploy-serving", [f"SERVING_IMAGE={IMAGE}:{TAG}"], r"(CrashLoopBackOff|RunContainerError)"),
+    # TensorBoard's command in an image that does not have it (the pause image): the container fails at every start.
+    "crash-loop": ("tensorboard", ["IMAGE=xray.local/pause", "TAG=3.10"], r"(CrashLoopBackOff|RunContainerError)"),
+    # Serving before any export: the read-only volume has no models/ folder for the Deployment's subPath mount.
+    "serving-before-export": ("deploy-serving", ["SERVING_IMAGE=xray.local/pause:3.10"],
+                              r"CreateContainerConfigError: .*subPath.*\"models\""),
+    # An image of a public registry: the node pulls from no registry (a closed local port stands for them all).
+    "public-image": ("deploy-serving", [], r"(ErrImagePull|ImagePullBackOff): .*tensorflow/serving:2\.21\.0.*127\.0\.0\.1:1"),
 }
 
 

@@ -211,10 +211,11 @@ class ControlPlane:
                 "--cidr=10.250.0.0/16", "--node-ip=10.0.0.1", f"--server-address=127.0.0.1:{ports['kwok']}",
                 *stages]
 
-    def _start(self, state: dict, name: str, args: list[str]) -> None:
+    def _start(self, state: dict, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.logs / f"{name}.log", "ab")
         process = subprocess.Popen([state["binaries"][name], *args], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root,
+                                   env={**os.environ, **env} if env else None)
         log.close()
         self._processes[name] = process
         state["pids"][name] = process.pid
@@ -362,14 +363,16 @@ USAGE = """usage: python -m xray.localcluster COMMAND
   down                  stop it, take back what the node added to the host, remove its data (logs stay)
   build                 build (or find in the cache) the binaries; prints their folder
   image NAME[:TAG]...   build the project image from the Dockerfile (cached by content) and load it into the
-                        node's containerd under each NAME"""
+                        node's containerd under each NAME
+  image-archive         build the project image's archive only (no cluster needed); prints its path"""
 
 
 def main(argv: list[str]) -> int:
     from xray.localcluster import host, images
 
-    if not argv or argv[0] not in ("up", "down", "build", "image") or argv[0] != "up" and "--no-node" in argv \
-            or argv[0] == "image" and len(argv) < 2 or argv[0] in ("down", "build") and len(argv) > 1:
+    if not argv or argv[0] not in ("up", "down", "build", "image", "image-archive") \
+            or argv[0] != "up" and "--no-node" in argv or argv[0] == "image" and len(argv) < 2 \
+            or argv[0] in ("down", "build", "image-archive") and len(argv) > 1:
         print(USAGE, file=sys.stderr)
         return 2
     root = Path(os.environ.get("XRAY_CLUSTER_ROOT", DEFAULT_ROOT))
@@ -382,6 +385,8 @@ def main(argv: list[str]) -> int:
             kubeconfig = plane.up(node=node)
             what = "control plane, node xray-node and 2 KWOK nodes" if node else "control plane and 2 KWOK nodes"
             print(f"{what} up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
+        elif argv[0] == "image-archive":
+            print(images.project_archive(log=lambda line: print(line, file=sys.stderr)))
         elif argv[0] == "image":
             if not plane.running():
                 raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")

@@ -39,6 +39,7 @@ CHAIN = "XRAY-NODE"
 STORAGE_CLASS = "xray-local"
 NUM_VOLUMES = 8
 COMPONENTS = ("containerd", "kubelet", "kube-proxy", "coredns")
+NO_REGISTRY = "http://127.0.0.1:1"
 
 
 class NodeError(RuntimeError):
@@ -86,7 +87,10 @@ class Node:
         state["binaries"].update({"containerd": "/usr/bin/containerd", "kubelet": str(cache / "bin" / "kubelet"),
                                   "kube-proxy": str(cache / "bin" / "kube-proxy"),
                                   "coredns": str(cache / "bin" / "coredns")})
-        self.plane._start(state, "containerd", ["--config", str(self._containerd_config())])
+        # No registry: containerd sends every pull through a "proxy" on a closed port of this machine (images come
+        # from make image-load), so a missing image fails at once and no registry's name is looked up outside.
+        self.plane._start(state, "containerd", ["--config", str(self._containerd_config())],
+                          env={"HTTP_PROXY": NO_REGISTRY, "HTTPS_PROXY": NO_REGISTRY, "NO_PROXY": ""})
         self._wait(lambda: self.ctr("version", check=False).returncode == 0, timeout_s, "containerd")
         self.load(images.pause_archive(cache / "bin" / "pause"))
         ports = {name: free_port() for name in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics",
