@@ -63,6 +63,19 @@ def model_base(trained_workdir, tmp_path_factory):
     return base
 
 
+def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0.5):
+    """The predicate's first true value, polled until the timeout (a cluster's state, not a sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
 def run_xray(*args, timeout=600, env=None, check=True):
     """Runs the real `xray` command line in a subprocess; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

@@ -18,9 +18,8 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, run_xray
+from conftest import REPO, run_xray, wait_for
 from trainer import cluster
-from trainer.config import preset
 
 pytestmark = pytest.mark.cluster
 
@@ -31,16 +30,6 @@ CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
 COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
 NODE_TAINT = "kwok.x-k8s.io/node"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
-
-
-def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def get(plane, *args):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_xray
+from conftest import REPO, run_xray, wait_for
 from xray.localcluster import node as localnode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -35,16 +35,6 @@ def make(plane, target: str, *variables: str, timeout: int = 900) -> subprocess.
 
 def get(plane, *args):
     return json.loads(plane.kubectl("get", *args, "-o", "json").stdout)
-
-
-def wait_for(what: str, predicate, timeout_s: float = 300, interval_s: float = 1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def volume_dir(plane, namespace: str) -> Path:

@@ -70,6 +70,9 @@ class Node:
     # ------------------------------------------------------------------------------------------------
 
     def up(self, state: dict, cache: Path, timeout_s: float) -> None:
+        if os.geteuid() != 0:
+            raise NodeError("the local cluster's node needs root (it makes a bridge, iptables rules and cgroups): run "
+                            "make cluster-up as root, or start the control plane alone with make cluster-up NODE=0")
         host.ensure_packages()
         others = [p for p in Path("/sys/fs/cgroup/memory").glob(f"{CGROUP_ROOT}") if any(p.iterdir())]
         if host.links() & {BRIDGE} or others:
