@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from xray.localcluster import host
 from xray.localcluster.node import STORAGE_CLASS, Node, NodeError
 
 HERE = Path(__file__).resolve().parent
@@ -55,12 +55,6 @@ def build() -> Path:
     if result.returncode != 0:
         raise ControlPlaneError(f"xray/localcluster/build.sh failed with exit {result.returncode} (its output is above)")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ControlPlane:
@@ -118,7 +112,7 @@ class ControlPlane:
         bins = {name: str(cache / "bin" / name) for name in COMPONENTS}
         for sub in ("data/etcd", "pki", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
+        ports = {name: host.free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
                                                  "kwok")}
         token = secrets.token_hex(16)
         state = {"binaries": bins, "ports": ports, "pids": {}, "root": str(self.root), "real_node": node}
@@ -368,7 +362,7 @@ USAGE = """usage: python -m xray.localcluster COMMAND
 
 
 def main(argv: list[str]) -> int:
-    from xray.localcluster import host, images
+    from xray.localcluster import images
 
     if not argv or argv[0] not in ("up", "down", "build", "image", "image-archive") \
             or argv[0] != "up" and "--no-node" in argv or argv[0] == "image" and len(argv) < 2 \

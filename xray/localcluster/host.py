@@ -64,6 +64,15 @@ def ensure_packages(commands: dict[str, str] = PACKAGES) -> list[str]:
     return missing
 
 
+def free_port() -> int:
+    """A free 127.0.0.1 port, for a component that is told its port on its command line."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(list(args), capture_output=True, text=True, input=input)
     if check and result.returncode != 0:

@@ -142,14 +142,8 @@ def project_archive(log=print) -> Path:
         reference = f"xray.local/xray:{key}"
         cert = os.environ.get("PIP_CERT") or _system_ca()
         log(f"building the project image from the Dockerfile (base {BASE_IMAGE}; minutes on a cold cache)")
-        engine.build(reference, cert)
-        tmp = out.with_suffix(".tmp")
-        engine.run("save", "-o", str(tmp), reference)
-        os.replace(tmp, out)
-        for old in IMAGES.glob("xray-*.tar"):
-            if old != out:
-                old.unlink(missing_ok=True)  # one project image per cache: the archives are ~3 GB each
-                engine.run("image", "rm", f"xray.local/xray:{old.stem.split('-', 1)[1]}", check=False)
+        engine.build(reference, cert=cert)
+        engine.save(reference, out)
     return out
 
 
@@ -163,22 +157,14 @@ def derived_archive(name: str, context: Path, log=print) -> Path:
     out = IMAGES / f"{name}-{key}.tar"
     if out.exists():
         return out
-    project_ref = f"xray.local/xray:{project.stem.split('-', 1)[1]}"
+    project_ref = f"xray.local/xray:{project.stem.rsplit('-', 1)[1]}"
     with Engine(log) as engine:
         if engine.run("image", "inspect", project_ref, check=False).returncode != 0:
             engine.run("load", "-i", str(project))
         reference = f"xray.local/{name}:{key}"
         log(f"building {reference} from {context}")
-        result = subprocess.run(["docker", "build", "--network=host", f"--build-arg=PROJECT_IMAGE={project_ref}",
-                                 "-t", reference, str(context)], env=engine.env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ImageError(f"docker build of {context} failed: {result.stderr.strip()[-1000:]}")
-        tmp = out.with_suffix(".tmp")
-        engine.run("save", "-o", str(tmp), reference)
-        os.replace(tmp, out)
-        for old in IMAGES.glob(f"{name}-*.tar"):
-            if old != out:
-                old.unlink(missing_ok=True)
+        engine.build(reference, context, f"PROJECT_IMAGE={project_ref}")
+        engine.save(reference, out)
     return out
 
 
@@ -245,21 +231,34 @@ class Engine:
             raise ImageError(f"docker {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result
 
-    def build(self, reference: str, cert: str | None) -> None:
-        """docker build of the repository's Dockerfile, as `make image` runs it, with the local base."""
-        staged = REPO / ".pip-cert.pem"
+    def build(self, reference: str, context: Path = REPO, build_arg: str = f"BASE={BASE_IMAGE}",
+              cert: str | None = None) -> None:
+        """docker build of context/Dockerfile (the repository's: as `make image` runs it, on the local base), on the
+        host network; `cert` is staged as the context's .pip-cert.pem for the build only."""
+        staged = context / ".pip-cert.pem"
         if cert:
             shutil.copyfile(cert, staged)
         try:
-            result = subprocess.run(
-                ["docker", "build", "--network=host", f"--build-arg=BASE={BASE_IMAGE}", "-t", reference, str(REPO)],
-                env=self.env, capture_output=True, text=True)
+            result = subprocess.run(["docker", "build", "--network=host", f"--build-arg={build_arg}", "-t", reference,
+                                     str(context)], env=self.env, capture_output=True, text=True)
         finally:
             staged.unlink(missing_ok=True)
         (IMAGES / "build.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            raise ImageError(f"docker build failed ({result.returncode}); see {IMAGES / 'build.log'}: "
+            raise ImageError(f"docker build of {context} failed ({result.returncode}); see {IMAGES / 'build.log'}: "
                              f"{result.stderr.strip()[-500:]}")
+
+    def save(self, reference: str, out: Path) -> None:
+        """docker save into `out`, whole or not at all; the archives (and images) of earlier keys of the same name
+        go: they are ~3 GB each."""
+        tmp = out.with_suffix(".tmp")
+        self.run("save", "-o", str(tmp), reference)
+        os.replace(tmp, out)
+        name, prefix = reference.rsplit(":", 1)[0], out.name.rsplit("-", 1)[0]
+        for old in IMAGES.glob(f"{prefix}-*.tar"):
+            if old != out:
+                old.unlink(missing_ok=True)
+                self.run("image", "rm", f"{name}:{old.stem.rsplit('-', 1)[1]}", check=False)
 
     def __exit__(self, *exc) -> None:
         if self.process is None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -44,12 +44,6 @@ NO_REGISTRY = "http://127.0.0.1:1"
 
 class NodeError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
@@ -96,7 +90,7 @@ class Node:
                           env={"HTTP_PROXY": NO_REGISTRY, "HTTPS_PROXY": NO_REGISTRY, "NO_PROXY": ""})
         self._wait(lambda: self.ctr("version", check=False).returncode == 0, timeout_s, "containerd")
         self.load(images.pause_archive(cache / "bin" / "pause"))
-        ports = {name: free_port() for name in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics",
+        ports = {name: host.free_port() for name in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics",
                                                  "dns", "dns-health", "dns-ready")}
         state["ports"].update({f"node-{k}": v for k, v in ports.items()})
         self.plane._save(state)
@@ -353,8 +347,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         for path in ("/run/containerd", "/var/lib/cni", "/var/lib/kubelet"):
             if path not in before:
                 host.unmount_under(Path(path))
-                _rmtree(Path(path))
-        _rmtree(self.dir)
+                shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
         state.pop("node")
         self.plane._save(state)
         return stopped
@@ -391,9 +385,3 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                     os.kill(int(proc.name), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
