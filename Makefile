@@ -63,12 +63,20 @@ PIP_CERT ?=
 NODE ?= 1
 # The local cluster's folder (state, kubeconfig, logs, the node's data).
 CLUSTER_ROOT ?= $(abspath $(BUILD))/cluster
+# make promote / promote-local: the label to move and where to (one of VERSION, FROM, ROLLBACK=1).
+LABEL ?=
+VERSION ?=
+FROM ?=
+ROLLBACK ?=
+WAIT ?=
+# make deploy-serving: the autoscaler's minimum number of replicas (default: the overlay's).
+REPLICAS ?=
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock
+  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock promote promote-local
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -126,14 +134,14 @@ export: $(VENV)/.installed ## export $(WORKDIR)'s best model to $(MODEL_BASE)/<v
 serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :$(GRPC_PORT), REST :$(REST_PORT)
 	@command -v docker >/dev/null 2>&1 || { echo "make serve runs TF Serving with Docker, which is not installed here."; \
 	  echo "Install Docker Engine (https://docs.docker.com/engine/install/), or run tensorflow_model_server yourself with"; \
-	  echo "  --model_config_file=$(SERVING_CONFIG)/models.config (base path /models/xray -> $(MODEL_BASE))."; exit 1; }
+	  echo "  --model_config_file=$(MODEL_BASE)/models.config (base path /models/xray -> $(MODEL_BASE))."; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "Docker is installed but its engine is not reachable (is the daemon running? are you in the docker group?)"; exit 1; }
 	@ls $(MODEL_BASE)/[0-9]* >/dev/null 2>&1 || { echo "no exported version under $(MODEL_BASE): run make export first"; exit 1; }
 	$(XRAY) export --model-base $(MODEL_BASE) --serving-config $(SERVING_CONFIG) --serving-base-path /models/xray
 	docker run --rm --name xray-serving -p $(GRPC_PORT):8500 -p $(REST_PORT):8501 \
 	  -v $(abspath $(MODEL_BASE)):/models/xray:ro -v $(abspath $(SERVING_CONFIG)):/config:ro \
 	  --entrypoint tensorflow_model_server $(or $(SERVING_IMAGE),tensorflow/serving:2.21.0) \
-	  --port=8500 --rest_api_port=8501 --model_config_file=/config/models.config \
+	  --port=8500 --rest_api_port=8501 --model_config_file=/models/xray/models.config \
 	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
 	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true
 
@@ -199,9 +207,22 @@ export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
 	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving \
-	  $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE))
+	  $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
 	kubectl apply -k $(BUILD)/k8s/serving
 	$(XRAY) jobs watch deployment/xray-serving -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+
+promote: image-set ## move a version label on the running TF Serving replicas (a Job): make promote LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
+	$(XRAY) preflight --component promote --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
+	  --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) $(if $(FROM),--from-label $(FROM)) \
+	  $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
+	kubectl -n $(NAMESPACE) delete job xray-promote --ignore-not-found --wait=true
+	kubectl apply -k $(BUILD)/k8s/promote
+	@status=0; $(XRAY) jobs watch xray-promote -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER) || status=$$?; \
+	  kubectl -n $(NAMESPACE) logs job/xray-promote --tail=60 || true; exit $$status
+
+promote-local: $(VENV)/.installed ## the same on make serve's server: make promote-local LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
+	$(XRAY) promote --model-base $(MODEL_BASE) --grpc localhost:$(GRPC_PORT) --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
+	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
 
 tensorboard: image-set volume ## TensorBoard over the runs on the volume; then: kubectl -n NAMESPACE port-forward svc/xray-tensorboard 6006
 	$(XRAY) preflight --component tensorboard --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \

@@ -73,10 +73,14 @@ def parse_status(body: dict) -> list[dict]:
     load's status; a 200 answer says nothing about whether any version can answer: read ``state``.
     """
     versions = []
-    for entry in body.get("model_version_status", []):
-        status = entry.get("status") or {}
-        versions.append({"version": int(entry["version"]), "state": entry.get("state", "UNKNOWN"),
-                         "error_code": status.get("error_code", "OK"), "error_message": status.get("error_message", "")})
+    try:
+        for entry in body.get("model_version_status", []):
+            status = entry.get("status") or {}
+            versions.append({"version": int(entry["version"]), "state": entry.get("state", "UNKNOWN"),
+                             "error_code": status.get("error_code", "OK"),
+                             "error_message": status.get("error_message", "")})
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ServingError("INTERNAL", f"malformed status answer: {str(body)[:200]}") from None
     return sorted(versions, key=lambda v: -v["version"])
 
 
@@ -86,8 +90,10 @@ def parse_metadata(body: dict) -> dict:
     try:
         spec = body["model_spec"]
         signature_defs = body["metadata"]["signature_def"]["signature_def"]
+        if not isinstance(spec, dict) or not isinstance(signature_defs, dict):
+            raise TypeError
     except (KeyError, TypeError):
-        raise ServingError("INTERNAL", f"unexpected metadata response: {str(body)[:200]}") from None
+        raise ServingError("INTERNAL", f"malformed metadata answer: {str(body)[:200]}") from None
 
     def tensors(infos: dict) -> dict:
         out = {}

@@ -1,4 +1,5 @@
-"""TF Serving gRPC client: Predict, GetModelMetadata (PredictionService), GetModelStatus (ModelService).
+"""TF Serving gRPC client: Predict, GetModelMetadata (PredictionService), GetModelStatus and
+HandleReloadConfigRequest (ModelService).
 
     client = GrpcClient("localhost:8500")
     client.predict([jpeg_bytes])  # -> [{"probability": 0.93, "label": "PNEUMONIA"}]
@@ -27,16 +28,30 @@ from serving import contract
 class GrpcClient:
     def __init__(self, target: str, model_name: str = contract.MODEL_NAME, version: int | None = None,
                  label: str | None = None, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
-                 tls: bool = False, root_certificates: bytes | None = None):
+                 tls: bool = False, root_certificates: bytes | None = None, ca_cert: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None, headers: dict | None = None):
+        """``tls`` (implied by ``ca_cert``/``client_cert``): verify the server against ``ca_cert`` (a PEM file;
+        default the system's roots) and present ``client_cert``/``client_key`` when given. ``headers`` go as
+        call metadata with every call (gRPC keys are lower case: Authorization -> authorization)."""
         if version is not None and label is not None:
             raise ValueError("give a version or a label, not both")
+        if bool(client_cert) != bool(client_key):
+            raise ValueError("a client certificate needs its key, and the key its certificate")
         self.target, self.model_name, self.version, self.label = target, model_name, version, label
+        self.metadata_pairs = [(key.strip().lower(), value.strip()) for key, value in (headers or {}).items()]
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.retry = Retry(retries, backoff)
         options = [("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", contract.MAX_MESSAGE_BYTES)]
-        if tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if tls or ca_cert or client_cert:
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(ca_cert) if ca_cert else root_certificates,
+                private_key=read(client_key) if client_key else None,
+                certificate_chain=read(client_cert) if client_cert else None)
             self.channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
@@ -100,6 +115,15 @@ class GrpcClient:
         response = self._call(self.models.GetModelStatus, request)
         return parse_status(json_format.MessageToDict(response, always_print_fields_with_no_presence=True))
 
+    def reload_config(self, config) -> None:
+        """ModelService.HandleReloadConfigRequest: the server takes ``config`` (a ModelServerConfig with a
+        model_config_list) as ServerCore::ReloadConfig does; a refusal is a ServingError with the server's code.
+        Retried as every call is: the same config sent twice changes nothing the second time."""
+        from tensorflow_serving.apis import model_management_pb2
+
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        self._call(self.models.HandleReloadConfigRequest, request)
+
     def metadata(self) -> dict:
         """{"name", "version", "signatures"} of the addressed version, as the REST client gives it."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self._model_spec(),
@@ -116,7 +140,7 @@ class GrpcClient:
 
     def _send(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self.metadata_pairs or None)
         except grpc.RpcError as error:
             code = error.code()
             details = error.details() or ""

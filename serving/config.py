@@ -5,14 +5,10 @@
 - ``monitoring.config`` MonitoringConfig: Prometheus metrics on the REST port
 
 With labels the version policy serves exactly the labelled versions (plus any "staged" version being
-loaded before a label moves to it); without labels it serves the latest one.
+loaded before a label moves to it); without labels or staged versions it serves the latest one.
+serving/promote.py moves labels on running servers.
 
-Moving a label is two steps on a real server (tensorflow_serving/model_servers/server_core.cc,
-UpdateModelVersionLabelMap, which runs BEFORE the new config's versions are loaded): a label may only name
-a version that is AVAILABLE, except that --allow_version_labels_for_unavailable_models (our Deployment sets
-it) lets a NEW label name a version still loading. Moving an existing label to a version that is not loaded
-is refused (FAILED_PRECONDITION) and the server keeps the old labels. So ``plan_label`` first stages the
-version (adds it to the policy, labels unchanged), and the label moves once the server reports it AVAILABLE.
+Moving a label on running servers is serving/promote.py's job (stage, wait for AVAILABLE, move).
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ def models_config(base_path: str, labels: dict[str, int] | None = None, name: st
         raise ValueError(f"unknown version label(s) {sorted(unknown)}; use {', '.join(contract.VERSION_LABELS)}")
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
-    if labels:
+    if labels or staged:
         model.model_version_policy.specific.versions.extend(sorted(set(labels.values()) | set(staged)))
         for label, version in sorted(labels.items()):
             model.version_labels[label] = version
@@ -75,44 +71,6 @@ def read_labels(model_base: str) -> dict[str, int]:
 
 def write_text_proto(message, path: str) -> None:
     write_atomic(path, text_format.MessageToString(message))
-
-
-def set_label(config_path: str, base_path: str, label: str, version: int, available: set[int]) -> dict[str, int]:
-    """Points ``label`` at ``version`` in models.config (created if missing) in one step; returns the labels.
-
-    Right for a new label, or a version the server already loads; see ``plan_label`` for the general case."""
-    if version not in available:
-        raise ValueError(f"version {version} does not exist under {base_path} (have {sorted(available)}); "
-                         "labels can only point at versions the server can load")
-    config = read_models_config(config_path) if tf.io.gfile.exists(config_path) else models_config(base_path)
-    labels, staged = labels_of(config), staged_of(config)
-    labels[label] = version
-    write_text_proto(models_config(base_path, labels, staged=staged - set(labels.values())), config_path)
-    return labels
-
-
-def plan_label(config_path: str, base_path: str, label: str, version: int, available: set[int]) -> str:
-    """"move" when the label can point at ``version`` now, "stage" when the version must load first.
-
-    Now: a new label (the Deployment's flag allows it for a version still loading), the same version, or a
-    version the policy already serves (labelled or staged). Otherwise the version is staged."""
-    if version not in available:
-        raise ValueError(f"version {version} does not exist under {base_path} (have {sorted(available)}); "
-                         "labels can only point at versions the server can load")
-    config = read_models_config(config_path) if tf.io.gfile.exists(config_path) else models_config(base_path)
-    labels = labels_of(config)
-    served = set(labels.values()) | staged_of(config)
-    if label not in labels or labels[label] == version or version in served:
-        return "move"
-    return "stage"
-
-
-def stage_version(config_path: str, base_path: str, version: int) -> set[int]:
-    """Adds ``version`` to the specific version policy without moving any label; returns the staged versions."""
-    config = read_models_config(config_path)
-    labels, staged = labels_of(config), staged_of(config) | {version}
-    write_text_proto(models_config(base_path, labels, staged=staged), config_path)
-    return staged
 
 
 def _local_schema():

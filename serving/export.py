@@ -331,6 +331,21 @@ def export(request: ExportRequest, log=print) -> dict:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         raise
+    ensure_models_config(request.model_base, request.model_name)
     log(f"exported version {version} to {final} (test AUC {serving_auc:.4f} through serving_default, threshold "
         f"{threshold:.3f})")
     return {**card, "path": final}
+
+
+def ensure_models_config(model_base: str, model_name: str = contract.MODEL_NAME, base_path: str | None = None) -> str:
+    """``<model_base>/models.config``, written when missing: the model at ``base_path`` (default /models/<name>, where
+    the Deployment and make serve mount the model base), newest version served, no label. TF Serving reads it at
+    start (--model_config_file) and xray promote keeps it in step with the running servers; an existing file is
+    left alone (it holds the labels)."""
+    from serving import config as serving_config
+
+    path = f"{model_base.rstrip('/')}/models.config"
+    if not tf.io.gfile.exists(path):
+        config = serving_config.models_config(base_path or f"/models/{model_name}", name=model_name)
+        serving_config.write_text_proto(config, path)
+    return path

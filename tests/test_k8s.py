@@ -199,7 +199,7 @@ def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():
 
 def test_serving_config_in_the_base_is_what_the_exporter_writes(tmp_path):
     serving_config.write_all(str(tmp_path), "/models/xray")
-    for name in ("models.config", "batching.config", "monitoring.config"):
+    for name in ("batching.config", "monitoring.config"):
         committed = (K8S / "base/serving/config" / name).read_text()
         assert committed == (tmp_path / name).read_text(), f"k8s/base/serving/config/{name} is stale"
 

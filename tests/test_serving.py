@@ -173,11 +173,16 @@ def test_config_files_parse_with_the_serving_protos(tmp_path):
 
 
 def test_labels_point_only_at_existing_versions(tmp_path):
-    path = str(tmp_path / "models.config")
-    assert serving_config.set_label(path, "/models/xray", "canary", 2, {1, 2}) == {"canary": 2}
-    assert serving_config.set_label(path, "/models/xray", "stable", 1, {1, 2}) == {"canary": 2, "stable": 1}
-    with pytest.raises(ValueError, match="version 5 does not exist"):
-        serving_config.set_label(path, "/models/xray", "stable", 5, {1, 2})
+    from serving import promote
+
+    base = str(tmp_path)
+    move = promote.move_label(base, "canary", 2, [], base_path="/models/xray", available={1, 2}, log=lambda _: None)
+    assert move.labels == {"canary": 2}
+    move = promote.move_label(base, "stable", 1, [], base_path="/models/xray", available={1, 2}, log=lambda _: None)
+    assert move.labels == {"canary": 2, "stable": 1} and move.previous is None
+    with pytest.raises(promote.PromoteError, match="version 5 does not exist"):
+        promote.move_label(base, "stable", 5, [], base_path="/models/xray", available={1, 2}, log=lambda _: None)
+    assert serving_config.read_labels(base) == {"canary": 2, "stable": 1}
     without = serving_config.models_config("/models/xray")
     assert without.model_config_list.config[0].model_version_policy.latest.num_versions == 1
 
@@ -329,51 +334,6 @@ def test_xray_predict_against_a_dead_server_is_one_line(synth_dir):
         assert "Traceback" not in result.stderr
     result = run_xray("predict", "/nonexistent/*.jpeg", "--grpc", "127.0.0.1:9", check=False)
     assert result.returncode == 2 and "no image files found" in result.stderr
-
-
-def test_export_label_moves_in_two_steps_on_a_server_that_requires_it(model_base, tmp_path):
-    """Moving stable from 1 to 2 (not loaded) in one step is refused by TF Serving (server_core.cc); the CLI stages
-    version 2, waits for the server to report it AVAILABLE, then moves the label."""
-    base = tmp_path / "models"
-    base.mkdir()
-    for version in ("1", "2"):
-        (base / version).symlink_to(model_base / version, target_is_directory=True)
-    stub = deployment_server(str(base), labels={"stable": 1}, config_dir=str(base),
-                             model_config_file_poll_wait_seconds=0.2, file_system_poll_wait_seconds=0.2).start()
-    try:
-        assert [(s["version"], s["state"]) for s in RestClient(stub.rest_url).status()] == [(1, "AVAILABLE")]
-        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 2, "--server", stub.rest_url,
-                          "--wait", 60, "--serving-base-path", base)
-        assert "version 2 added to the version policy" in result.stdout and "stable -> version 2" in result.stdout
-        assert stub.core.reload_errors == []  # no config the server refused on the way
-        deadline = time.monotonic() + 10
-        while RestClient(stub.rest_url, label="stable").metadata()["version"] != 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert RestClient(stub.rest_url, label="stable").metadata()["version"] == 2
-        # Without --server the CLI cannot know when the version is loaded: it stages it and says what to do next.
-        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 1, "--serving-base-path", base)
-        assert "TF Serving refuses to move stable" in result.stdout and "--server" in result.stdout
-        config = serving_config.read_models_config(str(base / "models.config"))
-        assert serving_config.labels_of(config) == {"stable": 2} and serving_config.staged_of(config) == {1}
-        deadline = time.monotonic() + 10
-        while 1 not in [s["version"] for s in RestClient(stub.rest_url).status() if s["state"] == "AVAILABLE"] \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
-        result = run_xray("export", "--model-base", base, "--label", "stable", "--version", 1, "--serving-base-path", base)
-        assert "stable -> version 1" in result.stdout
-        config = serving_config.read_models_config(str(base / "models.config"))
-        assert serving_config.labels_of(config) == {"stable": 1} and serving_config.staged_of(config) == set()
-    finally:
-        stub.stop()
-
-
-def test_export_label_with_an_unreachable_server_is_one_line(model_base, tmp_path):
-    base = tmp_path / "models"
-    base.mkdir()
-    (base / "2").symlink_to(model_base / "2", target_is_directory=True)
-    result = run_xray("export", "--model-base", base, "--label", "canary", "--server", "http://127.0.0.1:9", "--wait", 1,
-                      check=False)
-    assert result.returncode == 2 and "not AVAILABLE" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_make_serve_runs_tf_serving_with_the_deployments_flags():

@@ -26,6 +26,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import config as serving_config
+from pathlib import Path
+
 from tfserving_stub import HTTP_STATUS, Options, Status, StubModelServer, request_tensors
 
 MODEL = "saved_model_half_plus_two_2_versions"
@@ -172,7 +174,7 @@ def test_a_version_outside_the_version_policy_is_not_found_over_rest_and_grpc(ha
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_latest_policy_serves_only_the_newest_and_a_label_needs_allow_labels(half_plus_two_base, tmp_path):
+def test_latest_policy_serves_only_the_newest(half_plus_two_base, tmp_path):
     config = write_config(tmp_path / "models.config", half_plus_two_base, policy=1)
     server = StubModelServer(Options(model_config_file=str(config))).start()
     try:
@@ -181,10 +183,6 @@ def test_latest_policy_serves_only_the_newest_and_a_label_needs_allow_labels(hal
         assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1.0]}')[1] == {"predictions": [3.5]}
     finally:
         server.stop()
-    config = write_config(tmp_path / "labels.config", half_plus_two_base, labels={LABEL: VERSION})
-    with pytest.raises(Status) as info:
-        StubModelServer(Options(model_config_file=str(config), allow_version_labels=False)).start()
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_a_label_for_a_version_not_yet_loaded_stops_the_server_unless_the_flag_is_set(half_plus_two_base, tmp_path):
@@ -253,15 +251,15 @@ def test_status_lists_every_version_newest_first_with_loading_and_failed_loads(h
     base = tmp_path / "base"
     base.mkdir()
     (base / "1").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
-    (base / "3").mkdir()  # a version directory without a SavedModel: its load fails
     config = write_config(tmp_path / "models.config", base, policy="all")
-    server = StubModelServer(Options(model_config_file=str(config), file_system_poll_wait_seconds=0.1)).start()
+    server = StubModelServer(Options(model_config_file=str(config), max_num_load_retries=0)).start()
     try:
+        (base / "3").mkdir()  # a version directory without a SavedModel: its load fails
+        wait_until(lambda: [s["state"] for s in call(server, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"]]
+                   == ["END", "AVAILABLE"], "version 3 ends")
         server.options.load_delay_s = 2.0
         (base / "2").symlink_to(half_plus_two_base / str(VERSION + 1), target_is_directory=True)
-        deadline = time.monotonic() + 10
-        while call(server, "GET", f"/v1/models/{MODEL}/versions/2")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: call(server, "GET", f"/v1/models/{MODEL}/versions/2")[0] == 200, "version 2 is known")
         states = call(server, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"]
         assert [(s["version"], s["state"]) for s in states] == [("3", "END"), ("2", "LOADING"), ("1", "AVAILABLE")]
         assert states[0]["status"]["error_code"] == "NOT_FOUND" and "Could not find SavedModel" in \
@@ -272,27 +270,163 @@ def test_status_lists_every_version_newest_first_with_loading_and_failed_loads(h
         server.stop()
 
 
-def test_probe_paths_while_the_first_version_loads(half_plus_two_base, tmp_path):
-    """Why the Deployment's readiness probe asks for metadata: status is 200 while loading, metadata is not."""
+def wait_until(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def standin_process(tmp_path, config, *flags):
+    """The stand-in as the Deployment runs it: its own process, TF Serving's flags, fixed ports."""
+    import subprocess
+    import sys
+
+    from xray.localcluster.host import free_port
+
+    grpc_port, rest_port = free_port(), free_port()
+    script = "import sys, tfserving_stub; sys.exit(tfserving_stub.main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", script, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                                f"--model_config_file={config}", *flags],
+                               cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, grpc_port, rest_port
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_no_port_opens_until_the_first_version_is_available(half_plus_two_base, tmp_path):
+    """server.cc BuildAndStart: ServerCore::Create (which awaits the first config's loads) runs before either
+    server binds. With no version on disk the wait has no end; the first version that appears ends it."""
     base = tmp_path / "base"
     base.mkdir()
     config = write_config(tmp_path / "models.config", base, policy=1)
-    server = StubModelServer(Options(model_config_file=str(config), file_system_poll_wait_seconds=0.1,
-                                     load_delay_s=1.5)).start()  # no version at all: the ports open anyway
+    process, grpc_port, rest_port = standin_process(tmp_path, config)
     try:
-        assert call(server, "GET", f"/v1/models/{MODEL}") == (404, {"error": f"Could not find any versions of model {MODEL}"})
-        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 404
-        (base / "7").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
-        deadline = time.monotonic() + 10
-        while call(server, "GET", f"/v1/models/{MODEL}")[0] != 200 and time.monotonic() < deadline:
+        # The process is up and polling (it would have exited on a bad config); neither port answers.
+        for _ in range(40):
+            assert process.poll() is None and not port_open(grpc_port) and not port_open(rest_port)
             time.sleep(0.05)
-        status, body = call(server, "GET", f"/v1/models/{MODEL}")
-        assert status == 200 and body["model_version_status"][0]["state"] in ("START", "LOADING")
-        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 404
-        server.core.wait_for_loads()
-        assert call(server, "GET", f"/v1/models/{MODEL}/metadata")[0] == 200
+        (base / "7").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
+        wait_until(lambda: port_open(rest_port), "the REST port opens", 60)
+        assert port_open(grpc_port)
+        body = requests.get(f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}", timeout=10).json()
+        assert [(v["version"], v["state"]) for v in body["model_version_status"]] == [("7", "AVAILABLE")]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_failed_first_load_exits_the_server(tmp_path):
+    """load_servables_fast.cc: the latest version ending with an error fails ServerCore::Create; main exits."""
+    base = tmp_path / "base"
+    (base / "1").mkdir(parents=True)
+    config = write_config(tmp_path / "models.config", base, policy=1)
+    process, grpc_port, rest_port = standin_process(tmp_path, config, "--max_num_load_retries=1",
+                                                    "--load_retry_interval_micros=100000")
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode != 0
+    assert f"1 servable(s) did not become available: {{{{id: {{name: {MODEL} version: 1}} due to error: NOT_FOUND: " \
+           "Could not find SavedModel" in err, err
+
+
+def test_float_poll_intervals_are_refused_as_tf_serving_parses_int32_flags(tmp_path):
+    with pytest.raises(Status) as info:
+        Options.from_args(["--file_system_poll_wait_seconds=0.5"])
+    assert "file_system_poll_wait_seconds" in info.value.message
+    with pytest.raises(TypeError):  # no invented flags: TF Serving has no --allow_version_labels
+        Options(allow_version_labels=False)
+
+
+def test_a_failed_new_version_leaves_the_old_one_serving_and_is_retried(half_plus_two_base, tmp_path):
+    """availability_preserving_policy.cc: a dropped version is unloaded only once an aspired one is AVAILABLE;
+    loader_harness.cc: a failed load is retried max_num_load_retries times, LOADING all along."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "1").symlink_to(half_plus_two_base / str(VERSION), target_is_directory=True)
+    config = write_config(tmp_path / "models.config", base, policy=1)
+    server = StubModelServer(Options(model_config_file=str(config), max_num_load_retries=2,
+                                     load_retry_interval_micros=400_000)).start()
+    try:
+        (base / "2").mkdir()  # the newest version, broken: latest-1 now aspires 2 only
+        wait_until(lambda: call(server, "GET", f"/v1/models/{MODEL}/versions/2")[0] == 200, "version 2 is known")
+        started = time.monotonic()
+        states = []
+        while True:
+            status = call(server, "GET", f"/v1/models/{MODEL}")[1]["model_version_status"]
+            states.append([(s["version"], s["state"]) for s in status])
+            # Version 1 answers all along.
+            assert call(server, "POST", f"/v1/models/{MODEL}/versions/1:predict", b'{"instances": [1.0]}')[0] == 200
+            if status[0]["state"] == "END":
+                break
+            assert time.monotonic() - started < 30
+        assert time.monotonic() - started >= 0.7  # 2 retries, 0.4 s apart
+        assert [("2", "LOADING"), ("1", "AVAILABLE")] in states
+        assert states[-1] == [("2", "END"), ("1", "AVAILABLE")]
+        assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1.0]}')[1] == {"predictions": [2.5]}
     finally:
         server.stop()
+
+
+def reload_rpc(server, config):
+    from tensorflow_serving.apis import model_management_pb2
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        return stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+
+
+def test_reload_config_rpc_validates_as_server_core_does(handler_server, half_plus_two_base):
+    """model_service_impl.cc HandleReloadConfigRequest + server_core.cc ReloadConfig/ValidateModelConfigList."""
+    custom = model_server_config_pb2.ModelServerConfig()
+    custom.custom_model_config.type_url = "x"
+    with pytest.raises(grpc.RpcError) as info:
+        reload_rpc(handler_server, custom)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Only ModelConfigList is currently supported" in info.value.details()
+    twice = model_server_config_pb2.ModelServerConfig()
+    for _ in range(2):
+        twice.model_config_list.config.add(name=MODEL, base_path=str(half_plus_two_base), model_platform="tensorflow")
+    with pytest.raises(grpc.RpcError) as info:
+        reload_rpc(handler_server, twice)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, f"Illegal to list model {MODEL} multiple times in config list")
+    relative = model_server_config_pb2.ModelServerConfig()
+    relative.model_config_list.config.add(name=MODEL, base_path="models/x", model_platform="tensorflow")
+    with pytest.raises(grpc.RpcError) as info:
+        reload_rpc(handler_server, relative)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absolute path" in info.value.details()
+    # A label for a version that is not loaded: FAILED_PRECONDITION, labels unchanged.
+    moved = serving_config.read_models_config(str(handler_server.options.model_config_file))
+    moved.model_config_list.config[0].version_labels[LABEL] = VERSION + 1
+    with pytest.raises(grpc.RpcError) as info:
+        reload_rpc(handler_server, moved)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert call(handler_server, "POST", f"/v1/models/{MODEL}/labels/{LABEL}:predict", b'{"instances": [2.0]}')[1] == \
+        {"predictions": [3.0]}
+    # The same config is accepted (and changes nothing).
+    reload_rpc(handler_server, serving_config.read_models_config(str(handler_server.options.model_config_file)))
+
+
+def test_grpc_error_messages_over_1024_characters_are_truncated(handler_server):
+    """grpc_status_util.cc ToGRPCStatus: the first 1024 characters, then "...TRUNCATED"."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "m" * 2000
+    with grpc.insecure_channel(handler_server.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+    details = info.value.details()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(details) == 1024 + len("...TRUNCATED") and details.endswith("m...TRUNCATED")
 
 
 # --- predict over REST (json_tensor.cc, http_rest_api_handler.cc) -------------------------------------------

@@ -55,8 +55,8 @@ import tensorflow as tf
 from google.protobuf import json_format, text_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import contract
@@ -98,10 +98,12 @@ class Options:
     model_config_file: str = ""
     model_name: str = "default"
     model_base_path: str = ""
-    model_config_file_poll_wait_seconds: float = 0  # 0: read once
-    file_system_poll_wait_seconds: float = 1
-    allow_version_labels: bool = True
+    model_config_file_poll_wait_seconds: int = 0  # 0: read once (main.cc: int32 flags)
+    file_system_poll_wait_seconds: int = 1
     allow_version_labels_for_unavailable_models: bool = False
+    # server.h: a failed load is retried max_num_load_retries times, load_retry_interval_micros apart.
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
     enable_batching: bool = False
     batching_parameters_file: str = ""
     enable_serialization_as_tensor_content: bool = False
@@ -112,8 +114,9 @@ class Options:
     max_batch_size: int = 0  # from batching_parameters_file; 0 without batching
 
     FLAGS = {"model_config_file": str, "model_name": str, "model_base_path": str,
-             "model_config_file_poll_wait_seconds": float, "file_system_poll_wait_seconds": float,
-             "allow_version_labels": bool, "allow_version_labels_for_unavailable_models": bool,
+             "model_config_file_poll_wait_seconds": int, "file_system_poll_wait_seconds": int,
+             "max_num_load_retries": int, "load_retry_interval_micros": int,
+             "allow_version_labels_for_unavailable_models": bool,
              "enable_batching": bool, "batching_parameters_file": str,
              "enable_serialization_as_tensor_content": bool}
 
@@ -127,7 +130,10 @@ class Options:
             if kind is bool:
                 values[name] = value.lower() not in ("false", "0") if value else True
             elif kind is not None:
-                values[name] = kind(value)
+                try:
+                    values[name] = kind(value)
+                except ValueError:  # tensorflow::Flags::Parse refuses it and main() exits with the usage
+                    raise Status(Code.INVALID_ARGUMENT, f"Couldn't interpret value {value} for flag {name}.") from None
         values.update(overrides)
         return cls(**values)
 
@@ -137,6 +143,9 @@ class VersionState:
     state: int = State.START
     error_code: int = 0
     error_message: str = ""
+    # The manager still holds this version's harness (it is aspired, or being unloaded). A version that
+    # ended and is no longer managed loads again when the policy aspires it again (basic_manager.cc).
+    managed: bool = True
 
 
 class LoadedVersion:
@@ -202,9 +211,28 @@ class ServerCore:
         """ServerCore::ReloadConfig: the config is taken, the labels are checked, THEN the models are added.
 
         A label check that fails returns before the models are added, so a version named only by a refused
-        label is never loaded (the same config is refused again at every poll).
+        label is never loaded (the same config is refused again at every poll). Before that: only a
+        ModelConfigList may follow a ModelConfigList, names are unique, base paths absolute
+        (ValidateModelConfigList). Versions of a model already served load in the background: the call
+        returns before they are AVAILABLE (AddModelsViaModelConfigList waits for NEW models only).
         """
         with self.lock:
+            first = self.config.WhichOneof("config") is None
+            same = config == self.config
+            kind = config.WhichOneof("config")
+            if not (first or same or (self.config.WhichOneof("config") == kind == "model_config_list")):
+                raise Status(Code.FAILED_PRECONDITION, "Cannot transition to requested config. It is only legal to "
+                                                       "transition from one ModelConfigList to another.")
+            if kind is None:
+                return  # "Taking no action for empty config."
+            names = set()
+            for model in config.model_config_list.config:
+                if model.name in names:
+                    raise Status(Code.INVALID_ARGUMENT, f"Illegal to list model {model.name} multiple times in config list")
+                names.add(model.name)
+                if not model.base_path.startswith("/") and "://" not in model.base_path:
+                    raise Status(Code.INVALID_ARGUMENT, f"Expected model {model.name} to have an absolute path or URI; "
+                                                        f"got base_path()={model.base_path}")
             self.config = config
             self._update_labels()
             self._add_models()
@@ -227,8 +255,6 @@ class ServerCore:
                                  f"Request to assign label to version {version} of model {model.name}, which is not "
                                  "currently available for inference")
                 new.setdefault(model.name, {})[label] = version
-        if not self.options.allow_version_labels and new:
-            raise Status(Code.FAILED_PRECONDITION, "Model version labels are not currently allowed by the server.")
         self.labels = new
 
     def _add_models(self) -> None:
@@ -245,38 +271,57 @@ class ServerCore:
         self.poll_file_system()
 
     def poll_file_system(self) -> None:
-        """Aspire the policy's versions: load new ones, unload dropped ones once nothing is still loading."""
+        """Aspire the policy's versions: load new ones; unload dropped ones as AvailabilityPreservingPolicy does."""
         with self.lock:
             for model in self.models.values():
                 aspired = model.aspired()
+                for version, current in model.states.items():
+                    if version not in aspired and current.state == State.END:
+                        current.managed = False  # the harness is gone: aspiring it again loads it again
                 for version in sorted(aspired):
                     current = model.states.get(version)
-                    if current is None or (current.state == State.END and version not in model.loaded
-                                           and current.error_code == 0):
+                    if current is None or (current.state == State.END and not current.managed):
                         model.states[version] = VersionState(State.START)
                         thread = threading.Thread(target=self._load, args=(model, version), daemon=True)
                         self._loads.append(thread)
                         thread.start()
-                # AvailabilityPreservingPolicy: unload what the policy dropped only when no aspired load is pending.
-                pending = any(model.states[v].state in (State.START, State.LOADING) for v in aspired if v in model.states)
-                if not pending:
-                    for version in [v for v in model.loaded if v not in aspired]:
-                        model.states[version] = VersionState(State.UNLOADING)
-                        del model.loaded[version]
-                        model.states[version] = VersionState(State.END)
+                # availability_preserving_policy.cc: a version the policy dropped is unloaded when no version is
+                # aspired, when an aspired one is AVAILABLE, or (the lowest first) when more than one dropped
+                # version still serves. A new version that is loading, or that failed, leaves the old one serving.
+                dropped = sorted(v for v in model.loaded if v not in aspired)
+                aspired_serving = any(v in model.loaded for v in aspired)
+                if not aspired or aspired_serving:
+                    unload = dropped
+                else:
+                    unload = dropped[:-1]
+                for version in unload:
+                    model.states[version] = VersionState(State.UNLOADING)
+                    del model.loaded[version]
+                    model.states[version] = VersionState(State.END, managed=False)
 
     def _load(self, model: ModelState, version: int) -> None:
+        """loader_harness.cc Load: retried max_num_load_retries times, load_retry_interval_micros apart, LOADING
+        all along; the retries stop when the version is no longer aspired (cancel_load_retries)."""
+        attempts = 1 + max(self.options.max_num_load_retries, 0)
         with self.lock:
             model.states[version] = VersionState(State.LOADING)
-        time.sleep(self.options.load_delay_s)
-        try:
-            loaded = LoadedVersion(Path(model.config.base_path) / str(version))
-        except Status as error:
-            result, loaded = VersionState(State.END, error.code.value[0], error.message), None
-        except Exception as error:  # noqa: BLE001 - any load failure ends the version with its message
-            result, loaded = VersionState(State.END, Code.UNKNOWN.value[0], str(error).splitlines()[0]), None
-        else:
-            result = VersionState(State.AVAILABLE)
+        for attempt in range(attempts):
+            time.sleep(self.options.load_delay_s)
+            try:
+                loaded = LoadedVersion(Path(model.config.base_path) / str(version))
+            except Status as error:
+                result, loaded = VersionState(State.END, error.code.value[0], error.message), None
+            except Exception as error:  # noqa: BLE001 - any load failure ends the version with its message
+                result, loaded = VersionState(State.END, Code.UNKNOWN.value[0], str(error).splitlines()[0]), None
+            else:
+                result = VersionState(State.AVAILABLE)
+                break
+            if attempt + 1 < attempts:
+                time.sleep(self.options.load_retry_interval_micros / 1e6)
+                with self.lock:
+                    if version not in model.aspired():
+                        result = VersionState(State.END, Code.CANCELLED.value[0], "Loading of servable cancelled")
+                        break
         with self.lock:
             if loaded is not None:
                 model.loaded[version] = loaded
@@ -284,10 +329,40 @@ class ServerCore:
         self.poll_file_system()  # an older version may now be unloaded
 
     def wait_for_loads(self, timeout: float = 120) -> None:
-        """ServerCore waits for the first config's versions before the ports open (WaitUntilModelsAvailable)."""
+        """Joins the loads started so far (a test helper: the server itself never waits with a timeout)."""
         deadline = time.monotonic() + timeout
         for thread in list(self._loads):
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def await_first_config(self, stop: threading.Event | None = None) -> None:
+        """ConnectAdaptersToManagerAndAwaitModelLoads (server_core.cc, load_servables_fast.cc): before any port
+        opens, the latest version of every model of the first config must reach AVAILABLE or END
+        (ServableRequest::Latest, servable_state_monitor.cc); with no version on disk that is forever (the file
+        system keeps being polled). When it ended with an error the server stops: main.cc exits."""
+        next_poll = time.monotonic()
+        while stop is None or not stop.is_set():
+            with self.lock:
+                waiting, failed = [], []
+                for name, model in self.models.items():
+                    if not model.states:
+                        waiting.append(name)
+                        continue
+                    latest = max(model.states)
+                    state = model.states[latest]
+                    if state.state == State.END and state.error_code:
+                        code = next(c for c in Code if c.value[0] == state.error_code)
+                        failed.append(f"{{id: {{name: {name} version: {latest}}} due to error: {code.name}: "
+                                      f"{state.error_message}}}, ")
+                    elif state.state not in (State.AVAILABLE, State.END):
+                        waiting.append(name)
+            if failed and not waiting:
+                raise Status(Code.UNKNOWN, f"{len(failed)} servable(s) did not become available: {{{''.join(failed)}}}")
+            if not waiting:
+                return
+            time.sleep(0.05)
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.options.file_system_poll_wait_seconds
+                self.poll_file_system()
 
     # --- request resolution -------------------------------------------------------------------------
 
@@ -297,9 +372,6 @@ class ServerCore:
             raise Status(Code.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         with self.lock:
             if label is not None:
-                if not self.options.allow_version_labels:
-                    raise Status(Code.INVALID_ARGUMENT,
-                                 "ModelSpec has 'version_label' set, but it is not currently allowed by the server.")
                 if self.labels is None:
                     raise Status(Code.UNAVAILABLE, f"Model labels does not init yet.{label}")
                 if label not in self.labels.get(name, {}):
@@ -737,7 +809,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             resolved, signature, outputs = self.server.predictor.predict(name, version, label,
                                                                          request.model_spec.signature_name, inputs)
         except Status as error:
-            context.abort(error.code, error.message)
+            _abort(context, error)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = name
         response.model_spec.version.value = resolved
@@ -756,7 +828,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise Status(Code.INVALID_ARGUMENT, "Missing ModelSpec")
             return self.server.core.metadata(*_spec(request.model_spec), list(request.metadata_field))
         except Status as error:
-            context.abort(error.code, error.message)
+            _abort(context, error)
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -771,7 +843,30 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
             name, version, _ = _spec(request.model_spec)  # a label is ignored: every version is listed
             return self.server.core.status(name, version)
         except Status as error:
-            context.abort(error.code, error.message)
+            _abort(context, error)
+
+    def HandleReloadConfigRequest(self, request, context):
+        """model_service_impl.cc: only a ModelConfigList is accepted, then ServerCore::ReloadConfig; a refusal is
+        the RPC's status (the response body is not sent with a non-OK status)."""
+        try:
+            self.server.fault("grpc")
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise Status(Code.INVALID_ARGUMENT, "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                                                    " Only ModelConfigList is currently supported")
+            self.server.core.reload_config(request.config)
+        except Status as error:
+            _abort(context, error)
+        return model_management_pb2.ReloadConfigResponse()
+
+
+ERROR_MESSAGE_LIMIT = 1024  # grpc_status_util.cc ToGRPCStatus
+
+
+def _abort(context, error: Status):
+    message = error.message
+    if len(message) > ERROR_MESSAGE_LIMIT:
+        message = message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
+    context.abort(error.code, message)
 
 
 # --- REST ------------------------------------------------------------------------------------------------
@@ -875,8 +970,11 @@ class StubModelServer:
         StubModelServer(Options.from_args(deployment_args, model_config_file=path)).start()
         StubModelServer(model_base="/models/xray")          # --model_name=xray --model_base_path=...
 
-    ``start()`` raises Status when TF Serving would refuse to start (e.g. a label for a version that is not
-    loaded, without --allow_version_labels_for_unavailable_models).
+    ``start()`` returns once the ports are open: after every model of the first config has a version AVAILABLE
+    or END, as the real server (with no version on disk it waits until one appears). It raises Status when TF
+    Serving would exit instead (a label for a version that is not loaded without
+    --allow_version_labels_for_unavailable_models, a failed first load). ``rest_port``/``grpc_port`` are known
+    after start().
     """
 
     def __init__(self, options: Options | None = None, *, model_base: str | None = None, name: str = contract.MODEL_NAME,
@@ -892,13 +990,8 @@ class StubModelServer:
         self._fault_lock = threading.Lock()
         self.requests = {"grpc": 0, "rest": 0}
         self._stop = threading.Event()
-        grpc_options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
-        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=grpc_options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), self.grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), self.grpc_server)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{address}:{grpc_port}")
-        self.http = ThreadingHTTPServer((address, rest_port), _rest_handler(self))
-        self.rest_port = self.http.server_address[1]
+        self.address, self.grpc_port, self.rest_port = address, grpc_port, rest_port
+        self.grpc_server = self.http = None
 
     @property
     def rest_url(self) -> str:
@@ -910,7 +1003,14 @@ class StubModelServer:
 
     def start(self) -> "StubModelServer":
         self.core.reload_config(self.core.read_config())  # a refusal here stops the server, as in main.cc
-        self.core.wait_for_loads()
+        self.core.await_first_config(self._stop)  # no port is open before this returns (server.cc BuildAndStart)
+        grpc_options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=grpc_options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self), self.grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self), self.grpc_server)
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{self.address}:{self.grpc_port}")
+        self.http = ThreadingHTTPServer((self.address, self.rest_port), _rest_handler(self))
+        self.rest_port = self.http.server_address[1]
         self.grpc_server.start()
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         threading.Thread(target=self._poll, daemon=True).start()
@@ -951,9 +1051,11 @@ class StubModelServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.http.shutdown()
-        self.http.server_close()
-        self.grpc_server.stop(grace=None)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=None)
 
 
 def _max_batch_size(path: str) -> int:

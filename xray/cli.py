@@ -238,12 +238,10 @@ def _add_export(sub):
     p.add_argument("--force", action="store_true", help="push even when the gate refuses")
     p.add_argument("--tolerance", type=float, default=None, help="allowed AUC drop vs the current version (default 0.01)")
     p.add_argument("--list", action="store_true", help="list versions with their metrics")
-    p.add_argument("--label", choices=("stable", "canary"), help="point this label at --version (default: newest)")
-    p.add_argument("--server", metavar="URL",
-                   help="with --label: the TF Serving REST endpoint reading this models.config; moving a label to a "
-                   "version it has not loaded is then done in two steps (stage the version, wait until it is "
-                   "AVAILABLE, move the label), as the server requires")
-    p.add_argument("--wait", type=float, default=300, help="with --server: seconds to wait for the version to load")
+    p.add_argument("--label", choices=("stable", "canary"),
+                   help="point this label at --version (default: newest) in models.config only, for a server that is "
+                   "not running; a running one: xray promote")
+    p.add_argument("--server", metavar="URL", help=argparse.SUPPRESS)  # refused with a pointer to xray promote
     p.add_argument("--serving-base-path", default=None,
                    help="the model base path as the server sees it, written into models.config (default: /models/<name>)")
     p.add_argument("--serving-config", metavar="OUTDIR",
@@ -272,8 +270,11 @@ def _run_export(args):
         return 0
     if args.serving_config:
         labels = serving_config.read_labels(base)
-        names = serving_config.write_all(args.serving_config, args.serving_base_path or f"/models/{name}", labels)
-        print(f"wrote {', '.join(names)} to {args.serving_config} (labels: {labels or 'none: serve the newest version'})")
+        serving_base = args.serving_base_path or f"/models/{name}"
+        names = serving_config.write_all(args.serving_config, serving_base, labels)
+        models = export.ensure_models_config(base, name, serving_base)
+        print(f"wrote {', '.join(names)} to {args.serving_config} (labels: {labels or 'none: serve the newest version'}); "
+              f"the server reads {models}")
         return 0
     if args.label:
         return _move_label(args, base, name)
@@ -295,37 +296,90 @@ def _run_export(args):
 
 
 def _move_label(args, base: str, name: str) -> int:
+    if args.server:
+        raise UserError("--server is gone: a running TF Serving takes label moves through its ReloadConfig RPC; use "
+                        f"xray promote --model-base {base} --label {args.label} --version N --grpc HOST:8500")
+    return _promote(base, name, args.label, args.version, [], args.serving_base_path, wait_s=0)
+
+
+def _promote(base: str, name: str, label: str, version: int | None, replicas, serving_base_path: str | None,
+             wait_s: float, from_label: str | None = None, rollback: bool = False) -> int:
     from serving import config as serving_config
-    from serving import export
+    from serving import export, promote
 
-    config_path = f"{base}/models.config"
-    base_path = args.serving_base_path or f"/models/{name}"
-    versions = {v["version"] for v in export.list_versions(base)}
-    version = args.version if args.version is not None else max(versions, default=0)
+    available = {v["version"] for v in export.list_versions(base)}
+    labels = serving_config.read_labels(base)
     try:
-        step = serving_config.plan_label(config_path, base_path, args.label, version, versions)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    if step == "stage" or args.server:
-        if step == "stage":
-            staged = serving_config.stage_version(config_path, base_path, version)
-            print(f"version {version} added to the version policy in {config_path} (loading before {args.label} moves: "
-                  f"staged {sorted(staged)})")
-        if not args.server:
-            print(f"TF Serving refuses to move {args.label} to a version it has not loaded. Once it reports version "
-                  f"{version} AVAILABLE, run this command again, or add --server URL to wait for it here.")
-            return 0
-        from clients import ServingError
-        from clients.rest import RestClient
-
-        print(f"waiting up to {args.wait:.0f}s for {args.server} to report version {version} AVAILABLE ...", flush=True)
-        try:
-            RestClient(args.server, name).wait_until_available(version, args.wait)
-        except ServingError as error:
-            raise UserError(f"{error.code}: {error.message}; {args.label} still points where it did") from None
-    labels = serving_config.set_label(config_path, base_path, args.label, version, versions)
-    print(f"{args.label} -> version {version} in {config_path} (labels: {labels})")
+        if rollback:
+            version = promote.rollback_version(base, label)
+        elif from_label:
+            if from_label not in labels:
+                raise promote.PromoteError(f"label {from_label} is not set in {base}/models.config (labels: "
+                                           f"{labels or 'none'})")
+            version = labels[from_label]
+        elif version is None:
+            version = max(available, default=0)
+        move = promote.move_label(base, label, version, replicas, available=available, name=name,
+                                  base_path=serving_base_path or f"/models/{name}", wait_s=wait_s,
+                                  log=lambda line: print(line, flush=True))
+    except promote.PromoteError as error:
+        print(f"xray promote: {error}; {label} still points where it did", file=sys.stderr)
+        return 1
+    print(f"{label} -> version {move.version} in {promote.config_path(base)} (labels: {move.labels})")
     return 0
+
+
+def _add_promote(sub):
+    p = sub.add_parser(
+        "promote", help="move a version label (stable/canary) on running TF Serving replicas, or roll it back",
+        description="Points LABEL at a version on every replica and in MODEL_BASE/models.config, in the order TF "
+        "Serving accepts: the version joins the version policy (labels unchanged), every replica reports it AVAILABLE, "
+        "then the label moves. The file is written before each step's ReloadConfig RPC, so a server polling it and a "
+        "restarted one agree. A replica that cannot load the version is named, the version leaves the policy again "
+        "and the label stays (exit 1). Every move is logged in MODEL_BASE/label-history.json, which --rollback reads.",
+        epilog="examples:\n"
+        "  xray promote --model-base build/models --label canary --version 2 --grpc localhost:8500\n"
+        "  xray promote --model-base build/models --label stable --from-label canary --grpc localhost:8500\n"
+        "  xray promote --model-base build/models --label stable --rollback --grpc localhost:8500\n"
+        "  make promote LABEL=stable VERSION=2      # on the cluster: a Job beside the replicas",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-base", required=True, help="the models folder the servers read (holds models.config)")
+    p.add_argument("--label", required=True, choices=("stable", "canary"), help="the label to move")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="the version to point at (default: the newest)")
+    which.add_argument("--from-label", choices=("stable", "canary"), help="the version another label points at "
+                       "(promote canary to stable: --label stable --from-label canary)")
+    which.add_argument("--rollback", action="store_true", help="back to where LABEL pointed before its last move")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--grpc", action="append", metavar="HOST:PORT", default=[],
+                       help="a replica's gRPC address (repeat for each replica); none: only the file is written, "
+                       "for a server that is not running")
+    where.add_argument("--service", metavar="NAME", help="inside the cluster: every pod behind this headless Service, "
+                       "from DNS (the Deployment's xray-serving-replicas lists every pod, ready or not); "
+                       "XRAY_REPLICA_NAMES=IP=pod,... names them in messages")
+    p.add_argument("--name", default=None, help="model name on the server (default: xray)")
+    p.add_argument("--serving-base-path", default=None,
+                   help="the model base path as the server sees it, when models.config does not exist yet "
+                   "(default: /models/<name>)")
+    p.add_argument("--wait", type=float, default=600, help="seconds to wait for every replica to load the version "
+                   "(TF Serving retries a failed load 5 times, a minute apart; default 600)")
+    p.set_defaults(run=_run_promote)
+
+
+def _run_promote(args):
+    from serving import contract, promote
+
+    name = args.name or contract.MODEL_NAME
+    if args.service:
+        replicas = promote.dns_replicas(args.service, names=promote.parse_names(os.environ.get("XRAY_REPLICA_NAMES", "")))
+    else:
+        for target in args.grpc:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit():
+                raise UserError(f"--grpc {target!r} is not HOST:PORT (e.g. localhost:8500)")
+        replicas = [promote.Replica(target, target) for target in args.grpc]
+    return _promote(args.model_base.rstrip("/"), name, args.label, args.version, replicas, args.serving_base_path,
+                    args.wait, from_label=args.from_label, rollback=args.rollback)
 
 
 def _add_predict(sub):
@@ -343,7 +397,14 @@ def _add_predict(sub):
     which.add_argument("--label", help="a version label (stable, canary)")
     p.add_argument("--batch-size", type=int, default=16, help="images per request (1-64)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    p.add_argument("--tls", action="store_true", help="gRPC over TLS (system root certificates)")
+    p.add_argument("--tls", action="store_true", help="TLS for either transport (REST: https); the server is verified "
+                   "against the system's root certificates, or --ca-cert")
+    p.add_argument("--ca-cert", metavar="PEM", help="CA bundle to verify the server with (implies --tls)")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS (with --client-key)")
+    p.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="sent with every request (gRPC: as call metadata), e.g. --header 'Authorization: Bearer ...'; "
+                   "XRAY_SERVING_TOKEN=... sends 'Authorization: Bearer ...' without the token in your shell history")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="output format")
     p.add_argument("--explain", metavar="OUTDIR", help="also write a Grad-CAM overlay PNG per image (needs --model)")
     p.set_defaults(run=_run_predict)
@@ -364,11 +425,11 @@ def _run_predict(args):
         if args.rest:
             from clients.rest import RestClient
 
-            client = RestClient(args.rest, name, args.version, args.label, timeout=args.timeout)
+            client = RestClient(args.rest, name, args.version, args.label, timeout=args.timeout, **_transport(args))
         elif args.grpc:
             from clients.grpc import GrpcClient
 
-            client = GrpcClient(args.grpc, name, args.version, args.label, timeout=args.timeout, tls=args.tls)
+            client = GrpcClient(args.grpc, name, args.version, args.label, timeout=args.timeout, **_transport(args))
         else:
             client = predicting.LocalModel(args.model)
         rows = []
@@ -378,6 +439,8 @@ def _run_predict(args):
                 print(predicting.format_jsonl(row), flush=True)
     except ServingError as error:
         raise UserError(f"{error.code}: {error.message}") from None
+    except ValueError as error:  # a client option that cannot work (plain http with TLS, a key without its cert)
+        raise UserError(str(error)) from None
     if args.format == "table":
         print(predicting.format_table(rows))
     if args.explain:
@@ -392,6 +455,27 @@ def _run_predict(args):
     if failed:
         print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _transport(args) -> dict:
+    """TLS files and headers for either client, checked here so that a wrong one is one line."""
+    for flag in ("ca_cert", "client_cert", "client_key"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{flag.replace('_', '-')} {path}: no such file")
+    if bool(args.client_cert) != bool(args.client_key):
+        raise UserError("--client-cert and --client-key go together")
+    headers = {}
+    token = os.environ.get("XRAY_SERVING_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise UserError(f"--header {item!r} is not 'NAME: VALUE'")
+        headers[name.strip()] = value.strip()
+    return {"tls": args.tls, "ca_cert": args.ca_cert, "client_cert": args.client_cert, "client_key": args.client_key,
+            "headers": headers}
 
 
 def _add_tune(sub):
@@ -504,6 +588,12 @@ def _add_preflight(sub):
     p.add_argument("--src", default="", help="shards: the image folder on the volume (default: the overlay's)")
     p.add_argument("--deadline", type=int, default=0, help="train: activeDeadlineSeconds (default: the manifest's, 3 days)")
     p.add_argument("--max-trials", type=int, default=0, help="tune: the number of trials (default: the overlay's)")
+    p.add_argument("--replicas", type=int, default=0, help="serving: the autoscaler's minimum (default: the overlay's)")
+    p.add_argument("--label", default="", help="promote: the label to move (stable, canary)")
+    p.add_argument("--version", default="", help="promote: the version to point it at")
+    p.add_argument("--from-label", default="", help="promote: the version another label points at")
+    p.add_argument("--rollback", action="store_true", help="promote: back to where the label pointed before")
+    p.add_argument("--wait", type=int, default=0, help="promote: seconds for every replica to load the version")
     p.add_argument("--namespace", default="xray")
     p.add_argument("--out", required=True, help="directory for the rendered kustomization")
     p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
@@ -514,9 +604,13 @@ def _add_preflight(sub):
 def _run_preflight(args):
     from xray import kube
 
+    promote = []
+    if args.component == "promote":
+        promote = (["--label", args.label] if args.label else []) + (["--version", args.version] if args.version else []) \
+            + (["--from-label", args.from_label] if args.from_label else []) + (["--rollback"] if args.rollback else [])
     request = kube.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
                                  args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
-                                 args.deadline, args.max_trials)
+                                 args.deadline, args.max_trials, args.replicas, tuple(promote), args.wait)
     try:
         warnings = kube.preflight(request, args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
@@ -606,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_predict,
+    for add in (_add_synth, _add_shards, _add_train, _add_evaluate, _add_tune, _add_export, _add_promote, _add_predict,
                 _add_preflight, _add_upload, _add_jobs):
         add(sub)
     return parser

@@ -485,6 +485,10 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
         warnings.append(f"{data} is not readable from here (a path inside the pods?): shard count not checked")
     if request.config_file and not os.path.exists(request.config_file):
         warnings.append(f"CONFIG={request.config_file} is read by the pods from the volume: not validated here")
+    if request.component == "promote":
+        request = _check_promote(request, check_cluster)
+    if request.component == "serving" and request.replicas < 0:
+        raise ClusterError(f"REPLICAS={request.replicas} must be at least 1")
     try:
         render_kustomization(request, out_dir)
     except RenderError as error:
@@ -492,6 +496,38 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
     if check_cluster:
         warnings += _cluster_checks(request, out_dir)
     return warnings
+
+
+def _check_promote(request: RenderRequest, check_cluster: bool) -> RenderRequest:
+    """A label move needs a label and one source of the version; with the cluster at hand, running serving pods,
+    whose names go into the Job so that its messages name pods rather than addresses."""
+    args = list(request.promote)
+    if "--label" not in args:
+        raise ClusterError("set LABEL (stable or canary), and VERSION=N, FROM=canary or ROLLBACK=1: "
+                           "make promote LABEL=stable VERSION=2")
+    label = args[args.index("--label") + 1]
+    if label not in ("stable", "canary"):
+        raise ClusterError(f"LABEL={label} is not a version label; use stable or canary")
+    if "--version" in args and not args[args.index("--version") + 1].isdigit():
+        raise ClusterError(f"VERSION={args[args.index('--version') + 1]} is not a version number")
+    if sum(flag in args for flag in ("--version", "--from-label", "--rollback")) > 1:
+        raise ClusterError("give one of VERSION=N, FROM=label, ROLLBACK=1")
+    if not check_cluster:
+        return request
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core, _, context = load_clients()
+    apps = client.AppsV1Api()
+    try:
+        _api_call(context, apps.read_namespaced_deployment, "xray-serving", request.namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        raise ClusterError(f"no TF Serving in namespace {request.namespace}: make deploy-serving first") from None
+    pods = _api_call(context, core.list_namespaced_pod, request.namespace, label_selector="xray.io/role=serving").items
+    names = ",".join(f"{p.status.pod_ip}={p.metadata.name}" for p in pods if p.status.pod_ip)
+    return dataclasses.replace(request, replica_names=names)
 
 
 def _claim_spec(claim) -> tuple[str, tuple[str, ...], str]:

@@ -27,8 +27,9 @@ WORKLOADS = {
     "shards": [("Job", "xray-shards", "shards")],
     "export": [("Job", "xray-export", "export")],
     "tensorboard": [("Deployment", "xray-tensorboard", "tensorboard")],
+    "promote": [("Job", "xray-promote", "promote")],
 }
-PROJECT_IMAGE = {"train", "tune", "shards", "export", "upload", "tensorboard"}
+PROJECT_IMAGE = {"train", "tune", "shards", "export", "upload", "tensorboard", "promote"}
 RUN_CONFIG_MOUNT = "/etc/xray/run"
 
 
@@ -51,6 +52,10 @@ class RenderRequest:
     src: str = ""  # shards: the image folder on the volume
     deadline_s: int = 0  # train: activeDeadlineSeconds (0: the manifest's)
     max_trials: int = 0  # tune: the search's trial count (0: the overlay's)
+    replicas: int = 0  # serving: the autoscaler's minimum (0: the overlay's)
+    promote: tuple[str, ...] = ()  # promote: xray promote's arguments (--label L and --version N | --from-label | --rollback)
+    promote_wait_s: int = 0  # promote: seconds for every replica to load the version (0: the manifest's)
+    replica_names: str = ""  # promote: "IP=pod,..." so that messages name pods (found here, before the Job runs)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -211,6 +216,16 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_SRC={request.src}"] if request.src else [])
     if literals:
         generators.append({"name": f"xray-{request.component}", "behavior": "merge", "literals": literals})
+    if request.component == "promote":
+        literals = [f"XRAY_PROMOTE={' '.join(request.promote)}"]
+        literals += [f"XRAY_WAIT={request.promote_wait_s}"] if request.promote_wait_s else []
+        literals += [f"XRAY_REPLICA_NAMES={request.replica_names}"] if request.replica_names else []
+        generators.append({"name": "xray-promote", "behavior": "merge", "literals": literals})
+        literals = []
+    if request.component == "serving" and request.replicas:
+        patches.append({"target": {"kind": "HorizontalPodAutoscaler", "name": "xray-serving"}, "patch": json.dumps([
+            {"op": "replace", "path": "/spec/minReplicas", "value": request.replicas},
+            {"op": "replace", "path": "/spec/maxReplicas", "value": max(request.replicas, 2)}])})
     if request.component == "storage" and request.storage_class:
         patches.append({"target": {"kind": "PersistentVolumeClaim", "name": "xray-data"}, "patch": json.dumps([
             {"op": "add", "path": "/spec/storageClassName", "value": request.storage_class}])})
