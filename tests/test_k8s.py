@@ -16,7 +16,7 @@ OVERLAYS = sorted(str(p.relative_to(REPO)) for p in K8S.glob("overlays/*/*") if 
 BASES = sorted(str(p.relative_to(REPO)) for p in K8S.glob("base/*"))
 KUBERNETES_VERSIONS = ("1.30.0", "1.32.0", "1.34.0")
 POD_KINDS = {"Job": ("spec", "template", "spec"), "Deployment": ("spec", "template", "spec"), "Pod": ("spec",)}
-COMPONENTS = ("storage", "train", "tune", "serving", "upload", "shards", "export", "tensorboard")
+COMPONENTS = ("storage", "train", "tune", "serving", "upload", "shards", "export", "tensorboard", "promote")
 
 
 def render(path: str) -> list[dict]:
@@ -78,7 +78,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard_and_has_resources(
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{where}: no writable /tmp with a read-only root filesystem"
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
-    assert checked == 24  # 8 workloads (train, tune chief + workers, serving, upload, shards, export, tensorboard) x 3 trees
+    assert checked == 27  # 9 workloads (train, tune chief + workers, serving, upload, shards, export, tensorboard, promote) x 3 trees
 
 
 def test_app_kubernetes_io_labels_everywhere():

@@ -199,7 +199,7 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
     export = step("export-cluster")
     assert "SUCCEEDED" in export.stdout and (volume / "models" / "1" / "saved_model.pb").exists()
 
-    step("deploy-serving", f"SERVING_IMAGE={standin_image}")
+    step("deploy-serving", f"SERVING_IMAGE={standin_image}", "REPLICAS=2")
     with port_forward(control_plane, ns, "svc/xray-serving", 8500, 8501) as (grpc_port, rest_port):
         films = sorted((synth_dir / "test").rglob("*.jpeg"))[:3]
         for transport in (["--grpc", f"127.0.0.1:{grpc_port}"], ["--rest", f"http://127.0.0.1:{rest_port}"]):
@@ -207,12 +207,84 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
             rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
             assert len(rows) == 3 and all(0 <= r["probability"] <= 1 and r["label"] in ("NORMAL", "PNEUMONIA")
                                           for r in rows), result.stdout
+    promote_on_two_replicas(control_plane, ns, common, step, volume, films[0].read_bytes())
     step("tensorboard")
     with port_forward(control_plane, ns, "svc/xray-tensorboard", 6006) as (port,):
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200 and b"TensorBoard" in response.read()
+
+
+def promote_on_two_replicas(plane, ns: str, common: list[str], step, volume: Path, image: bytes) -> None:
+    """Issue 21's sequence on two serving pods, through make: a second export, canary -> 2, stable -> canary,
+    stable rolled back, a broken version 3 refused with the pod and the load error named. Predictions by label
+    go to each pod (its own port-forward) all along; none may fail. The broken version is written onto the
+    volume from the node's disk (no user command makes a broken SavedModel)."""
+    import threading
+
+    from clients import ServingError
+    from clients.rest import RestClient
+
+    export = step("export-cluster")
+    assert "SUCCEEDED" in export.stdout and (volume / "models" / "2" / "saved_model.pb").exists()
+
+    def serving_pods():
+        pods = get(plane, "pods", "-n", ns, "-l", "xray.io/role=serving")["items"]
+        ready = [p for p in pods if p["metadata"].get("deletionTimestamp") is None and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+        return sorted(p["metadata"]["name"] for p in ready) if len(ready) == 2 else None
+
+    names = wait_for("two ready serving pods (the autoscaler's minimum)", serving_pods, 300, 2)
+    forwards = [port_forward(plane, ns, f"pod/{name}", 8501) for name in names]
+    urls = [f"http://127.0.0.1:{forward.__enter__()[0]}" for forward in forwards]
+    labels, failures, sent = ["stable"], [], [0]
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            for url in urls:
+                for label in list(labels):
+                    try:
+                        RestClient(url, label=label, retries=0, timeout=30).predict([image])
+                        sent[0] += 1
+                    except ServingError as error:
+                        failures.append(f"{url} {label}: {error}")
+
+    def version_of(url, label):
+        return RestClient(url, label=label, retries=0).metadata()["version"]
+
+    try:
+        step("promote", "LABEL=stable", "VERSION=1")  # the first label
+        assert [version_of(url, "stable") for url in urls] == [1, 1]
+        runner = threading.Thread(target=traffic, daemon=True)
+        runner.start()
+        result = step("promote", "LABEL=canary", "VERSION=2")
+        assert "SUCCEEDED" in result.stdout and result.stdout.count("version 2 AVAILABLE") == 2, result.stdout
+        assert all(name in result.stdout for name in names)  # the Job's messages name the pods
+        assert [version_of(url, "canary") for url in urls] == [2, 2]
+        labels.append("canary")
+        step("promote", "LABEL=stable", "FROM=canary")
+        assert [version_of(url, "stable") for url in urls] == [2, 2]
+        step("promote", "LABEL=stable", "ROLLBACK=1")
+        assert [version_of(url, "stable") for url in urls] == [1, 1]
+        broken = volume / "models" / "3"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        os.chown(broken, 10001, 10001)
+        result = make(plane, "promote", *common, "LABEL=stable", "VERSION=3")
+        assert result.returncode != 0, result.stdout
+        assert "could not load version 3" in result.stdout and any(
+            f"replica {name}" in result.stdout for name in names), result.stdout[-3000:]
+        assert [version_of(url, "stable") for url in urls] == [1, 1]
+        models_config = (volume / "models" / "models.config").read_text()
+        assert "versions: 3" not in models_config and 'key: "stable"' in models_config
+    finally:
+        stop.set()
+        for forward in forwards:
+            forward.__exit__(None, None, None)
+    assert failures == [], failures[:5]
+    assert sent[0] > 10
 
 
 class port_forward:

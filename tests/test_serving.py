@@ -41,7 +41,12 @@ def images(synth_dir):
 
 
 def test_versions_are_integer_directories_with_card_and_no_leftovers(model_base):
-    assert sorted(p.name for p in model_base.iterdir()) == ["1", "2"]
+    # The versions, and the models.config the server reads at start (created by the first export, no label).
+    assert sorted(p.name for p in model_base.iterdir()) == ["1", "2", "models.config"]
+    config = serving_config.read_models_config(str(model_base / "models.config"))
+    assert config.model_config_list.config[0].base_path == "/models/xray"
+    assert serving_config.labels_of(config) == {} and \
+        config.model_config_list.config[0].model_version_policy.latest.num_versions == 1
     card = json.loads((model_base / "1" / contract.MODEL_CARD).read_text())
     for key in ("config", "data_manifest_sha256", "metrics", "threshold", "code_version", "created", "ci95"):
         assert card[key] is not None, key

@@ -10,6 +10,7 @@ message fragments, against a half-plus-two model built here as theirs is (versio
 from __future__ import annotations
 
 import base64
+import json
 import io
 import threading
 import time
@@ -238,13 +239,73 @@ def test_get_status(handler_server, suffix):  # ported: HttpRestApiHandlerTest.G
         {"version": str(VERSION), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
 
 
-def test_get_model_metadata_keeps_proto_field_names(handler_server):  # ported: GetModelMetadata
-    status, body = call(handler_server, "GET", f"/v1/models/{MODEL}/metadata")
-    assert status == 200
-    assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": str(VERSION)}
-    default = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert default["inputs"]["x"]["dtype"] == "DT_FLOAT" and default["inputs"]["x"]["tensor_shape"]["unknown_rank"]
-    assert default["method_name"] == "tensorflow/serving/predict"
+# The signatures of TF Serving's saved_model_half_plus_two test model, as its golden metadata file
+# (servables/tensorflow/testdata/saved_model_half_plus_two_2_versions_metadata.json) lists them:
+# name -> (method, {input key: (tensor, dtype, dims or None for unknown rank)}, {output key: ...}).
+HALF_PLUS_TWO_SIGNATURES = {
+    "serving_default": ("predict", {"x": ("x:0", "DT_FLOAT", [-1, 1])}, {"y": ("y:0", "DT_FLOAT", [-1, 1])}),
+    "classify_x_to_y": ("classify", {"inputs": ("tf_example:0", "DT_STRING", None)},
+                        {"scores": ("y:0", "DT_FLOAT", [-1, 1])}),
+    "classify_x2_to_y3": ("classify", {"inputs": ("x2:0", "DT_FLOAT", [-1, 1])}, {"scores": ("y3:0", "DT_FLOAT", [-1, 1])}),
+    "regress_x_to_y": ("regress", {"inputs": ("tf_example:0", "DT_STRING", None)},
+                       {"outputs": ("y:0", "DT_FLOAT", [-1, 1])}),
+    "regress_x_to_y2": ("regress", {"inputs": ("tf_example:0", "DT_STRING", None)},
+                        {"outputs": ("y2:0", "DT_FLOAT", [-1, 1])}),
+    "regress_x2_to_y3": ("regress", {"inputs": ("x2:0", "DT_FLOAT", [-1, 1])}, {"outputs": ("y3:0", "DT_FLOAT", [-1, 1])}),
+}
+
+
+@pytest.fixture(scope="module")
+def tf1_half_plus_two(tmp_path_factory):
+    """A graph-mode SavedModel with the half_plus_two signatures (y = 0.5x + 2, y2 = 0.5x + 3, y3 = 0.5x2 + 3,
+    inputs also parsed from tf.Example), built here the way TF Serving's test model is: version 123."""
+    base = tmp_path_factory.mktemp("tf1_half_plus_two")
+    v1 = tf.compat.v1
+    with tf.Graph().as_default(), v1.Session() as session:
+        a, b, c = (v1.Variable(value, name=name) for value, name in ((0.5, "a"), (2.0, "b"), (3.0, "c")))
+        example = v1.placeholder(tf.string, name="tf_example")
+        features = v1.parse_example(example, {"x": v1.FixedLenFeature([1], tf.float32),
+                                              "x2": v1.FixedLenFeature([1], tf.float32, default_value=[0.0])})
+        # [batch, 1] as TF Serving's model has them (its parse_example op inferred it; ParseExampleV2 does not).
+        x, x2 = tf.reshape(features["x"], [-1, 1], name="x"), tf.reshape(features["x2"], [-1, 1], name="x2")
+        tensors = {"x:0": x, "x2:0": x2, "tf_example:0": example, "y:0": tf.add(a * x, b, name="y"),
+                   "y2:0": tf.add(a * x, c, name="y2"), "y3:0": tf.add(a * x2, c, name="y3")}
+        session.run(v1.global_variables_initializer())
+        signatures = {name: v1.saved_model.build_signature_def(
+            {key: v1.saved_model.build_tensor_info(tensors[t]) for key, (t, _, _) in inputs.items()},
+            {key: v1.saved_model.build_tensor_info(tensors[t]) for key, (t, _, _) in outputs.items()},
+            f"tensorflow/serving/{method}") for name, (method, inputs, outputs) in HALF_PLUS_TWO_SIGNATURES.items()}
+        builder = v1.saved_model.Builder(str(base / str(VERSION)))
+        builder.add_meta_graph_and_variables(session, [v1.saved_model.SERVING], signature_def_map=signatures)
+        builder.save()
+    return base
+
+
+def test_get_model_metadata_is_tf_servings_golden_json(tf1_half_plus_two, tmp_path):
+    """Ported: HttpRestApiHandlerTest.GetModelMetadata, compared whole (every field TF Serving prints: dims as
+    {"size": "-1", "name": ""}, unknown_rank, tensor names, method_name, empty defaults) against the golden file's
+    content, expanded from HALF_PLUS_TWO_SIGNATURES."""
+    def tensor(name, dtype, dims):
+        shape = {"dim": [], "unknown_rank": True} if dims is None else \
+            {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False}
+        return {"dtype": dtype, "tensor_shape": shape, "name": name}
+
+    golden = {"model_spec": {"name": MODEL, "signature_name": "", "version": str(VERSION)},
+              "metadata": {"signature_def": {"signature_def": {
+                  name: {"inputs": {k: tensor(*v) for k, v in inputs.items()},
+                         "outputs": {k: tensor(*v) for k, v in outputs.items()},
+                         "method_name": f"tensorflow/serving/{method}", "defaults": {}}
+                  for name, (method, inputs, outputs) in HALF_PLUS_TWO_SIGNATURES.items()}}}}
+    config = write_config(tmp_path / "models.config", tf1_half_plus_two)
+    server = StubModelServer(Options(model_config_file=str(config))).start()
+    try:
+        status, body = call(server, "GET", f"/v1/models/{MODEL}/metadata")
+        assert status == 200
+        assert body == golden
+        assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [[1.0], [2.0]]}')[1] == \
+            {"predictions": [[2.5], [3.0]]}
+    finally:
+        server.stop()
 
 
 def test_status_lists_every_version_newest_first_with_loading_and_failed_loads(half_plus_two_base, tmp_path):
@@ -494,27 +555,104 @@ JSON_TENSOR_OK = [  # ported: JsontensorTest (FillPredictRequestFromJson cases)
     ("SingleNamedTensorBase64", {"default": "string"},
      {"instances": [{"default": [[{"b64": "aGVsbG8="}], [{"b64": "d29ybGQ="}]]}]}, "row",
      {"default": ([1, 2, 1], [b"hello", b"world"])}),
-    ("MultipleNamedTensor", {"int_tensor": "int32", "str_tensor": "string"},
-     {"instances": [{"int_tensor": [[1, 2], [3, 4], [5, 6]], "str_tensor": ["foo", "bar"]},
-                    {"int_tensor": [[7, 8], [9, 0], [1, 2]], "str_tensor": ["baz", "bat"]}]}, "row",
+    # As upstream: NaN and Infinity are JSON values here (json_tensor.cc parses with kParseNanAndInfFlag).
+    ("MultipleNamedTensor", {"int_tensor": "int32", "str_tensor": "string", "float_tensor": "float32",
+                             "dbl_tensor": "float64"},
+     '{"instances": [{"int_tensor": [[1,2],[3,4],[5,6]], "str_tensor": ["foo", "bar"], "float_tensor": [1.0, NaN],'
+     ' "dbl_tensor": [NaN]}, {"int_tensor": [[7,8],[9,0],[1,2]], "str_tensor": ["baz", "bat"],'
+     ' "float_tensor": [2.0, Infinity], "dbl_tensor": [2.0]}]}', "row",
      {"int_tensor": ([2, 3, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]),
-      "str_tensor": ([2, 2], [b"foo", b"bar", b"baz", b"bat"])}),
-    ("SingleUnnamedTensorColumnarFormat", {"default": "int32"}, {"inputs": [[1, 2], [3, 4], [5, 6]]}, "columnar",
-     {"default": ([3, 2], [1, 2, 3, 4, 5, 6])}),
-    ("MultipleNamedTensorColumnarFormat", {"int_tensor": "int32", "str_tensor": "string"},
-     {"inputs": {"int_tensor": [[1, 2], [3, 4]], "str_tensor": [{"b64": "aGVsbG8="}]}}, "columnar",
-     {"int_tensor": ([2, 2], [1, 2, 3, 4]), "str_tensor": ([1], [b"hello"])}),
+      "str_tensor": ([2, 2], [b"foo", b"bar", b"baz", b"bat"]),
+      "float_tensor": ([2, 2], [1.0, float("nan"), 2.0, float("inf")]),
+      "dbl_tensor": ([2, 1], [float("nan"), 2.0])}),
+    # SingleUnnamedTensorColumnarFormat: the named object form, then the same without the name.
+    ("SingleUnnamedTensorColumnarFormat", {"int_tensor": "int32"}, {"inputs": {"int_tensor": [[[1, 2], [3, 4], [5, 6]]]}},
+     "columnar", {"int_tensor": ([1, 3, 2], [1, 2, 3, 4, 5, 6])}),
+    ("SingleUnnamedTensorColumnarFormatUnnamed", {"int_tensor": "int32"}, {"inputs": [[[1, 2], [3, 4], [5, 6]]]},
+     "columnar", {"int_tensor": ([1, 3, 2], [1, 2, 3, 4, 5, 6])}),
+    # MultipleNamedTensorColumnarFormat: a b64 object alone is a scalar string tensor (shape []).
+    ("MultipleNamedTensorColumnarFormat", {"int_tensor": "int32", "str_tensor": "string", "bin_tensor": "string"},
+     {"inputs": {"int_tensor": [[[1, 2], [3, 4], [5, 6]]], "str_tensor": ["foo", "bar"],
+                 "bin_tensor": {"b64": "aGVsbG8="}}}, "columnar",
+     {"int_tensor": ([1, 3, 2], [1, 2, 3, 4, 5, 6]), "str_tensor": ([2], [b"foo", b"bar"]),
+      "bin_tensor": ([], [b"hello"])}),
 ]
 
 
 @pytest.mark.parametrize("case, dtypes, document, form, expected", JSON_TENSOR_OK, ids=[c[0] for c in JSON_TENSOR_OK])
 def test_json_tensor_cases(case, dtypes, document, form, expected):
+    from tfserving_stub import parse_json
+
+    if isinstance(document, str):  # a document plain JSON cannot hold (NaN, Infinity): parsed as the server does
+        document = parse_json(document.encode())
     tensors, got_form = request_tensors(document, info_map(**dtypes))
     assert got_form == form
+    assert sorted(tensors) == sorted(expected)
     for name, (shape, values) in expected.items():
-        assert list(tensors[name].shape) == shape
-        assert tensors[name].reshape(-1).tolist() == pytest.approx(values) if dtypes[name] != "string" else \
-            tensors[name].reshape(-1).tolist() == values
+        assert list(tensors[name].shape) == shape, name
+        flat = tensors[name].reshape(-1).tolist()
+        if dtypes[name] == "string":
+            assert flat == values, name
+        else:
+            assert np.allclose(flat, values, equal_nan=True) and \
+                [np.isnan(v) for v in flat] == [np.isnan(v) for v in values], name
+
+
+FROM_JSON = [  # ported: JsontensorTest.FromJson* (MakeJsonFromTensors): tensors -> the JSON TF Serving writes
+    ("FromJsonSingleTensor", {"int_tensor": np.array([[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 0], [1, 2]]], np.int32)},
+     '{"predictions": [[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 0], [1, 2]]]}',
+     '{"outputs": [[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 0], [1, 2]]]}'),
+    ("FromJsonSingleScalarTensor", {"int_tensor": np.array([1, 2, 3, 4, 5], np.int32)},
+     '{"predictions": [1, 2, 3, 4, 5]}', '{"outputs": [1, 2, 3, 4, 5]}'),
+    ("FromJsonSingleBytesTensor", {"str_tensor_bytes": np.array([[b"hello", b"world"], [b"tf", b"serving"]], object)},
+     '{"predictions": [[{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}], [{"b64": "dGY="}, {"b64": "c2VydmluZw=="}]]}', None),
+    ("FromJsonSingleFloatTensorNonFinite",
+     {"float_tensor": np.array([[np.nan, np.inf], [3, -np.inf]], np.float32)},
+     '{"predictions": [[NaN, Infinity], [3.0, -Infinity]]}', None),
+    ("FromJsonMultipleNamedTensors", {
+        "int_tensor": np.array([[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 0], [1, 2]]], np.int32),
+        "str_tensor": np.array([[b"foo", b"bar"], [b"baz", b"bat"]], object),
+        "float_tensor": np.array([[1.0], [2.0]], np.float32),
+        "double_scalar_tensor": np.array([8.0, 9.0], np.float64),
+        "str_tensor_bytes": np.array([[b"hello", b"world"], [b"tf", b"serving"]], object)},
+     '{"predictions": [{"double_scalar_tensor": 8.0, "float_tensor": [1.0], "int_tensor": [[1, 2], [3, 4], [5, 6]],'
+     ' "str_tensor": ["foo", "bar"], "str_tensor_bytes": [{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}]},'
+     ' {"double_scalar_tensor": 9.0, "float_tensor": [2.0], "int_tensor": [[7, 8], [9, 0], [1, 2]],'
+     ' "str_tensor": ["baz", "bat"], "str_tensor_bytes": [{"b64": "dGY="}, {"b64": "c2VydmluZw=="}]}]}',
+     '{"outputs": {"double_scalar_tensor": [8.0, 9.0], "float_tensor": [[1.0], [2.0]],'
+     ' "int_tensor": [[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 0], [1, 2]]], "str_tensor": [["foo", "bar"], ["baz", "bat"]],'
+     ' "str_tensor_bytes": [[{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}], [{"b64": "dGY="}, {"b64": "c2VydmluZw=="}]]}}'),
+    ("FromJsonSingleZeroBatchTensor", {"int_tensor": np.zeros([0, 2], np.int32)}, '{"predictions": []}', None),
+    ("FromJsonMultipleZeroBatchTensors", {"str_tensor": np.zeros([0, 1, 2], object),
+                                          "float_tensor": np.zeros([0, 3, 4], np.float32)}, '{"predictions": []}', None),
+]
+
+
+@pytest.mark.parametrize("case, tensors, row, columnar", FROM_JSON, ids=[c[0] for c in FROM_JSON])
+def test_json_from_tensors(case, tensors, row, columnar):
+    """Compared as JSON values (upstream's CompareJson), NaN and Infinity as the tokens TF Serving writes."""
+    from tfserving_stub import response_json
+
+    def same(written: dict, golden: str):
+        assert json.dumps(json.loads(json.dumps(written)), sort_keys=True) == \
+            json.dumps(json.loads(golden), sort_keys=True)
+
+    same(response_json(tensors, "row"), row)
+    if columnar:
+        same(response_json(tensors, "columnar"), columnar)
+
+
+@pytest.mark.parametrize("tensors, fragment", [  # ported: FromJsonSingleTensorErrors, FromJsonMultipleNamedTensorsErrors
+    ({}, "empty tensor map"),
+    ({"tensor": np.array(1, np.int32)}, "no shape information"),
+    ({"int_tensor": np.zeros([2, 3], np.int32), "str_tensor": np.zeros([1, 3], object)}, "inconsistent batch size"),
+])
+def test_json_from_tensors_errors(tensors, fragment):
+    from tfserving_stub import response_json
+
+    with pytest.raises(Status) as info:
+        response_json(tensors, "row")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and fragment in info.value.message
 
 
 JSON_TENSOR_ERRORS = [  # ported: JsontensorTest.SingleUnnamedTensorErrors / MultipleNamedTensorErrors
