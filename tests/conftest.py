@@ -129,7 +129,7 @@ def project_image(control_plane):
 
 @pytest.fixture
 def standin_image(control_plane, project_image, tmp_path_factory):
-    """The TF Serving stand-in (tests/tfserving_stub.py) as an image on top of the project image
+    """The TF Serving stand-in (tests/tfserving_stub/) as an image on top of the project image
     (tests/tfserving_standin/Dockerfile), loaded into the node: the real tensorflow/serving cannot be pulled here."""
     import shutil
 
@@ -141,6 +141,7 @@ def standin_image(control_plane, project_image, tmp_path_factory):
     context = tmp_path_factory.mktemp("standin-context")
     for path in (REPO / "tests" / "tfserving_standin").iterdir():
         shutil.copy2(path, context / path.name)
-    shutil.copy2(REPO / "tests" / "tfserving_stub.py", context / "tfserving_stub.py")
+    shutil.copytree(REPO / "tests" / "tfserving_stub", context / "tfserving_stub",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     control_plane.load_image(images.derived_archive("tfserving-standin", context), STANDIN_IMAGE)
     return STANDIN_IMAGE

@@ -1,7 +1,7 @@
 """Live label moves (`xray promote`) on two TF Serving replicas: two stand-in processes run with the
 Deployment's flags over one models.config and one model base, as two pods over the models volume.
 
-The stand-in follows TF Serving's source (tests/tfserving_stub.py, docs/tfserving-conformance.md): a label may
+The stand-in follows TF Serving's source (tests/tfserving_stub/, docs/tfserving-conformance.md): a label may
 only move to an AVAILABLE version, the file is re-applied at every poll, a failed load is retried and leaves the
 old version serving. tests/test_k8s_real_node.py runs the same sequence on real pods through `make promote`.
 """

@@ -1,4 +1,4 @@
-"""Export, serving configuration, and the gRPC/REST clients against a TF Serving stand-in (tests/tfserving_stub.py)
+"""Export, serving configuration, and the gRPC/REST clients against a TF Serving stand-in (tests/tfserving_stub/)
 that runs the REAL exported SavedModel."""
 
 import base64

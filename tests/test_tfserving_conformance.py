@@ -1,4 +1,4 @@
-"""The TF Serving stand-in (tests/tfserving_stub.py) held to TF Serving's own behaviour.
+"""The TF Serving stand-in (tests/tfserving_stub/) held to TF Serving's own behaviour.
 
 One test (or parametrised group) per row of docs/tfserving-conformance.md. The cases marked "ported" restate,
 in this project's words, the request/response cases of TF Serving's http_rest_api_handler_test.cc and
