@@ -156,6 +156,35 @@ def test_storage_class_and_component_renders(tmp_path):
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
 
 
+def test_promote_and_serving_replicas_render_through_the_cli(tmp_path):
+    """What `make promote` and `make deploy-serving REPLICAS=N` hand to kubectl, through `xray preflight`."""
+    from conftest import run_xray
+
+    run_xray("preflight", "--component", "promote", "--image", "r/xray:1", "--label", "stable", "--from-label",
+             "canary", "--wait", "120", "--out", tmp_path / "promote", "--offline")
+    objects = _rendered(tmp_path / "promote")
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert config["data"]["XRAY_PROMOTE"] == "--label stable --from-label canary" and config["data"]["XRAY_WAIT"] == "120"
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"]["xray.io/serving-client"] == "true" and job["spec"]["backoffLimit"] == 0
+    assert pod["spec"]["containers"][0]["image"] == "r/xray:1"
+    assert "--service xray-serving-replicas" in pod["spec"]["containers"][0]["args"][0]
+    for args, words in ((["--version", "2"], "set LABEL"), (["--label", "beta", "--version", "2"], "LABEL=beta"),
+                        (["--label", "stable", "--version", "x"], "VERSION=x"),
+                        (["--label", "stable", "--version", "2", "--rollback"], "one of VERSION")):
+        result = run_xray("preflight", "--component", "promote", "--image", "r/xray:1", *args, "--out", tmp_path / "p2",
+                          "--offline", check=False)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    run_xray("preflight", "--component", "serving", "--replicas", "3", "--out", tmp_path / "serving", "--offline")
+    objects = _rendered(tmp_path / "serving")
+    (hpa,) = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 3) and "replicas" not in deployment["spec"]
+    (replicas,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "xray-serving-replicas"]
+    assert replicas["spec"]["clusterIP"] == "None" and replicas["spec"]["publishNotReadyAddresses"] is True
+
+
 def test_make_picks_the_gpu_image_and_refuses_a_missing_image():
     dry = subprocess.run(["make", "-n", "train-cluster", "IMAGE=r/xray", "TAG=0.2.0", "OVERLAY=gpu"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout

@@ -146,11 +146,34 @@ def test_every_status_code_maps_to_tf_servings_http_status(handler_server, code,
 
 
 def test_cors_preflight_needs_an_origin(handler_server):
+    """http_server.cc: the preflight is answered before the handler, so no body either way."""
     response = requests.options(f"{handler_server.rest_url}/v1/models/{MODEL}:predict", timeout=10)
-    assert response.status_code == 400 and "Origin header is missing" in response.json()["error"]
+    assert response.status_code == 400 and response.content == b""
     response = requests.options(f"{handler_server.rest_url}/v1/models/{MODEL}:predict",
                                 headers={"Origin": "http://example.com"}, timeout=10)
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.content == b""
+
+
+@pytest.mark.parametrize("dtype, value, accepted", [
+    ("int32", 2**31 - 1, True), ("int32", 2**31, False), ("int64", 2**63 - 1, True), ("int64", 2**63, False),
+    ("int64", 10**30, False), ("uint32", -1, False), ("uint64", 2**64 - 1, True), ("uint64", 2**64, False),
+])
+def test_integers_out_of_range_are_invalid_argument(dtype, value, accepted):
+    """json_tensor.cc AddValueToTensor: IsInt/IsInt64/IsUint/IsUint64, a type error otherwise (never a crash)."""
+    document = {"instances": [value]}
+    if accepted:
+        tensors, _ = request_tensors(document, info_map(x=dtype))
+        assert tensors["x"].tolist() == [value]
+    else:
+        with pytest.raises(Status) as info:
+            request_tensors(document, info_map(x=dtype))
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and f"is not of expected type: {dtype}" in \
+            info.value.message
+
+
+def test_base64_without_padding_is_accepted_as_absl_does():
+    tensors, _ = request_tensors({"instances": [{"b64": "aGVsbG8"}, {"b64": "d29ybGQ="}]}, info_map(x="string"))
+    assert tensors["x"].tolist() == [b"hello", b"world"]
 
 
 # --- model, version, label resolution (server_core.cc, basic_manager.cc) ------------------------------------
@@ -476,6 +499,49 @@ def test_reload_config_rpc_validates_as_server_core_does(handler_server, half_pl
         {"predictions": [3.0]}
     # The same config is accepted (and changes nothing).
     reload_rpc(handler_server, serving_config.read_models_config(str(handler_server.options.model_config_file)))
+
+
+def write_warmup(version_dir: Path, *inputs: dict) -> None:
+    """assets.extra/tf_serving_warmup_requests: one PredictionLog per dict of input arrays, as export writes it."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    (version_dir / "assets.extra").mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(version_dir / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for tensors in inputs:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL
+            for key, value in tensors.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
+
+def test_warmup_records_are_replayed_and_a_failing_one_fails_the_load(half_plus_two_base, tmp_path):
+    """saved_model_warmup_util.cc: every record runs before the version is AVAILABLE; the first failure is the
+    load's error (and, for the first config, the server's exit)."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(half_plus_two_base / str(VERSION), base / "1")
+    write_warmup(base / "1", {"x": np.array([1.0, 2.0], np.float32)}, {"x": np.array([3.0], np.float32)})
+    config = write_config(tmp_path / "models.config", base, policy="all")
+    server = StubModelServer(Options(model_config_file=str(config), max_num_load_retries=0)).start()
+    try:
+        assert server.core.models[MODEL].loaded[1].warmup_records == 2
+        shutil.copytree(half_plus_two_base / str(VERSION), base / "2")
+        write_warmup(base / "2", {"x": np.array([1.0], np.float32)}, {"y": np.array([1.0], np.float32)})
+        wait_until(lambda: call(server, "GET", f"/v1/models/{MODEL}/versions/2")[1].get("model_version_status", [{}])[0]
+                   .get("state") == "END", "version 2 ends")
+        (entry,) = call(server, "GET", f"/v1/models/{MODEL}/versions/2")[1]["model_version_status"]
+        assert entry["status"]["error_code"] == "INVALID_ARGUMENT" and "input size does not match signature" in \
+            entry["status"]["error_message"]
+        assert call(server, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1.0]}')[1] == {"predictions": [2.5]}
+    finally:
+        server.stop()
+    with pytest.raises(Status) as info:  # the same failing record in the only version: the server does not start
+        StubModelServer(Options(model_config_file=str(write_config(tmp_path / "two.config", base, versions=(2,))),
+                                max_num_load_retries=0)).start()
+    assert "did not become available" in info.value.message and "input size does not match" in info.value.message
 
 
 def test_grpc_error_messages_over_1024_characters_are_truncated(handler_server):

@@ -10,6 +10,7 @@ real server could disagree, the real server is right: run the shared client suit
 One module per TF Serving concern, each beside the upstream files it follows (their docstrings name them):
 
     status.py         status codes, HTTP mapping, gRPC message truncation   http_server.cc, grpc_status_util.cc
+    warmup.py         warmup records replayed at load                        saved_model_warmup_util.cc
     options.py        the flags it honours, their types and defaults         main.cc, server.h
     server_core.py    config, versions, labels, loads, retries, unloads      server_core.cc, basic_manager.cc,
                       the wait before the ports open                         loader_harness.cc,
@@ -25,7 +26,7 @@ One module per TF Serving concern, each beside the upstream files it follows (th
     server.py         the process: load, then bind; poll the config          server.cc, main.cc
 
 Not modelled (say so before relying on them): classify/regress, Prometheus metrics, request logging,
-TFLite/TFRT, resource estimation (RESOURCE_EXHAUSTED on load), warmup replay, the exact decimal formatting
+TFLite/TFRT, resource estimation (RESOURCE_EXHAUSTED on load), non-predict warmup records, the exact decimal formatting
 of floats in REST responses, and gRPC channel arguments. docs/tfserving-conformance.md has the full list.
 """
 

@@ -83,8 +83,9 @@ def _fill(value, level: int, shape: list[int], dtype: str, out: list) -> None:
                 raise Status(Code.INVALID_ARGUMENT, f"JSON Value: {_debug(value)} Type: Object is not of expected type: {dtype}")
             if not _is_b64(value):
                 raise Status(Code.INVALID_ARGUMENT, f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
-            try:
-                out.append(base64.b64decode(value["b64"], validate=True))
+            try:  # absl::Base64Unescape: the padding may be left out
+                text = value["b64"]
+                out.append(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
             except (binascii.Error, ValueError):
                 raise Status(Code.INVALID_ARGUMENT, "Unable to base64 decode") from None
             return
@@ -103,10 +104,14 @@ def _scalar(value, dtype: str):
     """AddValueToTensor: JSON numbers for float/double, integers for int types, strings, booleans."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    ok = {"float": is_number, "double": is_number, "int32": is_int and -2**31 <= value < 2**31 if is_int else False,
-          "int16": is_int, "int8": is_int, "uint8": is_int, "int64": is_int, "string": isinstance(value, str),
-          "bool": isinstance(value, bool), "uint32": is_int and value >= 0 if is_int else False,
-          "uint64": is_int and value >= 0 if is_int else False}
+
+    def fits(low: int, high: int) -> bool:  # rapidjson's IsInt / IsInt64 / IsUint / IsUint64
+        return is_int and low <= value < high
+
+    int32 = fits(-2**31, 2**31)
+    ok = {"float": is_number, "double": is_number, "int32": int32, "int16": int32, "int8": int32, "uint8": int32,
+          "int64": fits(-2**63, 2**63), "string": isinstance(value, str), "bool": isinstance(value, bool),
+          "uint32": fits(0, 2**32), "uint64": fits(0, 2**64)}
     if dtype not in ok:
         raise Status(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {_debug(value)} to type: {dtype}")
     if not ok[dtype]:

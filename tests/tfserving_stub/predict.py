@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tfserving_stub.server_core import ServerCore
-from tfserving_stub.status import Status
+from tfserving_stub.status import Status, grpc_code
 
 
 Code = grpc.StatusCode
@@ -83,7 +83,7 @@ class Predictor:
                 outputs = function(**tensors)
         except tf.errors.OpError as error:
             # The session's status goes back as it is: code and message (http_server.cc/grpc_status_util.cc).
-            raise Status(_grpc_code(error), error.message) from None
+            raise Status(grpc_code(error), error.message) from None
         return {key: value.numpy() for key, value in outputs.items()}
 
     def _batch_loop(self):
@@ -122,13 +122,6 @@ class Predictor:
                 task["result"] = {key: value[offset:offset + task["size"]] for key, value in outputs.items()}
                 offset += task["size"]
                 task["done"].set()
-
-
-def _grpc_code(error: tf.errors.OpError) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == error.error_code:
-            return code
-    return Code.UNKNOWN
 
 
 def as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfserving_stub.options import Options
+from tfserving_stub import warmup
 from tfserving_stub.status import Status
 
 
@@ -44,6 +45,7 @@ class LoadedVersion:
             raise Status(Code.NOT_FOUND, f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
         self.signature_defs = proto.meta_graphs[0].signature_def
         self.loaded = tf.saved_model.load(str(path))
+        self.warmup_records = warmup.replay(path, self.signature_defs, self.loaded)  # a failure fails the load
 
 
 class ModelState:

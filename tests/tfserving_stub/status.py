@@ -27,3 +27,11 @@ HTTP_STATUS = {
     Code.FAILED_PRECONDITION: 400, Code.ABORTED: 409, Code.OUT_OF_RANGE: 400, Code.UNIMPLEMENTED: 501,
     Code.INTERNAL: 500, Code.UNAVAILABLE: 503, Code.DATA_LOSS: 500, Code.UNAUTHENTICATED: 401,
 }
+
+
+def grpc_code(error) -> grpc.StatusCode:
+    """The gRPC code of a TensorFlow error (tf.errors.OpError.error_code): the same numbers (error_codes.proto)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == error.error_code:
+            return code
+    return Code.UNKNOWN
