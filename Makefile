@@ -73,10 +73,13 @@ WAIT ?=
 REPLICAS ?=
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
+# make serve: more tensorflow_model_server flags (e.g. --load_retry_interval_micros=5000000) and docker run options.
+SERVING_FLAGS ?=
+DOCKER_RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock promote promote-local
+  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock promote promote-local standin-load
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -138,12 +141,12 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 	@docker info >/dev/null 2>&1 || { echo "Docker is installed but its engine is not reachable (is the daemon running? are you in the docker group?)"; exit 1; }
 	@ls $(MODEL_BASE)/[0-9]* >/dev/null 2>&1 || { echo "no exported version under $(MODEL_BASE): run make export first"; exit 1; }
 	$(XRAY) export --model-base $(MODEL_BASE) --serving-config $(SERVING_CONFIG) --serving-base-path /models/xray
-	docker run --rm --name xray-serving -p $(GRPC_PORT):8500 -p $(REST_PORT):8501 \
+	docker run --rm --name xray-serving $(DOCKER_RUN_ARGS) -p $(GRPC_PORT):$(GRPC_PORT) -p $(REST_PORT):$(REST_PORT) \
 	  -v $(abspath $(MODEL_BASE)):/models/xray:ro -v $(abspath $(SERVING_CONFIG)):/config:ro \
 	  --entrypoint tensorflow_model_server $(or $(SERVING_IMAGE),tensorflow/serving:2.21.0) \
-	  --port=8500 --rest_api_port=8501 --model_config_file=/models/xray/models.config \
+	  --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --model_config_file=/models/xray/models.config \
 	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
-	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true
+	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true $(SERVING_FLAGS)
 
 predict: $(VENV)/.installed ## score the synthetic test images with the exported model in-process
 	$(XRAY) predict $(BUILD)/synth/test --model $(MODEL_BASE) --format table
@@ -259,6 +262,15 @@ cluster-up: $(VENV)/.installed ## start a local cluster: control plane, a real n
 image-load: $(VENV)/.installed ## build the project image from the Dockerfile (cached) and load it into the local node as IMAGE:TAG
 	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make image-load IMAGE=xray.local/xray TAG=dev" >&2; exit 2; }
 	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster image $(IMAGE):$(TAG)
+
+# Test infrastructure, for trying the serving steps on the local cluster: the real tensorflow/serving cannot be
+# pulled here, so this builds the TF Serving stand-in (tests/tfserving_stub/) as an image FROM the project image.
+STANDIN_IMAGE ?= xray.local/tfserving-standin:test
+standin-load: $(VENV)/.installed ## TEST INFRASTRUCTURE: the TF Serving stand-in as $(STANDIN_IMAGE) on the local node (make deploy-serving SERVING_IMAGE=...)
+	rm -rf $(BUILD)/standin-context && mkdir -p $(BUILD)/standin-context
+	cp tests/tfserving_standin/* $(BUILD)/standin-context/
+	cp -r tests/tfserving_stub $(BUILD)/standin-context/ && rm -rf $(BUILD)/standin-context/tfserving_stub/__pycache__
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster derived $(STANDIN_IMAGE) $(BUILD)/standin-context
 
 cluster-down: ## stop the local cluster started by cluster-up, take back what its node changed on the host, remove its data (logs stay)
 	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(PYTHON) -m xray.localcluster down

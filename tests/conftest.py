@@ -130,13 +130,16 @@ def project_image(control_plane):
 @pytest.fixture
 def standin_image(control_plane, project_image, tmp_path_factory):
     """The TF Serving stand-in (tests/tfserving_stub/) as an image on top of the project image
-    (tests/tfserving_standin/Dockerfile), loaded into the node: the real tensorflow/serving cannot be pulled here."""
-    import shutil
-
-    from xray.localcluster import images
-
+    (tests/tfserving_standin/Dockerfile), loaded into the node by `make standin-load` as a user would: the real
+    tensorflow/serving cannot be pulled here."""
     if _on_node(control_plane, STANDIN_IMAGE):
         return STANDIN_IMAGE
+
+    build = tmp_path_factory.mktemp("standin-build")
+    result = subprocess.run(["make", "standin-load", f"STANDIN_IMAGE={STANDIN_IMAGE}", f"BUILD={build}",
+                             f"CLUSTER_ROOT={control_plane.root}"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, f"make standin-load:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return STANDIN_IMAGE
 
     context = tmp_path_factory.mktemp("standin-context")
     for path in (REPO / "tests" / "tfserving_standin").iterdir():

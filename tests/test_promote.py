@@ -189,3 +189,79 @@ def test_promote_refuses_with_one_line(two_replicas, tmp_path):
     assert "Traceback" not in result.stderr
     result = run_xray("export", "--model-base", base, "--label", "stable", "--server", "http://x", check=False)
     assert result.returncode == 2 and "xray promote" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_sequence_against_make_serve_in_docker(model_base, synth_dir, tmp_path):
+    """`make serve` in a Docker engine (the project's private dockerd, on the host network because that engine has
+    no bridge) running the stand-in image, then `make promote-local` as the README gives it: canary -> 2, stable ->
+    canary, rollback, a broken version 3 refused with the load error; predictions by label never fail."""
+    import shutil
+
+    from xray.localcluster import images
+    from xray.localcluster.host import free_port
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for version in ("1", "2"):
+        shutil.copytree(model_base / version, models / version)
+    context = tmp_path / "standin-context"
+    shutil.copytree(TESTS / "tfserving_standin", context)
+    shutil.copytree(TESTS / "tfserving_stub", context / "tfserving_stub", ignore=shutil.ignore_patterns("__pycache__"))
+    archive = images.derived_archive("tfserving-standin", context, log=lambda *_: None)
+    reference = f"xray.local/tfserving-standin:{archive.stem.rsplit('-', 1)[1]}"
+    grpc_port, rest_port = free_port(), free_port()
+    with images.Engine(log=lambda *_: None) as engine:
+        if engine.run("image", "inspect", reference, check=False).returncode != 0:
+            engine.run("load", "-i", str(archive))
+        env = dict(engine.env)
+        common = [f"MODEL_BASE={models}", f"GRPC_PORT={grpc_port}", f"REST_PORT={rest_port}"]
+        serve = subprocess.Popen(["make", "serve", *common, f"SERVING_CONFIG={tmp_path / 'serving-config'}",
+                                  f"SERVING_IMAGE={reference}", "DOCKER_RUN_ARGS=--network=host",
+                                  "SERVING_FLAGS=--load_retry_interval_micros=500000"],
+                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server = type("Served", (), {"rest": f"http://127.0.0.1:{rest_port}", "process": serve})()
+        image = sorted(synth_dir.glob("test/*/*.jpeg"))[0].read_bytes()
+        traffic = None
+        try:
+            def ready():
+                if serve.poll() is not None:
+                    raise AssertionError(f"make serve ended: {serve.stdout.read()[-3000:]}")
+                try:
+                    return requests.get(f"{server.rest}/v1/models/xray/metadata", timeout=5).status_code == 200
+                except requests.ConnectionError:
+                    return False
+
+            wait_for("make serve's server to answer", ready, 240, 0.5)
+
+            def make_promote(*args, check=True):
+                result = subprocess.run(["make", "promote-local", *common, *args], cwd=REPO, capture_output=True,
+                                        text=True, timeout=300)
+                assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+                return result
+
+            def version_of(label):
+                return Replica.version_of(server, label)
+
+            make_promote("LABEL=stable", "VERSION=1")
+            traffic = Traffic([server], ["stable"], image)
+            traffic.start()
+            result = make_promote("LABEL=canary", "VERSION=2")
+            assert "version 2 AVAILABLE" in result.stdout and version_of("canary") == 2
+            traffic.labels.append("canary")
+            make_promote("LABEL=stable", "FROM=canary")
+            assert version_of("stable") == 2
+            make_promote("LABEL=stable", "ROLLBACK=1")
+            assert version_of("stable") == 1
+            (models / "3").mkdir()
+            (models / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+            result = make_promote("LABEL=stable", "VERSION=3", check=False)
+            assert result.returncode != 0 and "could not load version 3" in result.stderr, result.stderr[-2000:]
+            assert f"replica localhost:{grpc_port}" in result.stderr and version_of("stable") == 1
+        finally:
+            if traffic is not None:
+                traffic.finish()
+            engine.run("rm", "-f", "xray-serving", check=False)
+            serve.wait(timeout=60)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.sent > 5
