@@ -178,7 +178,7 @@ def move_label(model_base: str, label: str, version: int, replicas, *, base_path
             except PromoteError:
                 if move.staged:
                     log(f"undo: version {version} leaves the version policy; {label} stays at {previous}")
-                    _apply(model_base, before, list(clients.values()), restore=None, log=log)
+                    _undo(model_base, before, list(clients.values()), log)
                 raise
             # Replicas that started since: they may have read the file before the staging; stage them too.
             new = [replica for replica in discover() if replica not in clients]
@@ -231,6 +231,20 @@ def _apply(model_base: str, config, clients: list[ReplicaClient], *, restore, lo
         done.append(client)
 
 
+def _undo(model_base: str, config, clients: list[ReplicaClient], log) -> None:
+    """Puts ``config`` back in the file and on every replica that answers; one that does not gets it from the file
+    at its next poll (or at its start). Never raises: the error being reported is the one that matters."""
+    from clients import ServingError
+
+    serving_config.write_text_proto(config, config_path(model_base))
+    for client in clients:
+        try:
+            client.reload(config)
+        except ServingError as error:
+            log(f"warning: {client.replica.name} did not take the previous config back ({error.code}); its next poll "
+                "of models.config restores it")
+
+
 def _stage_and_wait(clients: list[ReplicaClient], stage, version: int, deadline: float, poll_s: float, log) -> None:
     """Sends ``stage`` to each replica (waiting for one that does not answer yet), then waits until each reports
     ``version`` AVAILABLE. PromoteError names the first replica that refuses, fails the load or runs out of time."""
@@ -249,8 +263,8 @@ def _stage_and_wait(clients: list[ReplicaClient], stage, version: int, deadline:
                 entry = client.state(version)
             except ServingError as error:
                 if error.code != "UNAVAILABLE":
-                    raise PromoteError(f"replica {where} refused the config: {error.code}: {error.message}",
-                                       replica_name) from None
+                    what = "refused the config" if replica_name not in sent else "did not report its versions"
+                    raise PromoteError(f"replica {where} {what}: {error.code}: {error.message}", replica_name) from None
                 entry, state = None, "not answering yet"
             else:
                 state = entry["state"] if entry else "not known yet"

@@ -140,11 +140,3 @@ def standin_image(control_plane, project_image, tmp_path_factory):
                              f"CLUSTER_ROOT={control_plane.root}"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, f"make standin-load:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return STANDIN_IMAGE
-
-    context = tmp_path_factory.mktemp("standin-context")
-    for path in (REPO / "tests" / "tfserving_standin").iterdir():
-        shutil.copy2(path, context / path.name)
-    shutil.copytree(REPO / "tests" / "tfserving_stub", context / "tfserving_stub",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    control_plane.load_image(images.derived_archive("tfserving-standin", context), STANDIN_IMAGE)
-    return STANDIN_IMAGE

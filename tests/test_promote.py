@@ -146,7 +146,7 @@ def test_canary_stable_rollback_and_a_broken_version_on_two_replicas(two_replica
         result = promote(base, replicas, "--label", "stable", "--version", 3, check=False)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
-        assert f"replica 127.0.0.1:" in result.stderr and "could not load version 3" in result.stderr, result.stderr
+        assert "replica 127.0.0.1:" in result.stderr and "could not load version 3" in result.stderr, result.stderr
         assert "stable still points where it did" in result.stderr
         assert [r.version_of("stable") for r in replicas] == [1, 1]
         config = serving_config.read_models_config(str(base / "models.config"))
