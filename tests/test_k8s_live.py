@@ -50,11 +50,12 @@ def namespace(plane, name: str, tmp_path=None) -> str:
     return name
 
 
-def render(plane, tmp_path, component: str, overlay: str = "local", ns: str = "xray", workers: int = 2) -> list[dict]:
+def render(plane, tmp_path, component: str, overlay: str = "local", ns: str = "xray", workers: int = 2,
+           *extra: str) -> list[dict]:
     """`xray preflight` against the real API server, then the rendered objects (kubectl kustomize)."""
     out = tmp_path / f"{overlay}-{component}"
     run_xray("preflight", "--component", component, "--overlay", overlay, "--image", IMAGE, "--workers", workers,
-             "--namespace", ns, "--out", out, env={"KUBECONFIG": str(plane.kubeconfig)})
+             "--namespace", ns, "--out", out, *extra, env={"KUBECONFIG": str(plane.kubeconfig)})
     rendered = subprocess.run(["kubectl", "kustomize", str(out)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
@@ -138,7 +139,11 @@ def test_server_is_kubernetes_134_with_ready_kwok_nodes(control_plane):
 @pytest.mark.parametrize("overlay, component", OVERLAYS, ids=[f"{o}-{c}" for o, c in OVERLAYS])
 def test_every_overlay_is_admitted_and_its_controllers_create_pods(control_plane, tmp_path, overlay, component):
     ns = namespace(control_plane, f"ov-{overlay}-{component}")
-    objects = render(control_plane, tmp_path, component, overlay, ns)
+    extra = []
+    if component == "promote":  # make promote moves a label on a running TF Serving: pre-flight wants one there
+        apply(control_plane, render(control_plane, tmp_path, "serving", overlay, ns))
+        extra = ["--label", "stable", "--version", "1"]
+    objects = render(control_plane, tmp_path, component, overlay, ns, 2, *extra)
     result = apply(control_plane, objects)
     assert "violate" not in result.stderr, result.stderr  # Pod Security warns on apply before pods are refused
     for obj in objects:  # every object exists on the server as applied

@@ -240,6 +240,7 @@ def promote_on_two_replicas(plane, ns: str, common: list[str], step, volume: Pat
     urls = [f"http://127.0.0.1:{forward.__enter__()[0]}" for forward in forwards]
     labels, failures, sent = ["stable"], [], [0]
     stop = threading.Event()
+    runner = threading.Thread(target=lambda: traffic(), daemon=True)
 
     def traffic():
         while not stop.is_set():
@@ -257,7 +258,6 @@ def promote_on_two_replicas(plane, ns: str, common: list[str], step, volume: Pat
     try:
         step("promote", "LABEL=stable", "VERSION=1")  # the first label
         assert [version_of(url, "stable") for url in urls] == [1, 1]
-        runner = threading.Thread(target=traffic, daemon=True)
         runner.start()
         result = step("promote", "LABEL=canary", "VERSION=2")
         assert "SUCCEEDED" in result.stdout and result.stdout.count("version 2 AVAILABLE") == 2, result.stdout
@@ -281,6 +281,8 @@ def promote_on_two_replicas(plane, ns: str, common: list[str], step, volume: Pat
         assert "versions: 3" not in models_config and 'key: "stable"' in models_config
     finally:
         stop.set()
+        if runner.is_alive():
+            runner.join(timeout=120)  # its last requests finish before the forwards close under them
         for forward in forwards:
             forward.__exit__(None, None, None)
     assert failures == [], failures[:5]

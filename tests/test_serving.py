@@ -27,6 +27,7 @@ from trainer import data, records
 def server(model_base, tmp_path_factory):
     config_dir = tmp_path_factory.mktemp("serving-config")
     stub = deployment_server(str(model_base), labels={"stable": 1, "canary": 2}, config_dir=str(config_dir)).start()
+    stub.core.wait_for_loads()  # the ports open once version 2 (the newest) is up; version 1 may still be loading
     yield stub
     stub.stop()
 

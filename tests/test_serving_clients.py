@@ -40,6 +40,7 @@ def endpoints(request, model_base, tmp_path_factory):
         return
     config_dir = tmp_path_factory.mktemp("client-suite-config")
     stub = deployment_server(str(model_base), labels={"stable": 1, "canary": 2}, config_dir=str(config_dir)).start()
+    stub.core.wait_for_loads()  # the ports open once version 2 (the newest) is up; version 1 may still be loading
     yield Endpoints(stub.rest_url, stub.grpc_target, stub)
     stub.stop()
 
@@ -118,6 +119,7 @@ def stub_endpoints(model_base, tmp_path_factory):
     """The stand-in alone: a real server cannot be told to fail."""
     config_dir = tmp_path_factory.mktemp("retry-config")
     stub = deployment_server(str(model_base), labels={"stable": 1, "canary": 2}, config_dir=str(config_dir)).start()
+    stub.core.wait_for_loads()  # the ports open once version 2 (the newest) is up; version 1 may still be loading
     yield Endpoints(stub.rest_url, stub.grpc_target, stub)
     stub.stop()
 
