@@ -219,13 +219,7 @@ def _apply(model_base: str, config, clients: list[ReplicaClient], *, restore, lo
             client.reload(config)
         except ServingError as error:
             if restore is not None:
-                serving_config.write_text_proto(restore, config_path(model_base))
-                for other in done:
-                    try:
-                        other.reload(restore)
-                    except ServingError as again:
-                        log(f"warning: {other.replica.name} did not take the previous config back: {again}; its "
-                            f"next poll of models.config restores it")
+                _undo(model_base, restore, done, log)
             raise PromoteError(f"replica {client.replica.name} ({client.replica.target}) refused the config: "
                                f"{error.code}: {error.message}", client.replica.name) from None
         done.append(client)
