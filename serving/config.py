@@ -63,9 +63,14 @@ def staged_of(config, name: str = contract.MODEL_NAME) -> set[int]:
     return set()
 
 
+def config_path(model_base: str) -> str:
+    """``<model_base>/models.config``: the file TF Serving reads at start and xray promote keeps in step."""
+    return f"{model_base.rstrip('/')}/models.config"
+
+
 def read_labels(model_base: str) -> dict[str, int]:
     """The labels in ``<model_base>/models.config``, or {} when there is no such file."""
-    path = f"{model_base.rstrip('/')}/models.config"
+    path = config_path(model_base)
     return labels_of(read_models_config(path)) if tf.io.gfile.exists(path) else {}
 
 

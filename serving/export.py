@@ -344,7 +344,7 @@ def ensure_models_config(model_base: str, model_name: str = contract.MODEL_NAME,
     left alone (it holds the labels)."""
     from serving import config as serving_config
 
-    path = f"{model_base.rstrip('/')}/models.config"
+    path = serving_config.config_path(model_base)
     if not tf.io.gfile.exists(path):
         config = serving_config.models_config(base_path or f"/models/{model_name}", name=model_name)
         serving_config.write_text_proto(config, path)

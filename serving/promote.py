@@ -64,28 +64,24 @@ class ReplicaClient:
     def reload(self, config) -> None:
         self.client.reload_config(config)
 
+    def versions(self) -> list[dict]:
+        """Every version the server knows ([] while it knows none: NOT_FOUND)."""
+        from clients import ServingError
+
+        try:
+            return self.client.status()
+        except ServingError as error:
+            if error.code == "NOT_FOUND":
+                return []
+            raise
+
     def state(self, version: int) -> dict | None:
         """{"version", "state", "error_code", "error_message"} of ``version``, or None while the server does not
         know it yet."""
-        from clients import ServingError
-
-        try:
-            status = self.client.status()
-        except ServingError as error:
-            if error.code == "NOT_FOUND":
-                return None
-            raise
-        return next((v for v in status if v["version"] == version), None)
+        return next((v for v in self.versions() if v["version"] == version), None)
 
     def available(self) -> set[int]:
-        from clients import ServingError
-
-        try:
-            return {v["version"] for v in self.client.status() if v["state"] == "AVAILABLE"}
-        except ServingError as error:
-            if error.code == "NOT_FOUND":
-                return set()
-            raise
+        return {v["version"] for v in self.versions() if v["state"] == "AVAILABLE"}
 
     def close(self) -> None:
         self.client.close()
@@ -100,8 +96,7 @@ class Move:
     staged: bool  # whether the version had to be loaded first
 
 
-def config_path(model_base: str) -> str:
-    return f"{model_base.rstrip('/')}/models.config"
+config_path = serving_config.config_path
 
 
 def current_config(model_base: str, base_path: str, name: str = contract.MODEL_NAME):
