@@ -20,6 +20,7 @@ RUN if [ -s .pip-cert.pem ]; then export PIP_CERT=/src/.pip-cert.pem; fi \
  && if [ "$VARIANT" = "gpu" ]; then lock=requirements-gpu.lock; else lock=requirements.lock; fi \
  && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r "$lock"
 COPY pyproject.toml README.md ./
+COPY data ./data
 COPY trainer ./trainer
 COPY tuner ./tuner
 COPY serving ./serving

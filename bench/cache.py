@@ -37,7 +37,9 @@ def _epoch_timer():
 def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int, summary) -> dict:
     import numpy as np
 
-    from trainer import data, feature_cache, records
+    from data import manifest as manifests
+    from data import reader
+    from trainer import feature_cache
     from trainer.config import preset
     from trainer.kerasapi import keras
     from trainer.model import build_model, compile_model
@@ -45,13 +47,13 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
     config = preset("seed")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
     batch, size = config.train.batch_size, config.model.image_size
-    manifest = records.read_manifest(str(shards))
-    weights = records.class_weights(manifest)
-    steps = records.num_steps(sum(manifest["counts"]["train"].values()), batch)
+    manifest = manifests.read(str(shards))
+    weights = manifest.class_weights()
+    steps = manifest.steps("train", batch)
 
     keras.utils.set_random_seed(0)
     whole = compile_model(build_model(config.model), config.train)
-    images = data.make_dataset(records.shard_pattern(str(shards), "train"), batch, True, image_size=size,
+    images = reader.make_dataset(manifest.shard_paths("train"), batch, True, image_size=size,
                                class_weights=weights, augment=False)
     timer = _epoch_timer()
     whole.fit(images, epochs=full_epochs + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])

@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
 
     import tensorflow as tf
 
-    from trainer import cluster, data, records
+    from data import manifest as manifests
+    from data import reader
+    from trainer import cluster
 
     workers = 1
     if len(argv) > 4:
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> int:
         compile_model(model, config.train)
 
     def dataset(context):
-        return data.make_dataset(records.shard_pattern(shards, "train"), batch, True,
+        return reader.make_dataset(manifests.read(shards).shard_paths("train"), batch, True,
                                  image_size=config.model.image_size, input_context=context, augment=False)
 
     class StepTimes(keras.callbacks.Callback):

@@ -64,15 +64,16 @@ def prepare_data(patients: int) -> tuple[Path, Path]:
 def p1_pipeline_vs_memory(shards: Path, repeats: int, steps: int) -> dict:
     import tensorflow as tf
 
-    from trainer import data, records
+    from data import manifest as manifests
+    from data import reader
     from trainer.config import preset
     from trainer.model import build_model, compile_model
 
     config = preset("demo")
     batch, size = config.train.batch_size, config.model.image_size
-    manifest = records.read_manifest(str(shards))
-    weights = records.class_weights(manifest)
-    pipeline = data.make_dataset(records.shard_pattern(str(shards), "train"), batch, True, image_size=size,
+    manifest = manifests.read(str(shards))
+    weights = manifest.class_weights()
+    pipeline = reader.make_dataset(manifest.shard_paths("train"), batch, True, image_size=size,
                                  class_weights=weights)
     in_memory = [tuple(t.numpy() for t in element) for element in pipeline.take(steps)]
     memory = tf.data.Dataset.from_tensor_slices(tuple(
@@ -112,7 +113,8 @@ def p2_reader_vs_keras(count: int, repeats: int) -> dict:
     shards' train split leaves the validation patients out)."""
     import tensorflow as tf
 
-    from trainer import data, records
+    from data import manifest as manifests
+    from data import reader
     from trainer.kerasapi import keras
 
     size, batch = 64, 16
@@ -124,9 +126,10 @@ def p2_reader_vs_keras(count: int, repeats: int) -> dict:
     started = time.perf_counter()
     _xray("shards", "--src", films, "--out", small, "--num-shards", 4, "--image-size", size, "--seed", 1)
     conversion = time.perf_counter() - started  # a process start included, as a user pays it
-    sources = {"ours_full": data.make_dataset(records.shard_pattern(str(full), "train"), batch, False, image_size=size),
-               "ours_pre_resized": data.make_dataset(records.shard_pattern(str(small), "train"), batch, False,
-                                                     image_size=size),
+    sources = {"ours_full": reader.make_dataset(manifests.read(str(full)).shard_paths("train"), batch, False,
+                                                image_size=size),
+               "ours_pre_resized": reader.make_dataset(manifests.read(str(small)).shard_paths("train"), batch, False,
+                                                       image_size=size),
                "keras": keras.utils.image_dataset_from_directory(
                    str(films / "train"), labels="inferred", label_mode="binary", image_size=(size, size),
                    batch_size=batch, shuffle=False).map(
@@ -192,7 +195,7 @@ def _films(out: Path, count: int, width: int = 2000, noise: float = 12) -> Path:
 def p9_shards_parallel(count: int, repeats: int) -> dict:
     import hashlib
 
-    from trainer import records
+    from data import convert, pixels
 
     source = _films(WORK / f"p9-films-{count}", count)
     files = sorted(source.rglob("*.jpeg"))
@@ -209,23 +212,23 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
             payload = path.read_bytes()
             hashlib.sha256(payload).hexdigest()
             film = np.asarray(Image.open(io.BytesIO(payload)).convert("L"), dtype=np.uint8)[:, :, None]
-            pixels = np.clip(np.rint(records.resize_gray(film, 224).numpy()[:, :, 0]), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(io.BytesIO(), format="JPEG", quality=95)
+            resized = np.clip(np.rint(pixels.resize_gray(film, 224).numpy()[:, :, 0]), 0, 255).astype(np.uint8)
+            Image.fromarray(resized, mode="L").save(io.BytesIO(), format="JPEG", quality=95)
 
     def our_steps_one_thread():
         # xray shards' own per-image work (DCT-scaled decode) in one thread, no writing: the parallel share.
         for path in files:
             payload = path.read_bytes()
             hashlib.sha256(payload).hexdigest()
-            records.check_image(payload, 224)
+            convert.check_image(payload, 224)
 
     def xray_shards():
         out = WORK / "p9-shards"
         shutil.rmtree(out, ignore_errors=True)
-        records.convert(source, str(out), records.ShardOptions(num_shards=2, image_size=224), show_progress=False)
+        convert.convert(source, str(out), convert.ShardOptions(num_shards=2, image_size=224), show_progress=False)
 
     times = {"loop": [], "one_thread": [], "shards": []}
-    records.check_image(files[0].read_bytes(), 224)  # TensorFlow's resize kernel loaded on every side
+    convert.check_image(files[0].read_bytes(), 224)  # TensorFlow's resize kernel loaded on every side
     for _ in range(repeats):
         for name, function in (("loop", one_process_loop), ("one_thread", our_steps_one_thread),
                                ("shards", xray_shards)):
@@ -242,7 +245,7 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
             "images_per_second": {name: _summary([len(files) / v for v in values]) for name, values in times.items()},
             "inputs": {"images": len(files), "width": 2000, "megabytes": _summary(megabytes), "image_size": 224,
                        "cores": os.cpu_count(), "shards_includes": "writing TFRecords and the manifest",
-                       "loop": "PIL full-size decode, trainer.records.resize_gray, PIL JPEG encode (quality 95)",
+                       "loop": "PIL full-size decode, data.pixels.resize_gray, PIL JPEG encode (quality 95)",
                        "one_thread": "xray shards' per-image check (read, hash, DCT-scaled decode, resize, encode), "
                                      "one thread, no writing"}}
 
@@ -274,10 +277,9 @@ def _train(shards: Path, workdir: Path, workers: int, preset: str, overrides: li
 
 
 def _images_per_second(shards: Path, run: dict) -> list[float]:
-    from trainer import records
+    from data import manifest as manifests
 
-    manifest = records.read_manifest(str(shards))
-    images_per_epoch = records.num_steps(sum(manifest["counts"]["train"].values()), 16) * 16
+    images_per_epoch = manifests.read(str(shards)).steps("train", 16) * 16
     # Epoch 1 includes graph tracing and the first collective set-up: left out of throughput.
     return [images_per_epoch / s for s in run["epoch_seconds"][1:]]
 
@@ -414,14 +416,14 @@ def p4_client_overhead(synth: Path, version_dir: Path, repeats: int) -> dict:
 def p5_serving_vs_parts(synth: Path, version_dir: Path, repeats: int) -> dict:
     import tensorflow as tf
 
-    from trainer import data
+    from data import pixels
 
     loaded = tf.saved_model.load(str(version_dir))
     size = json.loads((version_dir / "assets.extra" / "model.json").read_text())["image_size"]
     results = {}
     for batch in (1, 32):
         chunk = tf.constant([p.read_bytes() for p in sorted(synth.glob("test/*/*.jpeg"))[:batch]])
-        decode = tf.function(lambda b: tf.map_fn(lambda x: data.preprocess_image(x, size), b,
+        decode = tf.function(lambda b: tf.map_fn(lambda x: pixels.preprocess_image(x, size), b,
                                                  fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32)))
         images = decode(chunk)
         serve = loaded.signatures["serving_default"]

@@ -21,7 +21,7 @@ HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
 
 # What a decode failure of one image says (TensorFlow's image decoders, run inside the serving signature).
-DECODE_MARKERS = ("decode", "jpeg", "png", "gif", "bmp", "image file format", "image data")
+DECODE_MARKERS = ("decode", "jpeg", "png", "gif", "bmp", "image file format", "image data", "megapixels")  # last: data.pixels size bound
 
 
 class ServingError(Exception):

@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 
 from clients import ServingError
+from data import formats
 from serving import contract
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif"}
-# The first bytes of the formats TensorFlow decodes.
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 def collect_files(arguments: list[str]) -> list[str]:
@@ -43,7 +42,10 @@ def collect_files(arguments: list[str]) -> list[str]:
 
 
 def read_image(path: str) -> bytes:
-    """The file's bytes, or ValueError naming what is wrong with it (checked before anything is sent)."""
+    """The bytes to send for a file, or ValueError naming what is wrong with it (checked before anything is sent).
+
+    JPEG/PNG/BMP/GIF go as they are; DICOM and TIFF become PNGs by data.formats, the conversion xray shards
+    applies, so that the server's depth rule sees what training saw."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -51,9 +53,26 @@ def read_image(path: str) -> bytes:
         raise ValueError(f"cannot read: {error.strerror or error}") from None
     if not data:
         raise ValueError("empty file")
-    if not data.startswith(MAGIC):
-        raise ValueError("not a JPEG/PNG/BMP/GIF image")
-    return data
+    if formats.tf_format(data):
+        return data
+    if not formats.is_dicom(data) and Path(path).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError("not a JPEG/PNG/BMP/GIF/TIFF/DICOM image")
+    try:
+        return formats.to_decodable(data)[0]
+    except formats.ImageRefused as error:
+        raise ValueError(str(error)) from None
+
+
+def _tf_error_line(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong (the op's own message), without the graph
+    execution preamble, the node locations or the function name prefix."""
+    import re
+
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("[[", "File ", "Detected at node", "Graph execution error"))
+              and not line.endswith(":")]
+    line = useful[-1] if useful else (lines[0] if lines else message)
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", re.sub(r"\s*\[\[\{\{.*$", "", line))
 
 
 class LocalModel:
@@ -76,7 +95,7 @@ class LocalModel:
         try:
             outputs = self.loaded.signatures[contract.SIGNATURE_BYTES](**{contract.INPUT_BYTES: tf.constant(images)})
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            raise ServingError("INVALID_ARGUMENT", error.message.splitlines()[0]) from None
+            raise ServingError("INVALID_ARGUMENT", _tf_error_line(error.message)) from None
         probabilities = outputs[contract.OUTPUT_PROBABILITY].numpy().tolist()
         labels = [v.decode() for v in outputs[contract.OUTPUT_LABEL].numpy()]
         return [{"probability": p, "label": label} for p, label in zip(probabilities, labels)]

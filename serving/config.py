@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import contract
-from trainer.atomic import write_atomic
+from data.atomic import write_atomic
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 

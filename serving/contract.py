@@ -3,6 +3,8 @@
 Clients import this module only; the export writes exactly these names into the SavedModel.
 """
 
+from data.schema import CLASS_NAMES  # noqa: F401 - defined once; data.schema loads no TensorFlow
+
 MODEL_NAME = "xray"
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -19,8 +21,7 @@ SIGNATURE_EXPLAIN = "explain"
 OUTPUT_HEATMAP = "heatmap"
 
 OUTPUT_PROBABILITY = "probability"  # float32 [batch]: P(pneumonia)
-OUTPUT_LABEL = "label"  # string [batch]: one of CLASS_NAMES, by the threshold chosen in evaluation
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+OUTPUT_LABEL = "label"  # string [batch]: one of CLASS_NAMES (data.schema), by the threshold chosen in evaluation
 
 # Requests larger than this are refused by the clients before sending (the server's batching and
 # gRPC message limits are sized for it).

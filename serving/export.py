@@ -8,7 +8,7 @@ name and renames it when complete, so TF Serving never loads a half-written vers
   serving_default  image_bytes: string [batch] (encoded JPEG/PNG)  -> probability, label
   predict_tensor   image: float32 [batch, size, size, 3] in [-1, 1] -> probability, label
   explain          image_bytes                                      -> probability, heatmap (Grad-CAM)
-Decoding inside serving_default is trainer.data.preprocess_image, the function training reads with.
+Decoding inside serving_default is data.pixels.preprocess_image, the function training reads with.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from serving import contract
-from trainer import data, evaluate, records
+from data import manifest as manifests
+from data import formats, pixels
+from data.schema import parse_example
+from trainer import evaluate
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import load_trained
@@ -112,7 +115,7 @@ class XrayServingModule(tf.Module):
 
     def decode(self, image_bytes):
         size = self.image_size
-        return tf.map_fn(lambda b: data.preprocess_image(b, size), image_bytes,
+        return tf.map_fn(lambda b: pixels.preprocess_image(b, size), image_bytes,
                          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
     def outputs(self, images):
@@ -213,18 +216,27 @@ def skew_refusal(training_auc: float, training_ci: list[float] | None, serving_a
 def test_images_as_sent(data_uri: str) -> tuple[list[bytes], np.ndarray, str]:
     """(encoded images, labels, where they came from): the original files when the manifest's source folder is
     reachable from here, else the bytes stored in the test shards."""
-    manifest = records.read_manifest(data_uri)
+    manifest = manifests.read(data_uri)
     encoded, labels, paths = [], [], []
-    for serialized in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(records.shard_pattern(data_uri, "test")))):
-        example = records.parse_example(serialized)
+    for serialized in tf.data.TFRecordDataset(manifest.shard_paths("test")):
+        example = parse_example(serialized)
         encoded.append(example["image_bytes"].numpy())
         labels.append(int(example["label"].numpy()))
         paths.append(example["source_path"].numpy().decode())
-    source = manifest.get("source") or ""
+    source = manifest.source
     originals = [Path(source) / path for path in paths]
     if source and all(path.is_file() for path in originals):
-        return [path.read_bytes() for path in originals], np.array(labels), f"original files under {source}"
+        # As a client sends them: DICOM and TIFF through the clients' own conversion (data.formats).
+        return ([formats.to_decodable(path.read_bytes())[0] for path in originals], np.array(labels),
+                f"original files under {source}")
     return encoded, np.array(labels), "bytes stored in the test shards (the original files are not reachable here)"
+
+
+def _trained_inputs(data_uri: str) -> dict:
+    manifest = manifests.read(data_uri)
+    return {"kinds": manifest.inputs, "depth_rule": manifest.options.get("depth_rule", pixels.DEPTH_RULE),
+            "resize": manifest.options.get("resize"), "max_pixels": formats.MAX_PIXELS,
+            "stored_image_size": manifest.options.get("image_size")}
 
 
 def serving_path_metrics(saved_model_dir: str, data_uri: str, batch_size: int = 16) -> dict:
@@ -319,6 +331,9 @@ def export(request: ExportRequest, log=print) -> dict:
             "config": config.to_dict(),
             "data": data_uri,
             "data_manifest_sha256": _sha256(f"{data_uri.rstrip('/')}/manifest.json"),
+            # What the model was trained on (kinds of source file, the pixel rule, the size bound), so that a
+            # user can tell whether their inputs are like those.
+            "inputs": _trained_inputs(data_uri),
             "training": summary,
             "gate": {"passed": ok, "forced": request.force and not ok, "explanation": explanation,
                      "judged_on": "serving_path.roc_auc"},

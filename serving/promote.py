@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from serving import config as serving_config
 from serving import contract
-from trainer.atomic import write_atomic
+from data.atomic import write_atomic
 
 HISTORY_FILE = "label-history.json"
 

@@ -25,7 +25,7 @@ def synth_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shards_dir(synth_dir, tmp_path_factory):
-    from trainer.records import ShardOptions, convert
+    from data.convert import ShardOptions, convert
 
     out = tmp_path_factory.mktemp("shards")
     convert(synth_dir, str(out), ShardOptions(num_shards=4, val_fraction=0.2, seed=0, image_size=32), show_progress=False)

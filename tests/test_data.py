@@ -1,20 +1,21 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, records
+from data import convert, pixels, reader, schema
+from data import manifest as manifests
 from trainer.kerasapi import keras
 
 
 def _first_record(shards_dir):
     path = sorted(shards_dir.glob("train-*.tfrecord"))[0]
-    return records.parse_example(next(iter(tf.data.TFRecordDataset(str(path)))))
+    return schema.parse_example(next(iter(tf.data.TFRecordDataset(str(path)))))
 
 
 def test_preprocess_eager_equals_inside_tf_data(shards_dir):
     image_bytes = _first_record(shards_dir)["image_bytes"]
-    eager = data.preprocess_image(image_bytes, 48)
-    in_graph = next(iter(tf.data.Dataset.from_tensors(image_bytes).map(lambda b: data.preprocess_image(b, 48))))
-    in_function = tf.function(lambda b: data.preprocess_image(b, 48))(image_bytes)
+    eager = pixels.preprocess_image(image_bytes, 48)
+    in_graph = next(iter(tf.data.Dataset.from_tensors(image_bytes).map(lambda b: pixels.preprocess_image(b, 48))))
+    in_function = tf.function(lambda b: pixels.preprocess_image(b, 48))(image_bytes)
     # Graph rewrites of x / 127.5 - 1 may differ from eager in the last float bit (~6e-8), no more.
     np.testing.assert_allclose(eager.numpy(), in_graph.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(eager.numpy(), in_function.numpy(), rtol=0, atol=1e-6)
@@ -23,7 +24,7 @@ def test_preprocess_eager_equals_inside_tf_data(shards_dir):
 
 def test_preprocess_matches_resnet_v2_scaling_and_repeats_gray(shards_dir):
     image_bytes = _first_record(shards_dir)["image_bytes"]
-    image = data.preprocess_image(image_bytes, 32).numpy()
+    image = pixels.preprocess_image(image_bytes, 32).numpy()
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
     raw = tf.image.resize(tf.io.decode_image(image_bytes, channels=1, expand_animations=False), [32, 32])
@@ -34,14 +35,14 @@ def test_preprocess_matches_resnet_v2_scaling_and_repeats_gray(shards_dir):
 def test_colour_png_is_converted_to_gray():
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 1] = 200
-    image = data.preprocess_image(tf.io.encode_png(rgb), 32).numpy()
+    image = pixels.preprocess_image(tf.io.encode_png(rgb), 32).numpy()
     assert image.shape == (32, 32, 3)
     assert np.allclose(image[..., 0], image[..., 1])
 
 
 def test_dataset_shapes_range_labels_and_weights(shards_dir):
     weights = {0: 2.0, 1: 0.5}
-    dataset = data.make_dataset(records.shard_pattern(str(shards_dir), "train"), 8, training=True,
+    dataset = reader.make_dataset(manifests.read(str(shards_dir)).shard_paths("train"), 8, training=True,
                                 image_size=32, class_weights=weights)
     images, labels, sample_weights = next(iter(dataset))
     assert images.shape == (8, 32, 32, 3) and labels.shape == (8, 1)
@@ -51,9 +52,9 @@ def test_dataset_shapes_range_labels_and_weights(shards_dir):
 
 
 def test_eval_dataset_reads_every_record_once_in_fixed_order(shards_dir):
-    pattern = records.shard_pattern(str(shards_dir), "val")
-    first = [p.numpy() for _, _, paths in data.make_dataset(pattern, 5, training=False, image_size=32, with_paths=True) for p in paths]
-    second = [p.numpy() for _, _, paths in data.make_dataset(pattern, 5, training=False, image_size=32, with_paths=True) for p in paths]
+    pattern = manifests.read(str(shards_dir)).shard_paths("val")
+    first = [p.numpy() for _, _, paths in reader.make_dataset(pattern, 5, training=False, image_size=32, with_paths=True) for p in paths]
+    second = [p.numpy() for _, _, paths in reader.make_dataset(pattern, 5, training=False, image_size=32, with_paths=True) for p in paths]
     import json
     manifest = json.loads((shards_dir / "manifest.json").read_text())
     assert first == second
@@ -63,7 +64,7 @@ def test_eval_dataset_reads_every_record_once_in_fixed_order(shards_dir):
 def _paths_seen(shards_dir, split, pipeline_id, num_pipelines, global_batch=8):
     context = tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
                                          num_replicas_in_sync=num_pipelines)
-    dataset = data.make_dataset(records.shard_pattern(str(shards_dir), split), global_batch, training=False,
+    dataset = reader.make_dataset(manifests.read(str(shards_dir)).shard_paths(split), global_batch, training=False,
                                 image_size=32, input_context=context, with_paths=True)
     batches = list(dataset)
     assert all(images.shape[0] <= global_batch // num_pipelines for images, _, _ in batches)
@@ -106,8 +107,8 @@ def test_a_full_size_film_gives_the_same_tensor_through_shards_and_through_the_s
     buffer = io.BytesIO()
     Image.fromarray(_film(), mode="L").save(buffer, format="JPEG", quality=95)
     original = buffer.getvalue()
-    served = data.preprocess_image(tf.constant(original), 224).numpy()
-    _, payload = records.check_image(original, 224)  # what xray shards --image-size 224 stores
-    trained = data.preprocess_image(tf.constant(payload), 224).numpy()
+    served = pixels.preprocess_image(tf.constant(original), 224).numpy()
+    _, payload, _ = convert.check_image(original, 224)  # what xray shards --image-size 224 stores
+    trained = pixels.preprocess_image(tf.constant(payload), 224).numpy()
     difference = float(np.mean(np.abs(served - trained)))
     assert difference <= 0.015, f"mean absolute difference {difference:.4f} on the [-1, 1] scale"

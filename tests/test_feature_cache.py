@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_xray
+from data import reader
 from trainer import feature_cache
 from trainer.config import Config, ModelConfig, TrainConfig, preset
 from trainer.kerasapi import keras
@@ -108,7 +109,7 @@ def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
     arrays = {"features_0": ids[:, None, None] * np.ones((1, 2, 3), np.float32),
               "features_1": (ids * 10)[:, None], "labels": ids[:, None], "weights": ids + 0.5}
     seen = []
-    for (first, second), label, weight in feature_cache.dataset(arrays, 4, True, seed=1).take(5):
+    for (first, second), label, weight in reader.cached_dataset(arrays, 4, True, seed=1).take(5):
         np.testing.assert_array_equal(first.numpy()[:, 0, 0], label.numpy()[:, 0])
         np.testing.assert_array_equal(second.numpy()[:, 0], label.numpy()[:, 0] * 10)
         np.testing.assert_array_equal(weight.numpy(), label.numpy()[:, 0] + 0.5)
@@ -118,23 +119,23 @@ def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
     assert epochs[0] != epochs[1] and epochs[0] != ids.tolist()  # reshuffled, and shuffled at all
     one_cut = {name: value for name, value in arrays.items() if name != "features_1"}
     fixed = [label.numpy()[:, 0].tolist() for _, label in
-             feature_cache.dataset(one_cut, 4, False, with_weights=False, repeat=False)]
+             reader.cached_dataset(one_cut, 4, False, with_weights=False, repeat=False)]
     assert sum(fixed, []) == ids.tolist() and [len(batch) for batch in fixed] == [4, 4, 2]
 
 
 def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, monkeypatch):
-    from trainer import records
+    from data import manifest as manifests
 
     monkeypatch.setenv("XRAY_FEATURE_CACHE", str(tmp_path))
     config = Config(model=SMALL, train=TrainConfig())
-    manifest = records.read_manifest(str(shards_dir))
+    manifest = manifests.read(str(shards_dir))
     split = feature_cache.Split(build_model(SMALL))
     key = feature_cache.cache_key(manifest, "val", (0, 1), SMALL.image_size, split.cut, split.trunk_digest(),
                                   config.train.feature_cache_dtype)
     planted = tmp_path / f"{key}.npz"
     np.savez(planted, labels=np.zeros((1, 1), np.float32), weights=np.ones(1, np.float32))  # no features
-    arrays = feature_cache.features_for(split, str(shards_dir), manifest, "val", config)
+    arrays = feature_cache.features_for(split, manifest, "val", config)
     assert feature_cache.feature_names(arrays) == ["features_0", "features_1"]
-    assert len(arrays["labels"]) == sum(manifest["counts"]["val"].values())
+    assert len(arrays["labels"]) == manifest.count("val")
     with np.load(planted) as stored:  # the entry was written again, whole
         assert set(stored.files) == {"features_0", "features_1", "labels", "weights"}

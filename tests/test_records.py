@@ -1,4 +1,5 @@
 import hashlib
+import os
 import io
 import json
 import shutil
@@ -9,8 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer import records
-from trainer.records import ShardOptions, SourceLayoutError, convert
+from data import convert as records
+from data import manifest as manifests
+from data import schema
+from data.convert import ShardOptions, SourceLayoutError, convert
 
 
 def _read_all(out):
@@ -18,7 +21,7 @@ def _read_all(out):
     for path in sorted(tf.io.gfile.glob(f"{out}/*.tfrecord")):
         split = Path(path).name.split("-")[0]
         for raw in tf.data.TFRecordDataset(path):
-            parsed = records.parse_example(raw)
+            parsed = schema.parse_example(raw)
             rows[parsed["source_path"].numpy().decode()] = (split, parsed)
     return rows
 
@@ -43,13 +46,13 @@ def _make_tree(root, files):
 
 def test_round_trip_every_image_once_with_label_and_pixels(synth_dir, tmp_path):
     out = tmp_path / "shards"
-    manifest = convert(synth_dir, str(out), ShardOptions(num_shards=3, val_fraction=0.2), show_progress=False)
+    manifest = convert(synth_dir, str(out), ShardOptions(num_shards=3, val_fraction=0.2), show_progress=False).to_dict()
     sources = sorted(p.relative_to(synth_dir).as_posix() for p in synth_dir.rglob("*.jpeg"))
     rows = _read_all(out)
     assert sorted(rows) == sources  # each valid image in exactly one record
     for relative, (split, parsed) in rows.items():
         source_split, cls, _ = relative.split("/")
-        assert parsed["label"].numpy() == records.CLASS_NAMES.index(cls)
+        assert parsed["label"].numpy() == schema.CLASS_NAMES.index(cls)
         assert (split == "test") == (source_split == "test")
         # No --image-size: the record holds the original bytes; TF's and PIL's JPEG decoders differ by
         # rounding (IDCT method) only.
@@ -73,7 +76,7 @@ def test_image_size_reencodes_to_small_grayscale_jpeg(shards_dir):
 
 def test_manifest_counts_shards_and_hashes_match_files(shards_dir):
     manifest = json.loads((shards_dir / "manifest.json").read_text())
-    for split in records.SPLITS:
+    for split in schema.SPLITS:
         listed = manifest["shards"][split]
         assert listed, split
         for shard in listed:
@@ -95,7 +98,7 @@ def test_validation_is_patient_disjoint_and_stratified(tmp_path):
     files["test/NORMAL/IM-9999-0001.jpeg"] = _jpeg(value=251)
     files["test/PNEUMONIA/person999_virus_1.jpeg"] = _jpeg(value=252)
     _make_tree(tmp_path / "src", files)
-    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.25, seed=7), show_progress=False)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), ShardOptions(num_shards=2, val_fraction=0.25, seed=7), show_progress=False).to_dict()
     rows = _read_all(tmp_path / "out")
     patients = {}
     for split, parsed in rows.values():
@@ -145,7 +148,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_is_written(tmp_path, mo
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     options = ShardOptions(num_shards=2, val_fraction=0.3, image_size=image_size)
-    manifest = convert(tmp_path / "src", str(tmp_path / "out"), options, show_progress=False)
+    manifest = convert(tmp_path / "src", str(tmp_path / "out"), options, show_progress=False).to_dict()
     reasons = {item["path"].split("/")[-1]: item["reason"] for item in manifest["skipped"]}
     assert reasons["person7_virus_7.jpeg"].startswith("truncated image")
     assert reasons["empty.jpeg"] == "empty file"
@@ -183,7 +186,7 @@ def test_crash_mid_conversion_leaves_no_shard_under_a_final_name(synth_dir, tmp_
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(records, "encode_example", failing)
+    monkeypatch.setattr(records, "encode_example", failing)  # data.convert's own name for it
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert(synth_dir, str(out), ShardOptions(num_shards=2), show_progress=False)
@@ -191,8 +194,8 @@ def test_crash_mid_conversion_leaves_no_shard_under_a_final_name(synth_dir, tmp_
 
 
 def test_class_weights_are_balanced_from_manifest_counts():
-    manifest = {"class_names": ["NORMAL", "PNEUMONIA"], "counts": {"train": {"NORMAL": 100, "PNEUMONIA": 300}}}
-    weights = records.class_weights(manifest)
+    manifest = manifests.Manifest(uri="d", counts={"train": {"NORMAL": 100, "PNEUMONIA": 300}}, shards={}, options={})
+    weights = manifest.class_weights()
     assert weights == pytest.approx({0: 2.0, 1: 400 / 600})
 
 
@@ -203,9 +206,9 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     from conftest import run_xray
 
     manifest = json.loads((shards_dir / "manifest.json").read_text())
-    assert manifest["options"]["resize"] == records.RESIZE_METHOD == "tf-jpeg-dct-scale+bilinear-antialias"
-    assert records.check_for_model(manifest, "d", 32) == []
-    (warning,) = records.check_for_model(manifest, "d", 64)
+    assert manifest["options"]["resize"] == records.pixels.RESIZE_METHOD == "tf-jpeg-dct-scale+bilinear-antialias"
+    assert manifests.Manifest.from_dict("d", manifest).check_for_model(32) == []
+    (warning,) = manifests.Manifest.from_dict("d", manifest).check_for_model(64)
     assert "32 px images and the model reads 64 px: they are upsampled" in warning
     # Shards written before the resize was shared with the server (no "resize" in the manifest): refused.
     old = tmp_path / "old"
@@ -214,13 +217,13 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     (old / "manifest.json").write_text(json.dumps(manifest))
     result = run_xray("train", "--data", old, "--workdir", tmp_path / "run", "--preset", "tiny", check=False, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"the serving signature resizes with {records.RESIZE_METHOD}" in result.stderr
+    assert f"the serving signature resizes with {records.pixels.RESIZE_METHOD}" in result.stderr
     assert "Re-run xray shards --image-size 32" in result.stderr
     # Shards of the previous method (antialiased resize of a fully decoded JPEG): refused the same way.
     manifest["options"]["resize"] = "tf-bilinear-antialias"
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(records.StaleShardsError, match="resized with tf-bilinear-antialias"):
-        records.check_for_model(manifest, str(old), 32)
+    with pytest.raises(manifests.StaleShardsError, match="resized with tf-bilinear-antialias"):
+        manifests.Manifest.from_dict(str(old), manifest).check_for_model(32)
 
 
 def test_file_names_that_are_not_utf8_are_recorded_escaped_not_a_crash(synth_dir, tmp_path):
@@ -270,10 +273,97 @@ def test_parallel_conversion_writes_the_same_shards_as_one_thread(synth_dir, tmp
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
         manifests[workers] = records.convert(tmp_path / "src", str(out), records.ShardOptions(
-            num_shards=2, image_size=32, workers=workers), show_progress=False)
+            num_shards=2, image_size=32, workers=workers), show_progress=False).to_dict()
     assert manifests[1]["skipped"] == manifests[2]["skipped"] and len(manifests[1]["skipped"]) == 2
     assert "duplicate of" in " ".join(s["reason"] for s in manifests[1]["skipped"])
     one, two = sorted((tmp_path / "out1").glob("*.tfrecord")), sorted((tmp_path / "out2").glob("*.tfrecord"))
     assert [p.name for p in one] == [p.name for p in two] and one
     for a, b in zip(one, two):
         assert a.read_bytes() == b.read_bytes()
+
+
+# --- one writer per folder; readers read the manifest's list -------------------------------------------------
+
+
+def test_a_rerun_deletes_only_the_shards_its_manifest_listed(synth_dir, tmp_path):
+    """Before, xray shards deleted every *-*-of-*.tfrecord in --out, its own or not."""
+    out = tmp_path / "out"
+    convert(synth_dir, str(out), ShardOptions(num_shards=3, image_size=32), show_progress=False)
+    assert (out / "train-00002-of-00003.tfrecord").exists()
+    foreign = [out / "xrays-00000-of-00001.tfrecord", out / "train-00000-of-00099.tfrecord"]
+    for path in foreign:
+        path.write_bytes(b"someone else's")
+    convert(synth_dir, str(out), ShardOptions(num_shards=2, image_size=32), show_progress=False)
+    assert not (out / "train-00002-of-00003.tfrecord").exists()  # listed by the previous manifest: replaced
+    assert all(path.read_bytes() == b"someone else's" for path in foreign)
+    manifest = manifests.read(str(out))
+    assert [Path(p).name for p in manifest.shard_paths("train")] == ["train-00000-of-00002.tfrecord",
+                                                                     "train-00001-of-00002.tfrecord"]
+
+
+def test_a_second_conversion_into_the_same_folder_is_one_line(synth_dir, tmp_path):
+    """Two processes: this one holds --out (as a running xray shards does), the command is refused at once."""
+    from conftest import run_xray
+    from data.lock import FolderLock
+
+    out = tmp_path / "out"
+    with FolderLock(str(out), f"xray shards --out {out}"):
+        result = run_xray("shards", "--src", synth_dir, "--out", out, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{out} is in use by xray shards --out {out} (pid {os.getpid()}" in line
+    run_xray("shards", "--src", synth_dir, "--out", out, "--num-shards", 2)  # released: it runs
+    assert (out / "manifest.json").exists()
+
+
+def test_a_second_training_into_a_running_workdir_is_one_line(shards_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_xray, wait_for
+
+    workdir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "xray", "train", "--data", str(shards_dir), "--workdir", str(workdir),
+                              "--preset", "tiny", "train.epochs=200", "train.early_stopping_patience=200"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("the first training to hold its workdir",
+                 lambda: (workdir / ".xray.lock").exists() and f'"pid": {first.pid}' in (workdir / ".xray.lock").read_text())
+        second = run_xray("train", "--data", shards_dir, "--workdir", workdir, "--preset", "tiny", check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"is in use by xray train --workdir {workdir} (pid {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_training_reads_the_manifest_list_and_names_a_missing_or_changed_shard(shards_dir, tmp_path):
+    from conftest import run_xray
+    from data import reader
+
+    data = tmp_path / "data"
+    shutil.copytree(shards_dir, data)
+    (data / "train-00007-of-00008.tfrecord").write_bytes(b"not a record")  # a stray file a glob would read
+    manifest = manifests.read(str(data))
+    read = sum(len(labels) for _, labels in reader.dataset(manifest, "train", 8, False, image_size=32))
+    assert read == manifest.count("train")
+
+    def train():
+        return run_xray("train", "--data", data, "--workdir", tmp_path / "run", "--preset", "tiny", check=False,
+                        timeout=300)
+
+    shard = data / manifest.shards["train"][1].file
+    original = shard.read_bytes()
+    shard.write_bytes(original + b"\0")
+    result = train()
+    assert result.returncode == 2 and f"{shard} is {len(original) + 1} bytes but manifest.json recorded {len(original)}" in result.stderr
+    shard.unlink()
+    result = train()
+    assert result.returncode == 2 and f"{shard} is listed in manifest.json but missing" in result.stderr
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size: only the hash tells
+    shard.write_bytes(bytes(flipped))
+    result = run_xray("train", "--data", data, "--workdir", tmp_path / "run", "--preset", "tiny", "--verify-shards",
+                      check=False, timeout=300)
+    assert result.returncode == 2 and f"{shard} does not have the sha256 manifest.json recorded" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -20,7 +20,7 @@ from conftest import REPO, run_xray
 from serving import config as serving_config
 from serving import contract, export
 from tfserving_stub import deployment_server
-from trainer import data, records
+from data import pixels, schema
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def test_signatures_as_saved_model_cli_shows_them(model_base):
 def test_serving_default_decodes_like_the_training_reader(model_base, shards_dir):
     loaded = tf.saved_model.load(str(model_base / "1"))
     path = sorted(shards_dir.glob("test-*.tfrecord"))[0]
-    raw = [records.parse_example(r)["image_bytes"] for r in tf.data.TFRecordDataset(str(path)).take(3)]
+    raw = [schema.parse_example(r)["image_bytes"] for r in tf.data.TFRecordDataset(str(path)).take(3)]
     from_bytes = loaded.signatures["serving_default"](image_bytes=tf.stack(raw))["probability"].numpy()
-    reader_images = tf.stack([data.preprocess_image(r, 32) for r in raw])
+    reader_images = tf.stack([pixels.preprocess_image(r, 32) for r in raw])
     from_tensor = loaded.signatures["predict_tensor"](image=reader_images)["probability"].numpy()
     np.testing.assert_allclose(from_bytes, from_tensor, rtol=0, atol=1e-6)
 

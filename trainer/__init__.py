@@ -1,4 +1,4 @@
-"""Training stages of the X-ray pipeline: synth -> records -> data -> model -> cluster -> train -> evaluate.
+"""Training stages of the X-ray pipeline: synth -> model -> cluster -> train -> evaluate (data: the data package).
 
 Importing this package selects tf-keras (Keras 2) for TensorFlow before TensorFlow is imported:
 with Keras 3.15, ``model.fit`` under MultiWorkerMirroredStrategy across processes fails

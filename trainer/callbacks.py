@@ -19,7 +19,7 @@ import uuid
 
 import tensorflow as tf
 
-from trainer.atomic import write_atomic
+from data.atomic import write_atomic
 from trainer.kerasapi import keras
 
 

@@ -176,7 +176,7 @@ class Config:
         return Config.from_dict(data)
 
     def save(self, path: str) -> None:
-        from trainer.atomic import write_atomic
+        from data.atomic import write_atomic
 
         write_atomic(path, json.dumps(self.to_dict(), indent=2))
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn import metrics as skm
 
-from trainer.atomic import write_atomic
+from data.atomic import write_atomic
 from trainer.config import Config, EvalConfig
 
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1", "brier")
@@ -89,10 +89,11 @@ def summarize(labels, probabilities, threshold: float, config: EvalConfig) -> di
 
 def predict_split(model, data_uri: str, split: str, image_size: int, batch_size: int = 64):
     """(labels, probabilities, paths) for one split, in a fixed order."""
-    from trainer import data, records
+    from data import manifest as manifests
+    from data import reader
 
-    dataset = data.make_dataset(records.shard_pattern(data_uri, split), batch_size, training=False,
-                                image_size=image_size, with_paths=True)
+    dataset = reader.dataset(manifests.read(data_uri), split, batch_size, training=False, image_size=image_size,
+                             with_paths=True)
     labels, probabilities, paths = [], [], []
     for images, batch_labels, batch_paths in dataset:
         probabilities.append(model(images, training=False).numpy().reshape(-1))

@@ -24,7 +24,6 @@ model, whose layers are the very objects trained here.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -33,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, records
+from data import reader
+from data.manifest import Manifest
+from data.reader import feature_names, one_or_list
 from trainer.config import Config
 from trainer.kerasapi import keras
 
@@ -94,17 +95,17 @@ class Split:
         self.cuts = cut_layers(backbone)
         self.cut = "+".join(self.cuts)
         outputs = [backbone.get_layer(name).output for name in self.cuts]
-        self.trunk = keras.Model(backbone.input, _one_or_list(outputs), name="frozen_trunk")
-        tail = keras.Model(_one_or_list(outputs), backbone.output, name="trainable_tail")
+        self.trunk = keras.Model(backbone.input, one_or_list(outputs), name="frozen_trunk")
+        tail = keras.Model(one_or_list(outputs), backbone.output, name="trainable_tail")
         features = [keras.Input(shape=output.shape[1:], name=f"features_{i}") for i, output in enumerate(outputs)]
-        x = tail(_one_or_list(features))
+        x = tail(one_or_list(features))
         for name in HEAD_LAYERS:
             try:
                 layer = full.get_layer(name)
             except ValueError:
                 continue
             x = layer(x)
-        self.cached = keras.Model(_one_or_list(features), x, name=f"{full.name}_on_cached_features")
+        self.cached = keras.Model(one_or_list(features), x, name=f"{full.name}_on_cached_features")
         self._trunk_digest = None
         self._trunk_function = None
 
@@ -127,32 +128,20 @@ class Split:
         return self._trunk_digest
 
 
-def _one_or_list(items: list):
-    return items[0] if len(items) == 1 else items
-
-
-def feature_names(arrays: dict) -> list[str]:
-    """The feature arrays of a cache entry, in the trunk's output order: features_0, features_1, ..."""
-    return sorted((name for name in arrays if name.startswith("features_")), key=lambda name: int(name.split("_")[1]))
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("XRAY_FEATURE_CACHE") or Path.home() / ".cache" / "xray" / "features")
 
 
-def manifest_digest(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest.get("shards", manifest), sort_keys=True).encode()).hexdigest()
-
-
-def cache_key(manifest: dict, split: str, pipeline: tuple[int, int], image_size: int, cut: str, trunk_digest: str,
+def cache_key(manifest: Manifest, split: str, pipeline: tuple[int, int], image_size: int, cut: str, trunk_digest: str,
               dtype: str) -> str:
-    parts = [manifest_digest(manifest), split, f"{pipeline[0]}of{pipeline[1]}", str(image_size), cut, trunk_digest, dtype]
+    parts = [manifest.digest(), split, f"{pipeline[0]}of{pipeline[1]}", str(image_size), cut, trunk_digest, dtype]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, config: Config,
+def features_for(split_model: Split, manifest: Manifest, split: str, config: Config,
                  input_context: tf.distribute.InputContext | None = None) -> dict[str, np.ndarray]:
-    """This worker's ``{"features", "labels", "weights"}`` for a split: from the cache, or computed and stored."""
+    """This worker's ``{"features_0", ..., "labels", "weights"}`` for a split: from the cache, or computed and
+    stored. ``source(split_model, manifest, config)`` is the form data.reader.dataset takes."""
     dtype = config.train.feature_cache_dtype
     pipeline = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
     key = cache_key(manifest, split, pipeline, config.model.image_size, split_model.cut, split_model.trunk_digest(), dtype)
@@ -168,8 +157,8 @@ def features_for(split_model: Split, data_uri: str, manifest: dict, split: str, 
         except (OSError, ValueError, KeyError) as error:  # a damaged file is rebuilt, never trusted
             log.warning("feature cache: %s unreadable (%s); rebuilding", path, error)
     started = time.monotonic()
-    weights = records.class_weights(manifest)
-    dataset = data.make_dataset(records.shard_pattern(data_uri, split), 32, training=False,
+    weights = manifest.class_weights()
+    dataset = reader.make_dataset(manifest.shard_paths(split), 32, training=False,
                                 image_size=config.model.image_size, input_context=_reading_context(input_context),
                                 class_weights=weights)
     trunk = split_model.trunk_function()
@@ -200,26 +189,6 @@ def _reading_context(input_context):
                                       input_pipeline_id=input_context.input_pipeline_id, num_replicas_in_sync=1)
 
 
-def dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed: int = 0,
-            input_context: tf.distribute.InputContext | None = None, with_weights: bool = True,
-            repeat: bool = True) -> tf.data.Dataset:
-    """Cached features as (features, label[, weight]) batches: shuffled for training; endless unless repeat=False."""
-    local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
-    features = [tf.constant(arrays[name].astype(np.float32, copy=False)) for name in feature_names(arrays)]
-    rest = [tf.constant(arrays["labels"])] + ([tf.constant(arrays["weights"])] if with_weights else [])
-    # Shuffle and batch indices, then gather whole batches: the same order as shuffling the examples themselves
-    # (a permutation per epoch from the same seed), without a shuffle buffer of copied examples (490 KiB each at
-    # 224 px). Autotuning is off: tearing an autotuned endless iterator down after fit stalled 7-8 s in about
-    # half the tuner trials (TensorFlow waits for its tf.data threads); two batches ahead keep the step fed.
-    ds = tf.data.Dataset.range(len(arrays["labels"]))
-    if training:
-        ds = ds.shuffle(len(arrays["labels"]), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(local_batch, drop_remainder=False)
-    ds = ds.map(lambda index: (_one_or_list(tuple(tf.gather(f, index) for f in features)),
-                               *(tf.gather(part, index) for part in rest)))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    options.autotune.enabled = False
-    return ds.with_options(options).prefetch(2)
+def source(split_model: Split, manifest: Manifest, config: Config):
+    """The feature source data.reader.dataset takes: ``(split, input_context) -> arrays`` from this cache."""
+    return lambda split, input_context=None: features_for(split_model, manifest, split, config, input_context)

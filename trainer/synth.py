@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+from data.schema import CLASS_NAMES
+
 PNEUMONIA_FRACTION = 0.75
 TEST_FRACTION = 0.15
 MAX_IMAGES_PER_PATIENT = 3

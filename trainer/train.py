@@ -27,11 +27,14 @@ import uuid
 import tensorflow as tf
 
 from trainer import callbacks as xcallbacks
-from trainer import cluster, data, feature_cache, records
+from trainer import cluster, feature_cache
 from trainer.config import Config, ConfigError, TrainConfig
 from trainer.kerasapi import keras
 from trainer.allreduce import with_gradient_exchange
-from trainer.atomic import write_atomic
+from data import manifest as manifests
+from data import reader
+from data.atomic import write_atomic
+from data.lock import FolderLock, LockedError
 from trainer.workdir import Workdir, read_summary
 from trainer.model import build_model, compile_model
 
@@ -98,8 +101,30 @@ def exchange_gradients(model, train: TrainConfig):
     return model
 
 
-def run(data_uri: str, workdir: str, config: Config) -> dict:
-    """Trains (or resumes) and returns the training summary; the chief also writes it to the workdir."""
+def run(data_uri: str, workdir: str, config: Config, verify_shards: bool = False) -> dict:
+    """Trains (or resumes) and returns the training summary; the chief also writes it to the workdir.
+
+    Reads exactly the shards the data's manifest lists, after checking that each is there with its recorded
+    size (and sha256 with ``verify_shards``). The chief holds the workdir's lock (data.lock) for the run: a
+    second training into the same workdir is refused at once."""
+    manifest = manifests.read(data_uri)  # before anything is written: no workdir for data that is not there
+    try:
+        manifest.check_shards(("train", "val"), hashes=verify_shards)
+    except manifests.ShardsChangedError as error:
+        raise ConfigError(str(error)) from None
+    lock = FolderLock(workdir, f"xray train --workdir {workdir}")
+    try:
+        if cluster.resolve().is_chief:
+            lock.acquire()
+    except LockedError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        return _run(data_uri, manifest, workdir, config)
+    finally:
+        lock.release()
+
+
+def _run(data_uri: str, manifest: manifests.Manifest, workdir: str, config: Config) -> dict:
     started = time.time()
     # --- cluster and strategy -------------------------------------------------------------------
     spec = cluster.resolve()
@@ -109,7 +134,6 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
         log.info("%s already finished training (%s epochs, best epoch %s); nothing to do. Use a new --workdir "
                  "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
         return finished
-    manifest = records.read_manifest(data_uri)  # before anything is written: no workdir for data that is not there
     check_or_write_config(paths, config, spec.is_chief)
     config.train.check_split(spec.num_workers)  # before joining the group: a refusal must not hang the others
     strategy = cluster.make_strategy(spec, config.train.collective_timeout_s, config.train.collective)
@@ -120,17 +144,17 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
 
     # --- data -------------------------------------------------------------------------------------
     try:
-        for warning in records.check_for_model(manifest, data_uri, config.model.image_size):
+        for warning in manifest.check_for_model(config.model.image_size):
             log.warning(warning)
-    except records.StaleShardsError as error:
+    except manifests.StaleShardsError as error:
         raise ConfigError(str(error)) from None
-    counts = {split: sum(manifest["counts"][split].values()) for split in ("train", "val")}
+    counts = {split: manifest.count(split) for split in ("train", "val")}
     if not counts["val"]:
         raise ConfigError(f"{data_uri} has no validation split: re-run xray shards with --val-fraction > 0")
-    class_weights = records.class_weights(manifest)
+    class_weights = manifest.class_weights()
     batch = config.train.batch_size
-    steps_per_epoch = config.train.steps_per_epoch or records.num_steps(counts["train"], batch)
-    validation_steps = records.num_steps(counts["val"], batch)
+    steps_per_epoch = config.train.steps_per_epoch or manifest.steps("train", batch)
+    validation_steps = manifest.steps("val", batch)
     log.info("train %d images, val %d; %d steps/epoch, %d val steps; class weights %s",
              counts["train"], counts["val"], steps_per_epoch, validation_steps, class_weights)
 
@@ -152,17 +176,13 @@ def run(data_uri: str, workdir: str, config: Config) -> dict:
     else:
         log.info("feature cache: off (%s)", not_cached)
 
+    features = feature_cache.source(split_model, manifest, config) if split_model else None
+
     def dataset_fn(split, training, weights=None):
         def make(input_context):
-            if split_model:
-                arrays = feature_cache.features_for(split_model, data_uri, manifest, split, config, input_context)
-                return feature_cache.dataset(arrays, batch, training, config.train.seed, input_context,
-                                             with_weights=weights is not None)
-            return data.make_dataset(
-                records.shard_pattern(data_uri, split), batch, training,
-                image_size=config.model.image_size, input_context=input_context, seed=config.train.seed,
-                class_weights=weights, repeat=True, augment=config.train.augment,
-            )
+            return reader.dataset(manifest, split, batch, training, image_size=config.model.image_size,
+                                  input_context=input_context, seed=config.train.seed, class_weights=weights,
+                                  repeat=True, augment=config.train.augment, features=features)
         return strategy.distribute_datasets_from_function(make)
 
     train_ds = dataset_fn("train", True, class_weights)

@@ -1,5 +1,5 @@
 """KerasTuner search of dropout, L2 and learning rate around the team's defaults (`xray tune`).
 
-Builds models with trainer.model and data with trainer.data, and hands back a trainer config
+Builds models with trainer.model and data with data.reader, and hands back a trainer config
 (best_config.json); the trainer never learns that the tuner exists.
 """

@@ -26,8 +26,10 @@ import time
 
 import tensorflow as tf
 
-from trainer import cluster, data, feature_cache, records
-from trainer.atomic import write_atomic
+from trainer import cluster, feature_cache
+from data import manifest as manifests
+from data import reader
+from data.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
@@ -90,13 +92,14 @@ def config_for(base: Config, values: dict) -> Config:
 
 
 class XrayHyperModel(kt.HyperModel):
-    """Builds through trainer.model, reads through trainer.data; reports metrics at the best epoch."""
+    """Builds through trainer.model, reads through data.reader; reports metrics at the best epoch."""
 
     def __init__(self, base: Config, space: SearchSpace, options: SearchOptions, data_uri: str):
         super().__init__(name="xray")
         self.base, self.space, self.options, self.data_uri = base, space, options, data_uri
-        self.manifest = records.read_manifest(data_uri)
-        for warning in records.check_for_model(self.manifest, data_uri, base.model.image_size):  # raises if stale
+        self.manifest = manifests.read(data_uri)
+        self.manifest.check_shards(("train", "val"))
+        for warning in self.manifest.check_for_model(base.model.image_size):  # raises if stale
             print(f"warning: {warning}", file=sys.stderr)
 
     def values(self, hp) -> dict:
@@ -122,20 +125,17 @@ class XrayHyperModel(kt.HyperModel):
         config = config_for(self.base, self.values(hp))
         batch = config.train.batch_size
         size = config.model.image_size
-        weights = records.class_weights(self.manifest)
+        weights = self.manifest.class_weights()
+        features = None
         if feature_cache.why_not(config) is None:
             # Train tail + head on the frozen trunk's cached output: computed by the first trial, read by the others.
             split = feature_cache.Split(model)
             model = compile_model(split.cached, config.train)
-            arrays = {name: feature_cache.features_for(split, self.data_uri, self.manifest, name, config)
-                      for name in ("train", "val")}
-            train = feature_cache.dataset(arrays["train"], batch, True, config.train.seed)
-            val = feature_cache.dataset(arrays["val"], batch, False, with_weights=False, repeat=False)
-        else:
-            train = data.make_dataset(records.shard_pattern(self.data_uri, "train"), batch, True, image_size=size,
-                                      seed=config.train.seed, class_weights=weights, augment=config.train.augment)
-            val = data.make_dataset(records.shard_pattern(self.data_uri, "val"), batch, False, image_size=size)
-        steps = config.train.steps_per_epoch or records.num_steps(sum(self.manifest["counts"]["train"].values()), batch)
+            features = feature_cache.source(split, self.manifest, config)
+        train = reader.dataset(self.manifest, "train", batch, True, image_size=size, seed=config.train.seed,
+                               class_weights=weights, augment=config.train.augment, features=features)
+        val = reader.dataset(self.manifest, "val", batch, False, image_size=size, features=features)
+        steps = config.train.steps_per_epoch or self.manifest.steps("train", batch)
         monitor = self.options.objective
         stop = keras.callbacks.EarlyStopping(monitor=monitor, mode=OBJECTIVES[monitor], patience=self.options.patience)
         started = time.monotonic()

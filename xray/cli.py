@@ -79,7 +79,7 @@ def _run_synth(args):
 
 
 def _add_shards(sub):
-    from trainer.records import DEFAULT_PATIENT_PATTERN
+    from data.convert import DEFAULT_PATIENT_PATTERN
 
     p = sub.add_parser("shards", help="convert image folders to sharded TFRecords + manifest.json",
                        description="Reads SRC/{train,test[,val]}/{NORMAL,PNEUMONIA}/ (Kaggle chest_xray layout), "
@@ -95,42 +95,44 @@ def _add_shards(sub):
     p.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN,
                    help="regex whose first group is the patient id in a file name (default: Kaggle's names)")
     p.add_argument("--workers", type=int, default=0,
-                   help="threads decoding, resizing and re-encoding images (default 0: one per core)")
+                   help="threads decoding, resizing and re-encoding images (default 0: one per CPU of this process's cgroup limit)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(run=_run_shards)
 
 
 def _run_shards(args):
-    from trainer import records
+    from data import convert
+    from data.lock import LockedError
+    from data.schema import SPLITS
 
     try:
-        options = records.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern,
+        options = convert.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern,
                                        args.workers)
-        manifest = records.convert(args.src, args.out, options, show_progress=True)
-    except (records.SourceLayoutError, ValueError) as error:
+        manifest = convert.convert(args.src, args.out, options, show_progress=True)
+    except (convert.SourceLayoutError, ValueError, LockedError) as error:
         raise UserError(str(error)) from None
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        print(manifest.to_json())
         return
-    for split in records.SPLITS:
-        counts = manifest["counts"][split]
-        shards = manifest["shards"][split]
+    for split in SPLITS:
+        counts = manifest.counts[split]
         print(f"{split:5s}: {sum(counts.values()):6d} images ({', '.join(f'{n} {c}' for c, n in counts.items())}), "
-              f"{manifest['num_patients'][split]} patients, {len(shards)} shard(s)")
-    if manifest.get("renamed"):
-        print(f"{len(manifest['renamed'])} file name(s) were not valid UTF-8 and are recorded with \\xNN escapes "
-              f"(e.g. {manifest['renamed'][0]['path']}); see manifest.json")
-    if manifest["num_skipped"]:
-        print(f"skipped {manifest['num_skipped']} file(s):")
-        for item in manifest["skipped"][:20]:
+              f"{manifest.num_patients[split]} patients, {len(manifest.shards[split])} shard(s)")
+    print("inputs: " + ", ".join(f"{n} {kind}" for kind, n in manifest.inputs.items()))
+    if manifest.renamed:
+        print(f"{len(manifest.renamed)} file name(s) were not valid UTF-8 and are recorded with \\xNN escapes "
+              f"(e.g. {manifest.renamed[0]['path']}); see manifest.json")
+    if manifest.skipped:
+        print(f"skipped {manifest.num_skipped} file(s):")
+        for item in manifest.skipped[:20]:
             print(f"  {item['path']}: {item['reason']}")
-        if manifest["num_skipped"] > 20:
-            print(f"  ... and {manifest['num_skipped'] - 20} more (see manifest.json)")
-    if manifest["test_patients_also_in_train"]:
-        print(f"warning: {len(manifest['test_patients_also_in_train'])} patient id(s) of test/ also appear in train/ "
+        if manifest.num_skipped > 20:
+            print(f"  ... and {manifest.num_skipped - 20} more (see manifest.json)")
+    if manifest.test_patients_also_in_train:
+        print(f"warning: {len(manifest.test_patients_also_in_train)} patient id(s) of test/ also appear in train/ "
               "(from the source folders); see manifest.json")
-    print(f"{manifest['num_images_found']} files in {manifest['seconds']:.1f}s "
-          f"({manifest['images_per_second']} images/s, {manifest['source_megabytes']} MB read); "
+    print(f"{manifest.num_images_found} files in {manifest.seconds:.1f}s "
+          f"({manifest.images_per_second} images/s, {manifest.source_megabytes} MB read); "
           f"manifest: {args.out.rstrip('/')}/manifest.json")
 
 
@@ -164,6 +166,8 @@ def _add_train(sub):
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="named config (default: seed)")
     p.add_argument("--config", help="a config.json to start from instead of a preset (e.g. the tuner's best_config.json)")
     p.add_argument("--workers", type=int, help="start N local worker processes on 127.0.0.1 (the pod entry point without it)")
+    p.add_argument("--verify-shards", action="store_true",
+                   help="check every shard's sha256 against the manifest before training (sizes are always checked)")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value")
     p.set_defaults(run=_run_train)
 
@@ -177,7 +181,8 @@ def _run_train(args):
 
         if args.workers < 1:
             raise UserError(f"--workers {args.workers} must be at least 1")
-        worker_args = ["train", "--data", args.data, "--workdir", args.workdir, *_config_source_args(args)]
+        worker_args = ["train", "--data", args.data, "--workdir", args.workdir, *_config_source_args(args),
+                       *(["--verify-shards"] if args.verify_shards else [])]
         code = launch.launch(args.workers, worker_args + list(args.overrides))
         if code:
             print(f"training failed (status {code}); re-run the same command to resume from the backup", file=sys.stderr)
@@ -185,7 +190,7 @@ def _run_train(args):
     from trainer import train
 
     try:
-        summary = train.run(args.data, args.workdir, config)
+        summary = train.run(args.data, args.workdir, config, verify_shards=args.verify_shards)
     except (ConfigError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     print(json.dumps(summary))
@@ -622,10 +627,16 @@ def _run_preflight(args):
 
 def _add_upload(sub):
     p = sub.add_parser("upload", help="copy an image folder (or .zip/.tar) onto the cluster volume via the uploader pod",
-                       description="Streams SRC's train/, val/ and test/ (Kaggle chest_xray layout; a .zip or .tar of it "
-                       "works too) into DEST inside POD with kubectl exec, one tar stream per split, showing progress. "
-                       "A split is renamed into place and marked done only when complete; a re-run skips the done ones. "
-                       "make data-cluster starts the pod, runs this, then shards DEST on the cluster.")
+                       description="Makes DEST match SRC's train/, val/ and test/ (Kaggle chest_xray layout; a .zip or .tar "
+                       "of it works too), through a receiver in POD (kubectl exec), file by file like rsync: only files "
+                       "whose size or sha256 differ are sent, files and splits gone from SRC are removed. The receiver "
+                       "checks every file against the sender's list before a split is swapped in; an interrupted or bad "
+                       "stream leaves the volume's copy as it was. Member names are checked first (no absolute paths, "
+                       "'..', links or devices). make data-cluster starts the pod, runs this, then shards DEST on the "
+                       "cluster.",
+                       epilog="exit 0: DEST matches SRC; 1: a split could not be sent or verified (the volume keeps its "
+                       "previous copy; re-run); 2: SRC is refused (layout, a member name), nothing sent. Details: "
+                       "docs/reference.md, 'Upload'.")
     p.add_argument("src", help="local folder, .zip or .tar")
     p.add_argument("--dest", required=True, help="folder on the volume as the pod sees it, e.g. /mnt/xray/incoming/chest_xray")
     p.add_argument("-n", "--namespace", default="xray")
@@ -635,13 +646,16 @@ def _add_upload(sub):
 
 
 def _run_upload(args):
-    from xray import upload
+    from data import upload
 
-    run = upload.local_exec() if args.local else upload.kubectl_exec(args.namespace, args.pod)
+    transport = upload.local_exec() if args.local else upload.kubectl_exec(args.namespace, args.pod)
     try:
-        report = upload.upload(args.src, args.dest, run)
+        report = upload.upload(args.src, args.dest, transport)
     except upload.UploadError as error:
-        raise UserError(str(error)) from None
+        if error.code == 2:
+            raise UserError(str(error)) from None
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(report))
 
 

@@ -471,13 +471,13 @@ def preflight(request: RenderRequest, out_dir: str | Path, check_cluster: bool =
         raise ClusterError(f"WORKERS={request.workers} must be at least 1")
     data = request.data
     if request.component in ("train", "tune", "export") and ("://" in data or os.path.exists(data)):
-        from trainer.records import read_manifest
+        from data import manifest as manifests
 
         try:
-            manifest = read_manifest(data)
+            manifest = manifests.read(data)
         except FileNotFoundError as error:
             raise ClusterError(str(error)) from None
-        shards = len(manifest["shards"]["train"])
+        shards = len(manifest.shards["train"])
         if request.component == "train" and shards < request.workers:
             raise ClusterError(f"{data} has {shards} train shard(s) for {request.workers} workers: re-run xray shards "
                                f"with --num-shards >= {request.workers} so that every worker reads its own files")

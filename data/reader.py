@@ -1,34 +1,24 @@
-"""tf.data input pipeline: shards -> (image, label[, weight]) batches, sharded per worker.
+"""tf.data from a manifest's shards: (image, label[, weight]) batches, sharded per worker.
 
-``preprocess_image`` is the single definition of "encoded image -> model input". The serving
-signature calls the same function, so training and serving cannot drift apart.
+``dataset()`` is the one entry that training and the tuner read through: the records of the manifest's shard
+list, decoded by data.pixels.preprocess_image (the serving signature's own preprocessing), or, when the
+caller passes a feature source (trainer.feature_cache), the frozen trunk's cached outputs for the same
+images. Files come from the manifest's list, never from a glob: a stray or renamed file is not read.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import tensorflow as tf
 
-from trainer import records
+from data.manifest import Manifest
+from data.pixels import preprocess_image
+from data.schema import parse_example
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def preprocess_image(image_bytes, image_size: int):
-    """One encoded JPEG/PNG (scalar string tensor) -> float32 [image_size, image_size, 3] in [-1, 1].
-
-    Decodes to one grayscale channel (colour sources are converted; a large JPEG at a DCT scale, see
-    ``records.decode_gray``), resizes to a square with ``records.resize_gray`` (xray shards does the same), repeats the channel three times for the ImageNet backbone and scales like
-    ``keras.applications.resnet_v2.preprocess_input`` (x / 127.5 - 1). Works eagerly and in graphs.
-    """
-    image = records.decode_gray(image_bytes, image_size)
-    image = records.resize_gray(image, image_size)
-    image = tf.image.grayscale_to_rgb(image)
-    image = image / 127.5 - 1.0
-    image.set_shape([image_size, image_size, 3])
-    return image
 
 
 def augment_image(image, seed):
@@ -48,17 +38,35 @@ def augment_image(image, seed):
     return tf.clip_by_value(image, -1.0, 1.0)
 
 
-def list_shards(file_pattern: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    if not files:
-        raise FileNotFoundError(
-            f"no TFRecord shards match {file_pattern}; write them with `xray shards --src IMAGES --out DIR`"
-        )
-    return files
+def dataset(
+    manifest: Manifest,
+    split: str,
+    batch_size: int,
+    training: bool,
+    *,
+    image_size: int = 224,
+    input_context: tf.distribute.InputContext | None = None,
+    seed: int = 0,
+    class_weights: dict[int, float] | None = None,
+    repeat: bool | None = None,
+    augment: bool = True,
+    with_paths: bool = False,
+    features=None,
+):
+    """A split of ``manifest`` as batches: records decoded by the one preprocessing, or with ``features`` (a
+    callable ``(split, input_context) -> arrays`` such as trainer.feature_cache's) the cached trunk outputs.
+    Weights are added when ``class_weights`` is given; ``repeat`` defaults to ``training``."""
+    repeat = training if repeat is None else repeat
+    if features is not None:
+        return cached_dataset(features(split, input_context), batch_size, training, seed, input_context,
+                              with_weights=class_weights is not None, repeat=repeat)
+    return make_dataset(manifest.shard_paths(split), batch_size, training, image_size=image_size,
+                        input_context=input_context, seed=seed, class_weights=class_weights, with_paths=with_paths,
+                        repeat=repeat, augment=augment)
 
 
 def make_dataset(
-    file_pattern: str,
+    files: list[str],
     batch_size: int,
     training: bool,
     *,
@@ -83,7 +91,9 @@ def make_dataset(
     in a fixed order (``repeat=True`` makes them endless too, for validation with a fixed number of
     steps under MultiWorkerMirroredStrategy). ``with_paths`` adds the source path as a last element, for reports.
     """
-    files = list_shards(file_pattern)
+    files = list(files)
+    if not files:
+        raise FileNotFoundError("no TFRecord shards to read; write them with `xray shards --src IMAGES --out DIR`")
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
@@ -123,7 +133,7 @@ def make_dataset(
     def to_example(*element):
         # One fused map: parse, decode, preprocess, augment (each extra dataset stage costs per element).
         serialized, index = element if training else (element[0], None)
-        parsed = records.parse_example(serialized)
+        parsed = parse_example(serialized)
         image = preprocess_image(parsed["image_bytes"], image_size)
         if training and augment:
             image = augment_image(image, tf.stack([tf.cast(seed, tf.int64), index]))
@@ -141,3 +151,37 @@ def make_dataset(
     # Sharding is done above, explicitly; keep tf.distribute from sharding a second time.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def one_or_list(items: list):
+    return items[0] if len(items) == 1 else items
+
+
+def feature_names(arrays: dict) -> list[str]:
+    """The feature arrays of a cache entry, in the trunk's output order: features_0, features_1, ..."""
+    return sorted((name for name in arrays if name.startswith("features_")), key=lambda name: int(name.split("_")[1]))
+
+
+def cached_dataset(arrays: dict[str, np.ndarray], batch_size: int, training: bool, seed: int = 0,
+            input_context: tf.distribute.InputContext | None = None, with_weights: bool = True,
+            repeat: bool = True) -> tf.data.Dataset:
+    """Cached features as (features, label[, weight]) batches: shuffled for training; endless unless repeat=False."""
+    local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
+    features = [tf.constant(arrays[name].astype(np.float32, copy=False)) for name in feature_names(arrays)]
+    rest = [tf.constant(arrays["labels"])] + ([tf.constant(arrays["weights"])] if with_weights else [])
+    # Shuffle and batch indices, then gather whole batches: the same order as shuffling the examples themselves
+    # (a permutation per epoch from the same seed), without a shuffle buffer of copied examples (490 KiB each at
+    # 224 px). Autotuning is off: tearing an autotuned endless iterator down after fit stalled 7-8 s in about
+    # half the tuner trials (TensorFlow waits for its tf.data threads); two batches ahead keep the step fed.
+    ds = tf.data.Dataset.range(len(arrays["labels"]))
+    if training:
+        ds = ds.shuffle(len(arrays["labels"]), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(local_batch, drop_remainder=False)
+    ds = ds.map(lambda index: (one_or_list(tuple(tf.gather(f, index) for f in features)),
+                               *(tf.gather(part, index) for part in rest)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.autotune.enabled = False
+    return ds.with_options(options).prefetch(2)

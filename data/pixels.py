@@ -1,0 +1,151 @@
+"""The one preprocessing of the project: encoded image bytes -> model input. ``xray shards`` (when it stores
+images at a size), the training reader and the exported serving signature all call these functions, so that
+training and serving see the same pixels.
+
+1. Size bound, from the header only: JPEG (its SOF marker), PNG (IHDR), GIF (screen), BMP (info header). More
+   than ``data.formats.MAX_PIXELS`` fails with INVALID_ARGUMENT naming the size, before anything is decoded.
+2. Depth rule, to one channel on a 0..255 scale (float32):
+   - 8-bit JPEG/PNG/BMP/GIF: the stored values; colour becomes luma (ITU-R 601: decoders' own conversion).
+   - 16-bit PNG (a 12-16 bit film, or a DICOM converted by data.formats): min..max of the image -> 0..255,
+     in float, so a 12-bit film in a 16-bit PNG is not divided by 257 into near-black (a flat image is 0).
+3. Resize to the model's square size: a JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8: libjpeg's
+   scaled IDCT) that keeps both sides >= the size, then an antialiased bilinear resize (averages each output
+   pixel's footprint). A full-size film sent to the server and the same film pre-resized into shards reach the
+   model with the same detail.
+4. Model scaling: gray repeated to 3 channels, x / 127.5 - 1 (keras resnet_v2.preprocess_input).
+"""
+
+from __future__ import annotations
+
+from data.formats import MAX_PIXELS
+
+RESIZE_METHOD = "tf-jpeg-dct-scale+bilinear-antialias"
+DEPTH_RULE = "8-bit as stored; 16-bit PNG min-max to 0..255"
+JPEG_SCALES = (1, 2, 4, 8)
+_HEADER_BYTES = 32
+
+
+def header_size(image_bytes):
+    """(height, width) as int64 scalars from the header of a JPEG, PNG, GIF or BMP; (0, 0) for anything else
+    (whose decode then fails with TensorFlow's own "unknown image format")."""
+    import tensorflow as tf
+
+    head = tf.strings.substr(image_bytes, 0, _HEADER_BYTES)  # shorter when the file is
+    head = tf.strings.substr(tf.strings.join([head, tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def be32(i):
+        return b[i] * 16777216 + b[i + 1] * 65536 + b[i + 2] * 256 + b[i + 3]
+
+    def le(i, n):
+        return tf.add_n([b[i + k] * (256 ** k) for k in range(n)])
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return tf.stack([shape[0], shape[1]])
+
+    def png():
+        return tf.stack([be32(20), be32(16)])
+
+    def gif():
+        return tf.stack([le(8, 2), le(6, 2)])
+
+    def bmp():
+        height = le(22, 4)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: a top-down bitmap
+        return tf.stack([height, le(18, 4)])
+
+    def unknown():
+        return tf.zeros([2], tf.int64)
+
+    starts = lambda prefix: tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)  # noqa: E731
+    index = tf.where(tf.io.is_jpeg(image_bytes), 0,
+                     tf.where(starts(b"\x89PNG\r\n\x1a\n"), 1,
+                              tf.where(starts(b"GIF8"), 2, tf.where(starts(b"BM"), 3, 4))))
+    size = tf.switch_case(tf.cast(index, tf.int32), [jpeg, png, gif, bmp, unknown])
+    return size[0], size[1]
+
+
+def _is_png16(image_bytes):
+    import tensorflow as tf
+
+    head = tf.strings.substr(image_bytes, 0, 25)
+    return tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n"),
+                          tf.equal(tf.strings.substr(head, 24, 1), b"\x10"))
+
+
+def size_check(image_bytes):
+    """An op that fails with INVALID_ARGUMENT when the header says more than MAX_PIXELS."""
+    import tensorflow as tf
+
+    height, width = header_size(image_bytes)
+    message = tf.strings.format("image is {}x{} pixels; at most {} megapixels are decoded: downscale it before "
+                                "sending", (width, height, MAX_PIXELS // 1_000_000))
+    return tf.debugging.Assert(height * width <= MAX_PIXELS, [message])
+
+
+def decode_gray(image_bytes, image_size: int):
+    """Encoded JPEG/PNG/BMP/GIF (scalar string tensor) -> float32 [height, width, 1] on a 0..255 scale, by the
+    size bound and depth rule above. JPEGs come out DCT-scaled, at least image_size on both sides when the
+    source is."""
+    import tensorflow as tf
+
+    with tf.control_dependencies([size_check(image_bytes)]):
+        image_bytes = tf.identity(image_bytes)
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        smaller = tf.minimum(shape[0], shape[1])
+        index = tf.add_n([tf.cast(smaller // scale >= image_size, tf.int32) for scale in JPEG_SCALES[1:]])
+        branches = [lambda scale=scale: tf.io.decode_jpeg(image_bytes, channels=1, ratio=scale) for scale in JPEG_SCALES]
+        return tf.cast(tf.switch_case(index, branches), tf.float32)
+
+    def png16():
+        image = tf.cast(tf.io.decode_png(image_bytes, channels=1, dtype=tf.uint16), tf.float32)
+        low, high = tf.reduce_min(image), tf.reduce_max(image)
+        return tf.math.divide_no_nan(image - low, high - low) * 255.0
+
+    def png8():
+        return tf.cast(tf.io.decode_png(image_bytes, channels=1), tf.float32)
+
+    def rgb_only():  # TensorFlow decodes BMP and GIF to RGB only (a GIF's first frame): their luma
+        image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+
+    is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg,
+                    lambda: tf.cond(is_png, lambda: tf.cond(_is_png16(image_bytes), png16, png8), rgb_only))
+    image.set_shape([None, None, 1])
+    return image
+
+
+def resize_gray(image, image_size: int):
+    """[height, width, 1] grayscale (any dtype) -> float32 [image_size, image_size, 1], values kept in 0..255."""
+    import tensorflow as tf
+
+    return tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+
+
+def preprocess_image(image_bytes, image_size: int):
+    """One encoded image (scalar string tensor) -> float32 [image_size, image_size, 3] in [-1, 1]: steps 1-4
+    of this module. Works eagerly, in tf.data and in the exported signature."""
+    import tensorflow as tf
+
+    image = resize_gray(decode_gray(image_bytes, image_size), image_size)
+    image = tf.image.grayscale_to_rgb(image)
+    image = image / 127.5 - 1.0
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+_DECODERS: dict = {}
+
+
+def decode_and_resize(data: bytes, image_size: int):
+    """Eager helper for xray shards: bytes -> float32 numpy [image_size, image_size, 1] on 0..255 (steps 1-3)."""
+    import tensorflow as tf
+
+    if image_size not in _DECODERS:
+        _DECODERS[image_size] = tf.function(lambda b: resize_gray(decode_gray(b, image_size), image_size),
+                                            input_signature=[tf.TensorSpec([], tf.string)])
+    return _DECODERS[image_size](tf.constant(data)).numpy()
