@@ -161,7 +161,9 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
     data = step("data-cluster", f"SRC={synth_dir}")
     assert "train: sending" in data.stderr and "SUCCEEDED" in data.stdout
     volume = volume_dir(control_plane, ns)
-    assert (volume / "incoming" / "chest_xray" / ".done-train").exists()
+    # The receiver in the pod verified every file and wrote the split's index from what arrived.
+    index = json.loads((volume / "incoming" / "chest_xray" / "train" / ".xray-index.json").read_text())
+    assert len(index) == len(list((synth_dir / "train").rglob("*.jpeg")))
     assert json.loads((volume / "shards" / "manifest.json").read_text())["shards"]["train"]
 
     tune = step("tune-cluster", "PARALLEL=2", "TRIALS=2", "OVERRIDES=train.epochs=1")
