@@ -74,14 +74,16 @@ def _is_png16(image_bytes):
                           tf.equal(tf.strings.substr(head, 24, 1), b"\x10"))
 
 
-def size_check(image_bytes):
-    """An op that fails with INVALID_ARGUMENT when the header says more than MAX_PIXELS."""
+def _bounded(image_bytes, height, width):
+    """``image_bytes`` behind a check that fails with INVALID_ARGUMENT when height x width is above MAX_PIXELS:
+    a decode that reads the result runs only after the check passed."""
     import tensorflow as tf
 
-    height, width = header_size(image_bytes)
+    height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
     message = tf.strings.format("image is {}x{} pixels; at most {} megapixels are decoded: downscale it before "
                                 "sending", (width, height, MAX_PIXELS // 1_000_000))
-    return tf.debugging.Assert(height * width <= MAX_PIXELS, [message])
+    with tf.control_dependencies([tf.debugging.Assert(height * width <= MAX_PIXELS, [message])]):
+        return tf.identity(image_bytes)
 
 
 def decode_gray(image_bytes, image_size: int):
@@ -90,31 +92,33 @@ def decode_gray(image_bytes, image_size: int):
     source is."""
     import tensorflow as tf
 
-    with tf.control_dependencies([size_check(image_bytes)]):
-        image_bytes = tf.identity(image_bytes)
-
     def jpeg():
         shape = tf.image.extract_jpeg_shape(image_bytes)
+        checked = _bounded(image_bytes, shape[0], shape[1])
         smaller = tf.minimum(shape[0], shape[1])
         index = tf.add_n([tf.cast(smaller // scale >= image_size, tf.int32) for scale in JPEG_SCALES[1:]])
-        branches = [lambda scale=scale: tf.io.decode_jpeg(image_bytes, channels=1, ratio=scale) for scale in JPEG_SCALES]
+        branches = [lambda scale=scale: tf.io.decode_jpeg(checked, channels=1, ratio=scale) for scale in JPEG_SCALES]
         return tf.cast(tf.switch_case(index, branches), tf.float32)
 
-    def png16():
-        image = tf.cast(tf.io.decode_png(image_bytes, channels=1, dtype=tf.uint16), tf.float32)
-        low, high = tf.reduce_min(image), tf.reduce_max(image)
-        return tf.math.divide_no_nan(image - low, high - low) * 255.0
+    def not_jpeg():
+        checked = _bounded(image_bytes, *header_size(image_bytes))
 
-    def png8():
-        return tf.cast(tf.io.decode_png(image_bytes, channels=1), tf.float32)
+        def png16():
+            image = tf.cast(tf.io.decode_png(checked, channels=1, dtype=tf.uint16), tf.float32)
+            low, high = tf.reduce_min(image), tf.reduce_max(image)
+            return tf.math.divide_no_nan(image - low, high - low) * 255.0
 
-    def rgb_only():  # TensorFlow decodes BMP and GIF to RGB only (a GIF's first frame): their luma
-        image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
-        return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+        def png8():
+            return tf.cast(tf.io.decode_png(checked, channels=1), tf.float32)
 
-    is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg,
-                    lambda: tf.cond(is_png, lambda: tf.cond(_is_png16(image_bytes), png16, png8), rgb_only))
+        def rgb_only():  # TensorFlow decodes BMP and GIF to RGB only (a GIF's first frame): their luma
+            image = tf.io.decode_image(checked, channels=3, dtype=tf.uint8, expand_animations=False)
+            return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+
+        is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
+        return tf.cond(is_png, lambda: tf.cond(_is_png16(image_bytes), png16, png8), rgb_only)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, not_jpeg)
     image.set_shape([None, None, 1])
     return image
 
