@@ -69,16 +69,16 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
 
     os.environ["XRAY_FEATURE_CACHE"] = str(cache_dir)
     started = time.perf_counter()
-    arrays = feature_cache.features_for(split, str(shards), manifest, "train", config)
+    arrays = feature_cache.features_for(split, manifest, "train", config)
     build = time.perf_counter() - started
     timer = _epoch_timer()
-    cached.fit(feature_cache.dataset(arrays, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
+    cached.fit(reader.cached_dataset(arrays, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
                callbacks=[timer])
     with_cache = timer.seconds[1:]
-    names = feature_cache.feature_names(arrays)
+    names = reader.feature_names(arrays)
     half = dict(arrays, **{name: arrays[name].astype(np.float16) for name in names})
     timer = _epoch_timer()
-    cached.fit(feature_cache.dataset(half, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
+    cached.fit(reader.cached_dataset(half, batch, True), epochs=cached_epochs + 1, steps_per_epoch=steps, verbose=0,
                callbacks=[timer])
     with_half = timer.seconds[1:]
     error = max(float(np.max(np.abs(half[name].astype(np.float32) - arrays[name]))) /

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -112,3 +114,16 @@ def test_a_full_size_film_gives_the_same_tensor_through_shards_and_through_the_s
     trained = pixels.preprocess_image(tf.constant(payload), 224).numpy()
     difference = float(np.mean(np.abs(served - trained)))
     assert difference <= 0.015, f"mean absolute difference {difference:.4f} on the [-1, 1] scale"
+
+
+def test_class_names_and_the_pixel_rule_are_defined_once():
+    """The contract clients import, the synthesiser and the records share data.schema's names; the serving
+    signature and the reader share data.pixels' preprocessing (no second copy in the trainer)."""
+    import trainer
+    from data import schema
+    from serving import contract
+    from trainer import synth
+
+    assert contract.CLASS_NAMES is schema.CLASS_NAMES and synth.CLASS_NAMES is schema.CLASS_NAMES
+    assert reader.preprocess_image is pixels.preprocess_image
+    assert not (Path(trainer.__file__).parent / "records.py").exists()

@@ -130,14 +130,15 @@ def test_an_over_size_image_is_invalid_argument_in_the_serving_graph_before_any_
     assert grown < 100, f"RSS grew {grown:.0f} MiB refusing four 256-megapixel images"
 
 
-def test_xray_predict_reports_an_over_size_image_on_its_own_line(model_base, tmp_path):
+def test_xray_predict_answers_a_dicom_and_reports_an_over_size_image_on_its_own_line(model_base, tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(_png(_film((200, 240)).astype(np.uint8)))
     (tmp_path / "bomb.png").write_bytes(_bomb_png())
-    result = run_xray("predict", "--model", model_base / "1", good, tmp_path / "bomb.png", check=False)
+    shutil.copy(_pydicom_data("RG1_J2KR.dcm"), tmp_path / "chest.dcm")
+    result = run_xray("predict", "--model", model_base / "1", good, tmp_path / "bomb.png", tmp_path, check=False)
     rows = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "probability" in rows["good.png"]
+    assert "probability" in rows["good.png"] and "probability" in rows["chest.dcm"]  # a DICOM, found in a folder
     assert "16000x16000 pixels" in rows["bomb.png"]["error"]
 
 

@@ -390,8 +390,11 @@ def _run_promote(args):
 def _add_predict(sub):
     p = sub.add_parser("predict", help="probability and label for images, via TF Serving (gRPC/REST) or in-process",
                        description="Sends images in batches and prints one JSON line per file: "
-                       '{"path", "probability", "label"} (or {"path", "error"} for a file that could not be scored).')
-    p.add_argument("images", nargs="+", help="image files, directories (searched recursively) or glob patterns")
+                       '{"path", "probability", "label"} (or {"path", "error"} for a file that could not be scored). '
+                       "JPEG, PNG, BMP and GIF are sent as they are; DICOM (.dcm) and TIFF are converted here to a 16-bit "
+                       "or 8-bit PNG by the rule xray shards applies (docs/reference.md, 'The pixel rule').")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF, TIFF, DICOM), directories (searched "
+                   "recursively) or glob patterns")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--rest", metavar="URL", help="TF Serving REST endpoint, e.g. http://localhost:8501")
     target.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC endpoint, e.g. localhost:8500")
