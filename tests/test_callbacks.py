@@ -61,3 +61,32 @@ def test_a_kill_during_the_write_leaves_the_previous_best_whole(tmp_path):
     assert leftovers and leftovers[0].endswith("best.weights.h5")  # the half-written file never took the name
     assert _run(path, "second").returncode == 0
     np.testing.assert_array_equal(_kernel(path), np.full((4, 3), 2.0))
+
+
+def test_a_resumed_run_remembers_its_best_epoch_and_does_not_overwrite_a_better_model(tmp_path):
+    """Resume at epoch 4 after val_loss 0.5, 0.3, 0.4: the checkpoint and early stopping start from 0.3 (epoch 2),
+    so a worse epoch 4 (0.35) does not replace the best weights, and patience counts from epoch 2."""
+    import json
+
+    import trainer  # noqa: F401 - selects tf-keras
+    from trainer.callbacks import AtomicModelCheckpoint, RestoreSelectionState
+    from trainer.kerasapi import keras
+
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps({"epoch": e, "val_loss": v}) + "\n" for e, v in ((1, 0.5), (2, 0.3), (3, 0.4))))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    best = tmp_path / "best.weights.h5"
+    checkpoint = AtomicModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=False)
+    restore = RestoreSelectionState(str(history), stopping, checkpoint)
+    for callback in (checkpoint, stopping, restore):
+        callback.set_model(model)
+    stopping.on_train_begin()
+    restore.on_epoch_begin(3)  # 0-based: the fourth epoch
+    assert checkpoint.best == 0.3 and stopping.best == 0.3 and stopping.best_epoch == 1 and stopping.wait == 1
+    checkpoint.on_epoch_end(3, {"val_loss": 0.35})
+    assert not best.exists(), "a worse epoch replaced the best model"
+    stopping.on_epoch_end(3, {"val_loss": 0.35})
+    assert stopping.wait == 2 and not model.stop_training
+    checkpoint.on_epoch_end(4, {"val_loss": 0.2})
+    assert best.exists()

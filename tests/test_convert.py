@@ -367,3 +367,48 @@ def test_training_reads_the_manifest_list_and_names_a_missing_or_changed_shard(s
                       check=False, timeout=300)
     assert result.returncode == 2 and f"{shard} does not have the sha256 manifest.json recorded" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kaggle_file_names_map_to_their_patient(tmp_path):
+    """Kaggle's three naming schemes: IM-0117-0001.jpeg, NORMAL2-IM-0381-0001.jpeg, person12_bacteria_3.jpeg.
+    Each image of one patient must map to that patient (else a patient leaks across train and val)."""
+    from data.convert import DEFAULT_PATIENT_PATTERN, find_source_images
+
+    names = {"train/NORMAL": ["IM-0117-0001.jpeg", "IM-0117-0002.jpeg", "NORMAL2-IM-0381-0001.jpeg",
+                              "NORMAL2-IM-0381-0002.jpeg", "NORMAL2-IM-0117-0001.jpeg"],
+             "train/PNEUMONIA": ["person12_bacteria_3.jpeg", "person12_virus_44.jpeg", "person1_bacteria_1.jpeg"],
+             "test/NORMAL": ["IM-0001-0001.jpeg"], "test/PNEUMONIA": ["person100_virus_1.jpeg"]}
+    for folder, files in names.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for name in files:
+            (tmp_path / folder / name).write_bytes(b"x")
+    patients = {Path(i.relative).name: i.patient_id for i in find_source_images(tmp_path, DEFAULT_PATIENT_PATTERN)}
+    assert patients["IM-0117-0001.jpeg"] == patients["IM-0117-0002.jpeg"] == "IM-0117"
+    assert patients["NORMAL2-IM-0381-0001.jpeg"] == patients["NORMAL2-IM-0381-0002.jpeg"] == "NORMAL2-IM-0381"
+    assert patients["NORMAL2-IM-0117-0001.jpeg"] == "NORMAL2-IM-0117"  # another patient than IM-0117
+    assert patients["person12_bacteria_3.jpeg"] == patients["person12_virus_44.jpeg"] == "person12"
+    assert patients["person1_bacteria_1.jpeg"] == "person1"  # not a prefix match of person12
+
+
+def test_kaggle_val_is_merged_into_the_train_pool_and_shared_test_patients_are_warned_about(synth_dir, tmp_path):
+    """Kaggle's val/ (16 images) joins the train pool; our val split is carved from it. A patient id found in
+    both train/ and test/ is listed in the manifest and warned about on the terminal."""
+    from conftest import run_xray
+
+    src = tmp_path / "src"
+    shutil.copytree(synth_dir, src)
+    first_test = sorted((src / "test" / "NORMAL").glob("*.jpeg"))[0]
+    (src / "val" / "NORMAL").mkdir(parents=True)
+    (src / "val" / "NORMAL" / "IM-4242-0001.jpeg").write_bytes(_jpeg(value=77))
+    data = bytearray(first_test.read_bytes())
+    data[-3] ^= 0x01  # other bytes (not a duplicate), the same patient id as a test image
+    (src / "train" / "NORMAL" / (first_test.stem.rsplit("-", 1)[0] + "-0099.jpeg")).write_bytes(bytes(data))
+    result = run_xray("shards", "--src", src, "--out", tmp_path / "out", "--num-shards", 2)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rows = _read_all(tmp_path / "out")
+    (split, _), = [v for k, v in rows.items() if k == "val/NORMAL/IM-4242-0001.jpeg"]
+    assert split in ("train", "val")  # from Kaggle's val/ into our train pool, never test
+    assert sum(sum(c.values()) for c in manifest["counts"].values()) == len(rows)
+    shared = first_test.stem.rsplit("-", 1)[0]
+    assert manifest["test_patients_also_in_train"] == [shared]
+    assert "1 patient id(s) of test/ also appear in train/" in result.stdout

@@ -153,7 +153,12 @@ def test_train_job_failure_policy_deadline_and_threads():
         rules = spec["podFailurePolicy"]["rules"]
         codes = {r["action"]: r["onExitCodes"]["values"] for r in rules if "onExitCodes" in r}
         assert codes == {"FailJob": [EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET], "Ignore": [EXIT_PEER_LOST]}
-        assert [r["onPodConditions"][0]["type"] for r in rules if "onPodConditions" in r] == ["DisruptionTarget"]
+        # "In" (NotIn would ignore every other exit, so a crashing worker would be replaced forever), for the
+        # trainer's container, and a disruption only when its condition is True.
+        assert {(r["onExitCodes"]["operator"], r["onExitCodes"]["containerName"]) for r in rules if "onExitCodes" in r} \
+            == {("In", "worker")}
+        assert [(r["action"], r["onPodConditions"]) for r in rules if "onPodConditions" in r] \
+            == [("Ignore", [{"type": "DisruptionTarget", "status": "True"}])]
         (container,) = spec["template"]["spec"]["containers"]
         threads = next(e for e in container["env"] if e["name"] == "XRAY_THREADS")["valueFrom"]["resourceFieldRef"]
         assert threads == {"containerName": "worker", "resource": "limits.cpu", "divisor": "1"}
