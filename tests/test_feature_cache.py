@@ -139,3 +139,30 @@ def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, 
     assert len(arrays["labels"]) == manifest.count("val")
     with np.load(planted) as stored:  # the entry was written again, whole
         assert set(stored.files) == {"features_0", "features_1", "labels", "weights"}
+
+
+def test_features_for_stores_the_trunks_own_outputs_under_a_key_that_follows_its_weights(shards_dir, tmp_path,
+                                                                                       monkeypatch):
+    """Through the path training takes (features_for on the manifest's shards, read by data.reader): the cached
+    arrays are the frozen trunk's float32 outputs on the reader's images, and another trunk (other weights, same
+    data) gets its own entry instead of the first one's features."""
+    from data import manifest as manifests
+
+    monkeypatch.setenv("XRAY_FEATURE_CACHE", str(tmp_path))
+    manifest = manifests.read(str(shards_dir))
+    config = Config(model=SMALL, train=TrainConfig())
+    keras.utils.set_random_seed(1)
+    first = feature_cache.Split(build_model(SMALL))
+    arrays = feature_cache.features_for(first, manifest, "val", config)
+    images = np.concatenate([x.numpy() for x, _, _ in reader.make_dataset(
+        manifest.shard_paths("val"), 32, False, image_size=SMALL.image_size, class_weights=manifest.class_weights())])
+    direct = first.trunk(images, training=False)
+    for name, expected in zip(feature_cache.feature_names(arrays), direct if isinstance(direct, list) else [direct]):
+        assert arrays[name].dtype == np.float32
+        np.testing.assert_allclose(arrays[name], expected.numpy(), rtol=0, atol=1e-5)
+    keras.utils.set_random_seed(2)
+    second = feature_cache.Split(build_model(SMALL))
+    assert second.trunk_digest() != first.trunk_digest()
+    other = feature_cache.features_for(second, manifest, "val", config)
+    assert not np.allclose(other["features_0"], arrays["features_0"])
+    assert len(list(tmp_path.glob("*.npz"))) == 2
