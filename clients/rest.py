@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from urllib.parse import quote
 
 import requests
@@ -101,29 +100,6 @@ class RestClient:
     def metadata(self) -> dict:
         """{"name", "version", "signatures": {...}} of the version this client addresses (needs it loaded)."""
         return parse_metadata(self._call("get", f"{self.model_url}/metadata"))
-
-    def wait_until_available(self, version: int, timeout: float, poll: float = 1.0) -> list[dict]:
-        """Polls status until ``version`` is AVAILABLE; ServingError FAILED_PRECONDITION when its load ended
-        with an error, DEADLINE_EXCEEDED when ``timeout`` passes first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:  # every version of the model, one attempt per poll: the loop is the retry
-                status = parse_status(self._send("get", self._model_path))
-            except ServingError as error:
-                if error.code not in ("NOT_FOUND", "UNAVAILABLE"):
-                    raise
-                status = []
-            entry = next((v for v in status if v["version"] == version), None)
-            if entry and entry["state"] == "AVAILABLE":
-                return status
-            if entry and entry["state"] == "END" and entry["error_code"] != "OK":
-                raise ServingError("FAILED_PRECONDITION", f"version {version} failed to load: {entry['error_code']}: "
-                                                          f"{entry['error_message']}")
-            if time.monotonic() >= deadline:
-                seen = entry["state"] if entry else "not known to the server yet"
-                raise ServingError("DEADLINE_EXCEEDED", f"version {version} is not AVAILABLE on {self.base_url} after "
-                                                        f"{timeout:.0f}s (state: {seen})")
-            time.sleep(poll)
 
     def _call(self, method: str, url: str, **kwargs):
         return self.retry(lambda: self._send(method, url, **kwargs), f"TF Serving at {self.base_url}")
