@@ -352,3 +352,58 @@ def test_make_serve_runs_tf_serving_with_the_deployments_flags():
     flags = set(docker.split("tensorflow/serving")[1].split())
     wanted = {a for a in deployment_args() if not a.startswith(("--port", "--rest_api_port", "--grpc_channel_arguments"))}
     assert wanted <= flags, wanted - flags
+
+
+def _negated(workdir, dest):
+    """A copy of a run whose last layer is negated: every probability p becomes 1 - p, so its test AUC is exactly
+    one minus the original's. With the original it makes a pair of real models, one better than the other."""
+    import shutil
+
+    from trainer.config import Config
+    from trainer.model import OUTPUT_NAME, load_trained
+    from trainer.workdir import Workdir
+
+    shutil.copytree(workdir, dest)
+    paths = Workdir(str(dest))
+    model = load_trained(Config.load(paths.config).model, paths.best_weights)
+    layer = model.get_layer(OUTPUT_NAME)
+    layer.set_weights([-w for w in layer.get_weights()])
+    model.save_weights(paths.best_weights)
+    return dest
+
+
+def test_the_gate_judges_against_the_newest_version_and_the_cli_exits_3(trained_workdir, model_base, tmp_path):
+    """Real versions on disk: v1 the worse model, v2 the better one (accepted over v1); the worse one again is
+    refused with exit 3 because v2, the newest, is better (against v1, the oldest, it would pass)."""
+    auc = json.loads((model_base / "1" / contract.MODEL_CARD).read_text())["serving_path"]["roc_auc"]
+    gap = abs(2 * auc - 1)  # the pair's AUCs are auc and 1 - auc
+    assert gap > 0.002, f"the fixture model's AUC {auc} is too close to 0.5 to make a better and a worse model"
+    negated = _negated(trained_workdir, tmp_path / "negated")
+    better, worse = (trained_workdir, negated) if auc > 0.5 else (negated, trained_workdir)
+    base, tolerance = tmp_path / "models", f"{gap / 2:.6f}"
+
+    def export_(workdir):
+        return run_xray("export", "--workdir", workdir, "--model-base", base, "--tolerance", tolerance, check=False,
+                        timeout=600)
+
+    assert export_(worse).returncode == 0 and export_(better).returncode == 0
+    refused = export_(worse)
+    assert refused.returncode == 3 and "refusing to push" in refused.stderr and "version 2" in refused.stderr
+    assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def test_the_skew_refusal_inside_export_with_the_serving_measurement_replaced(trained_workdir, tmp_path, monkeypatch):
+    """Shortcut, named: export()'s own decision on a serving-path AUC far below the training path's, with the
+    serving measurement replaced by a low number (no real skewed model is made here). The version is not
+    written; --force writes it."""
+    monkeypatch.setattr(export, "serving_path_metrics",
+                        lambda *args, **kwargs: {"roc_auc": 0.0, "num_examples": 1, "images": "replaced"})
+    monkeypatch.setattr(export.evaluate, "run", lambda *args, **kwargs: {"test": {
+        "metrics": {"roc_auc": 0.9}, "ci95": {"roc_auc": [0.85, 0.95]}, "threshold": 0.5, "num_examples": 1},
+        "threshold_method": "youden"})
+    with pytest.raises(export.GateRefused, match="training and serving see different pixels"):
+        export.export(export.ExportRequest(str(trained_workdir), str(tmp_path)), log=lambda *_: None)
+    assert not [p for p in tmp_path.iterdir() if p.name.isdigit() or p.name.startswith(".tmp")]
+    monkeypatch.setattr(export, "check_gate", lambda *args: (True, "no earlier version"))
+    card = export.export(export.ExportRequest(str(trained_workdir), str(tmp_path), force=True), log=lambda *_: None)
+    assert card["version"] == 1 and (tmp_path / "1" / "saved_model.pb").exists()
