@@ -168,6 +168,26 @@ class _ReportingOracle:
             self.report(self)
         return result
 
+    def create_trial(self, tuner_id):
+        """Records which worker (tuner id) was given each trial, for trials.json's ``worker`` column."""
+        trial = super().create_trial(tuner_id)
+        if trial.status == "RUNNING":
+            self.trial_workers[trial.trial_id] = tuner_id
+        return trial
+
+    @property
+    def trial_workers(self) -> dict:
+        if "_trial_workers" not in self.__dict__:
+            self._trial_workers = {}
+        return self._trial_workers
+
+    def get_state(self):
+        return {**super().get_state(), "trial_workers": dict(self.trial_workers)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self._trial_workers = dict(state.get("trial_workers", {}))
+
 
 class DefaultsFirstBayesian(_ReportingOracle, kt.oracles.BayesianOptimizationOracle):
     pass
@@ -187,6 +207,26 @@ class ReportingHyperband(kt.oracles.HyperbandOracle):
         if self.report:
             self.report(self)
         return result
+
+    def create_trial(self, tuner_id):
+        """Records which worker (tuner id) was given each trial, for trials.json's ``worker`` column."""
+        trial = super().create_trial(tuner_id)
+        if trial.status == "RUNNING":
+            self.trial_workers[trial.trial_id] = tuner_id
+        return trial
+
+    @property
+    def trial_workers(self) -> dict:
+        if "_trial_workers" not in self.__dict__:
+            self._trial_workers = {}
+        return self._trial_workers
+
+    def get_state(self):
+        return {**super().get_state(), "trial_workers": dict(self.trial_workers)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self._trial_workers = dict(state.get("trial_workers", {}))
 
 
 def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str):
@@ -330,7 +370,8 @@ def trial_rows(oracle, objective: str) -> list[dict]:
     rows = []
     for trial_id, trial in sorted(oracle.trials.items(), key=lambda item: _trial_order(item[0])):
         metrics = {name: trial.metrics.get_best_value(name) for name in trial.metrics.metrics}
-        row = {"trial": trial_id, "status": trial.status, "objective": trial.score,
+        row = {"trial": trial_id, "status": trial.status, "worker": getattr(oracle, "trial_workers", {}).get(trial_id),
+               "objective": trial.score,
                **{name: trial.hyperparameters.values.get(name) for name in TRIAL_FIELDS},
                "val_auc": metrics.get("val_auc"), "val_loss": metrics.get("val_loss"),
                "epochs": int(metrics["epochs"]) if metrics.get("epochs") is not None else None,
@@ -353,7 +394,7 @@ def write_reports(oracle, hypermodel: XrayHyperModel, options: SearchOptions, wo
     tf.io.gfile.makedirs(workdir)
     write_atomic(f"{workdir}/trials.json", json.dumps(rows, indent=2))
     buffer = io.StringIO()
-    columns = ["trial", "status", "rank", "objective", *TRIAL_FIELDS, "val_auc", "val_loss", "epochs", "seconds"]
+    columns = ["trial", "status", "worker", "rank", "objective", *TRIAL_FIELDS, "val_auc", "val_loss", "epochs", "seconds"]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
