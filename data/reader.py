@@ -38,31 +38,18 @@ def augment_image(image, seed):
     return tf.clip_by_value(image, -1.0, 1.0)
 
 
-def dataset(
-    manifest: Manifest,
-    split: str,
-    batch_size: int,
-    training: bool,
-    *,
-    image_size: int = 224,
-    input_context: tf.distribute.InputContext | None = None,
-    seed: int = 0,
-    class_weights: dict[int, float] | None = None,
-    repeat: bool | None = None,
-    augment: bool = True,
-    with_paths: bool = False,
-    features=None,
-):
-    """A split of ``manifest`` as batches: records decoded by the one preprocessing, or with ``features`` (a
-    callable ``(split, input_context) -> arrays`` such as trainer.feature_cache's) the cached trunk outputs.
-    Weights are added when ``class_weights`` is given; ``repeat`` defaults to ``training``."""
+def dataset(manifest: Manifest, split: str, batch_size: int, training: bool, *, features=None, **options):
+    """A split of ``manifest`` as batches: its listed shards through ``make_dataset`` (``options`` are its keyword
+    arguments), or, with ``features`` (a callable ``(split, input_context) -> arrays`` such as
+    trainer.feature_cache.source), the frozen trunk's cached outputs for the same images. ``repeat`` defaults to
+    ``training``; weights are added when ``class_weights`` is given."""
+    repeat = options.pop("repeat", None)
     repeat = training if repeat is None else repeat
     if features is not None:
-        return cached_dataset(features(split, input_context), batch_size, training, seed, input_context,
-                              with_weights=class_weights is not None, repeat=repeat)
-    return make_dataset(manifest.shard_paths(split), batch_size, training, image_size=image_size,
-                        input_context=input_context, seed=seed, class_weights=class_weights, with_paths=with_paths,
-                        repeat=repeat, augment=augment)
+        context = options.get("input_context")
+        return cached_dataset(features(split, context), batch_size, training, options.get("seed", 0), context,
+                              with_weights=options.get("class_weights") is not None, repeat=repeat)
+    return make_dataset(manifest.shard_paths(split), batch_size, training, repeat=repeat, **options)
 
 
 def make_dataset(

@@ -38,7 +38,7 @@ def test_search_starts_from_the_defaults_writes_reports_and_resumes(shards_dir, 
     rss = [int(m) for m in re.findall(r"done; rss (\d+) MB\)", result.stdout)]
     assert len(rss) == 3 and max(rss) - min(rss) < 200, rss
     assert result.stdout.count("would pass the 1 MB budget); continuing in a fresh process") == 3
-    assert (workdir / "trials.csv").read_text().splitlines()[0].startswith("trial,status,rank,objective")
+    assert (workdir / "trials.csv").read_text().splitlines()[0].startswith("trial,status,worker,rank,objective")
 
     best_row = next(r for r in rows if r["rank"] == 1)
     best = Config.load(str(workdir / "best_config.json"))  # loads in the trainer
