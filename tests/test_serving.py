@@ -302,7 +302,7 @@ def test_a_bad_file_in_a_batch_does_not_cost_the_others_their_answers(server, sy
     rows = list(predict_files(RestClient(f"http://127.0.0.1:{server.rest_port}"), paths, batch_size=4))
     assert [r["path"] for r in rows] == paths
     assert ["error" in r for r in rows] == [False, True, False, True, False]
-    assert "not a JPEG/PNG/BMP/GIF image" in rows[3]["error"]
+    assert "not a JPEG/PNG/BMP/GIF/TIFF/DICOM image" in rows[3]["error"]
 
 
 def test_rest_client_does_not_import_tensorflow():

@@ -48,7 +48,7 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     for key in ("epochs_run", "best_epoch", "best_val_loss", "best_val_auc"):
         assert summaries[0][key] == pytest.approx(summaries[1][key]), key
     assert sorted(p.name for p in workdir.iterdir()) == [
-        "best.weights.h5", "config.json", "history.csv", "history.jsonl", "tensorboard", "training.json"]
+        ".xray.lock", "best.weights.h5", "config.json", "history.csv", "history.jsonl", "tensorboard", "training.json"]
     history = _history(workdir)
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(row["workers"] == 2 and "val_auc" in row and "lr" in row for row in history)

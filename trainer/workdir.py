@@ -6,6 +6,7 @@
     backup/             BackupAndRestore's checkpoint while training runs
     peer_losses.json    lost peers counted against train.max_peer_losses
     eval/               xray evaluate's metrics, predictions and plots
+    .xray.lock          the lock the training chief holds while it runs (data.lock)
 """
 
 from __future__ import annotations
