@@ -23,11 +23,13 @@ RESIZE_METHOD = "tf-jpeg-dct-scale+bilinear-antialias"
 DEPTH_RULE = "8-bit as stored; 16-bit PNG min-max to 0..255"
 JPEG_SCALES = (1, 2, 4, 8)
 _HEADER_BYTES = 32
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def header_size(image_bytes):
-    """(height, width) as int64 scalars from the header of a JPEG, PNG, GIF or BMP; (0, 0) for anything else
-    (whose decode then fails with TensorFlow's own "unknown image format")."""
+def _header_size(image_bytes):
+    """(height, width) as int64 scalars from the header of a PNG, GIF or BMP (a JPEG's comes from
+    tf.image.extract_jpeg_shape in its own branch); (0, 0) for anything else (whose decode then fails with
+    TensorFlow's own "unknown image format")."""
     import tensorflow as tf
 
     head = tf.strings.substr(image_bytes, 0, _HEADER_BYTES)  # shorter when the file is
@@ -39,10 +41,6 @@ def header_size(image_bytes):
 
     def le(i, n):
         return tf.add_n([b[i + k] * (256 ** k) for k in range(n)])
-
-    def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
-        return tf.stack([shape[0], shape[1]])
 
     def png():
         return tf.stack([be32(20), be32(16)])
@@ -59,19 +57,16 @@ def header_size(image_bytes):
         return tf.zeros([2], tf.int64)
 
     starts = lambda prefix: tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)  # noqa: E731
-    index = tf.where(tf.io.is_jpeg(image_bytes), 0,
-                     tf.where(starts(b"\x89PNG\r\n\x1a\n"), 1,
-                              tf.where(starts(b"GIF8"), 2, tf.where(starts(b"BM"), 3, 4))))
-    size = tf.switch_case(tf.cast(index, tf.int32), [jpeg, png, gif, bmp, unknown])
+    index = tf.where(starts(PNG_SIGNATURE), 0, tf.where(starts(b"GIF8"), 1, tf.where(starts(b"BM"), 2, 3)))
+    size = tf.switch_case(tf.cast(index, tf.int32), [png, gif, bmp, unknown])
     return size[0], size[1]
 
 
-def _is_png16(image_bytes):
+def _is_16_bit_png(image_bytes):
+    """For bytes that start with the PNG signature: whether IHDR's bit depth (byte 24) is 16."""
     import tensorflow as tf
 
-    head = tf.strings.substr(image_bytes, 0, 25)
-    return tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n"),
-                          tf.equal(tf.strings.substr(head, 24, 1), b"\x10"))
+    return tf.equal(tf.strings.substr(tf.strings.substr(image_bytes, 0, 25), 24, 1), b"\x10")
 
 
 def _bounded(image_bytes, height, width):
@@ -101,7 +96,7 @@ def decode_gray(image_bytes, image_size: int):
         return tf.cast(tf.switch_case(index, branches), tf.float32)
 
     def not_jpeg():
-        checked = _bounded(image_bytes, *header_size(image_bytes))
+        checked = _bounded(image_bytes, *_header_size(image_bytes))
 
         def png16():
             image = tf.cast(tf.io.decode_png(checked, channels=1, dtype=tf.uint16), tf.float32)
@@ -115,8 +110,8 @@ def decode_gray(image_bytes, image_size: int):
             image = tf.io.decode_image(checked, channels=3, dtype=tf.uint8, expand_animations=False)
             return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
 
-        is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
-        return tf.cond(is_png, lambda: tf.cond(_is_png16(image_bytes), png16, png8), rgb_only)
+        is_png = tf.equal(tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
+        return tf.cond(is_png, lambda: tf.cond(_is_16_bit_png(image_bytes), png16, png8), rgb_only)
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, not_jpeg)
     image.set_shape([None, None, 1])
