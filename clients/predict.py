@@ -21,7 +21,6 @@ from clients import ServingError
 from data import formats
 from serving import contract
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
 def collect_files(arguments: list[str]) -> list[str]:
@@ -29,7 +28,7 @@ def collect_files(arguments: list[str]) -> list[str]:
     found, seen = [], set()
     for argument in arguments:
         if os.path.isdir(argument):
-            matches = sorted(str(p) for p in Path(argument).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            matches = sorted(str(p) for p in Path(argument).rglob("*") if p.suffix.lower() in formats.IMAGE_SUFFIXES)
         elif any(ch in argument for ch in "*?["):
             matches = sorted(glob.glob(argument, recursive=True))
         else:

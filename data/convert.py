@@ -30,7 +30,6 @@ from data.lock import FolderLock
 from data.manifest import FORMAT_VERSION, Manifest, Shard, sha256_file
 from data.schema import CLASS_NAMES, MANIFEST_NAME, SOURCE_SPLITS, SPLITS, encode_example, is_shard_name, shard_name
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom"}
 SUPPORTED_MODES = ("1", "L", "LA", "RGB", "RGBA", "P", "I;16", "I;16B", "I;16L", "I")
 # Kaggle names: IM-0117-0001.jpeg, NORMAL2-IM-0381-0001.jpeg, person12_bacteria_3.jpeg.
 DEFAULT_PATIENT_PATTERN = r"^((?:NORMAL2-)?IM-\d+|person\d+)"
@@ -114,13 +113,14 @@ def check_image(data: bytes, image_size: int | None) -> tuple[tuple[int, int], b
         formats.check_pixels(header.width, header.height)
         if header.mode not in SUPPORTED_MODES:
             raise formats.ImageRefused(f"unsupported image mode {header.mode} (supported: {', '.join(SUPPORTED_MODES)})")
-        kind = "DICOM" if formats.is_dicom(data) else (header.format or "?") + ("16" if header.mode.startswith("I") else "")
+        # What the file was: DICOM, or its own format (TIFF, not the PNG it became), with 16 for a deep one.
+        kind = converted if converted == "DICOM" else (converted or header.format or "?") + ("16" if header.mode.startswith("I") else "")
         size = (header.height, header.width)
         try:
             resized = pixels.decode_and_resize(decodable, image_size or 32)
         except Exception:  # noqa: BLE001 - TensorFlow cannot read it: Pillow names the problem, or reads it
             header.load()  # raises with the reason for a truncated or corrupt file
-            decodable, converted = formats.encode_pil_png(header), f"{header.format} -> PNG (TensorFlow could not decode it)"
+            decodable, converted = formats.encode_pil_png(header), header.format or "?"  # TensorFlow could not decode it
             resized = pixels.decode_and_resize(decodable, image_size or 32)
     except formats.ImageRefused as error:
         raise ValueError(str(error)) from None

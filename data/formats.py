@@ -24,8 +24,8 @@ import numpy as np
 # The most pixels one image may have, anywhere (shards, the serving graph, the clients): 36 megapixels, e.g.
 # 6000 x 6000. A chest film is 2-18 megapixels (a 43 cm detector at 100 um is 4300 x 4300).
 MAX_PIXELS = 36_000_000
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-TF_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}  # what tf.io.decode_image reads (and so TF Serving's signature)
+# The file names xray shards and xray predict look for (a folder is searched for these).
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".dicom"}
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"GIF87a": "GIF", b"GIF89a": "GIF"}
 GRAYSCALE_DICOM = ("MONOCHROME1", "MONOCHROME2")
 
@@ -53,11 +53,12 @@ def check_pixels(width: int, height: int) -> None:
 
 
 def to_decodable(data: bytes) -> tuple[bytes, str | None]:
-    """(bytes TensorFlow decodes, what was converted or None). JPEG/PNG/BMP/GIF come back as they are."""
+    """(bytes TensorFlow decodes, the source format when it was converted, else None): "DICOM", "TIFF", ...
+    JPEG/PNG/BMP/GIF come back as they are."""
     if not data:
         raise ImageRefused("empty file")
     if is_dicom(data):
-        return encode_png16(dicom_pixels(data)), "DICOM -> 16-bit PNG"
+        return encode_png16(dicom_pixels(data)), "DICOM"
     if tf_format(data):
         return data, None
     image = open_header(data)
@@ -66,7 +67,7 @@ def to_decodable(data: bytes) -> tuple[bytes, str | None]:
         image.load()
     except Exception as error:  # noqa: BLE001 - Pillow raises many kinds; the reason goes to the user
         raise unreadable(error) from None
-    return encode_pil_png(image), f"{image.format} -> PNG"
+    return encode_pil_png(image), image.format or "?"
 
 
 def open_header(data: bytes):

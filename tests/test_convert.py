@@ -412,3 +412,17 @@ def test_kaggle_val_is_merged_into_the_train_pool_and_shared_test_patients_are_w
     shared = first_test.stem.rsplit("-", 1)[0]
     assert manifest["test_patients_also_in_train"] == [shared]
     assert "1 patient id(s) of test/ also appear in train/" in result.stdout
+
+
+def test_tiff_films_are_read_and_counted_as_tiff_in_the_manifest(synth_dir, tmp_path):
+    """TIFF (8 and 16 bit) becomes a PNG for TensorFlow, but the manifest's inputs name what the file was."""
+    src = tmp_path / "src"
+    shutil.copytree(synth_dir, src)
+    film = np.linspace(0, 4095, 64 * 48).reshape(48, 64)
+    Image.fromarray(film.astype(np.uint16)).save(src / "test" / "NORMAL" / "IM-0900-0001.tif")
+    Image.fromarray((film / 16).astype(np.uint8)).save(src / "test" / "PNEUMONIA" / "person90_virus_1.tiff")
+    manifest = convert(src, str(tmp_path / "out"), ShardOptions(num_shards=1), show_progress=False).to_dict()
+    jpegs = len(list(synth_dir.rglob("*.jpeg")))
+    assert manifest["inputs"] == {"JPEG": jpegs, "TIFF": 1, "TIFF16": 1} and manifest["num_skipped"] == 0
+    rows = _read_all(tmp_path / "out")
+    assert rows["test/NORMAL/IM-0900-0001.tif"][1]["image_bytes"].numpy()[24] == 16  # stored as a 16-bit PNG
