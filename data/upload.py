@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -302,11 +303,11 @@ def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> 
                 body = json.dumps(listed).encode()
                 info = tarfile.TarInfo(LIST_NAME)
                 info.size, info.mode, info.mtime = len(body), 0o644, int(time.time())
-                tar.addfile(info, _BytesReader(body))
+                tar.addfile(info, io.BytesIO(body))
 
         try:
             result = transport.run(["receive", dest, split], stream=stream)
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, _Changed) as error:
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:  # _Changed is an OSError
             progress.end()
             raise UploadError(f"{split}: reading {getattr(error, 'origin', None) or 'SRC'} failed ({error}); the stream "
                               f"was stopped and {dest}/{split} on the volume is unchanged") from None
@@ -346,15 +347,6 @@ class _Verified:
             error.origin = self.member.origin
             raise
         data, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
-        return data
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def read(self, size: int = -1) -> bytes:
-        data, self.data = (self.data, b"") if size < 0 else (self.data[:size], self.data[size:])
         return data
 
 
