@@ -60,6 +60,7 @@ class SourceImage:
     height: int = 0
     width: int = 0
     payload: bytes | None = None  # what goes in the record, when it is not the file as is
+    kind: str = ""  # what the file was: JPEG, PNG16, TIFF, DICOM...
 
 
 def readable_name(name: str) -> str:
@@ -291,22 +292,20 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
     skipped = []
     first_seen: dict[str, str] = {}
     good: list[SourceImage] = []
-    kinds: dict[str, str] = {}
 
     def inspect(image: SourceImage):
         """Read, hash, decode, resize, re-encode: the costly part, run on all CPUs (PIL and TensorFlow release the
         GIL while they decode, resize and encode). Returns (bytes read, error or None)."""
         try:
-            size = image.path.stat().st_size
             data = image.path.read_bytes()
         except OSError as error:
             return 0, f"unreadable file ({error.strerror or error})"
         image.sha256 = hashlib.sha256(data).hexdigest()
         try:
-            (image.height, image.width), image.payload, kinds[image.relative] = check_image(data, options.image_size)
+            (image.height, image.width), image.payload, image.kind = check_image(data, options.image_size)
         except ValueError as error:
-            return size, str(error)
-        return size, None
+            return len(data), str(error)
+        return len(data), None
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -360,7 +359,7 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
     patients = {s: sorted({i.patient_id for i in splits[s]}) for s in SPLITS}
     inputs: dict[str, int] = {}
     for image in good:
-        inputs[kinds[image.relative]] = inputs.get(kinds[image.relative], 0) + 1
+        inputs[image.kind] = inputs.get(image.kind, 0) + 1
     manifest = Manifest(
         uri=out, counts=counts, shards={s: shards.get(s, []) for s in SPLITS},
         options={**dataclasses.asdict(options), "resize": pixels.RESIZE_METHOD if options.image_size else "none",
