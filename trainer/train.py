@@ -112,22 +112,22 @@ def run(data_uri: str, workdir: str, config: Config, verify_shards: bool = False
         manifest.check_shards(("train", "val"), hashes=verify_shards)
     except manifests.ShardsChangedError as error:
         raise ConfigError(str(error)) from None
+    spec = cluster.resolve()
     lock = FolderLock(workdir, f"xray train --workdir {workdir}")
     try:
-        if cluster.resolve().is_chief:
+        if spec.is_chief:
             lock.acquire()
     except LockedError as error:
         raise ConfigError(str(error)) from None
     try:
-        return _run(data_uri, manifest, workdir, config)
+        return _run(data_uri, manifest, spec, workdir, config)
     finally:
         lock.release()
 
 
-def _run(data_uri: str, manifest: manifests.Manifest, workdir: str, config: Config) -> dict:
+def _run(data_uri: str, manifest: manifests.Manifest, spec: cluster.ClusterSpec, workdir: str, config: Config) -> dict:
     started = time.time()
     # --- cluster and strategy -------------------------------------------------------------------
-    spec = cluster.resolve()
     paths = Workdir(workdir)
     finished = read_summary(workdir)
     if finished:
