@@ -29,10 +29,9 @@ from data import formats, pixels
 from data.lock import FolderLock
 from data.manifest import FORMAT_VERSION, Manifest, Shard, sha256_file
 from data.schema import CLASS_NAMES, MANIFEST_NAME, SOURCE_SPLITS, SPLITS, encode_example, is_shard_name, shard_name
+from data.split import DEFAULT_PATIENT_PATTERN, leaked_test_patients, patient_id, split_by_patient
 
 SUPPORTED_MODES = ("1", "L", "LA", "RGB", "RGBA", "P", "I;16", "I;16B", "I;16L", "I")
-# Kaggle names: IM-0117-0001.jpeg, NORMAL2-IM-0381-0001.jpeg, person12_bacteria_3.jpeg.
-DEFAULT_PATIENT_PATTERN = r"^((?:NORMAL2-)?IM-\d+|person\d+)"
 
 # ----------------------------------------------------------------------------------------------------
 # Scanning and checking source images.
@@ -88,9 +87,7 @@ def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
                 continue
             for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
                 name = readable_name(path.name)
-                match = pattern.search(name)
-                patient = match.group(1) if match and match.groups() else (match.group(0) if match else Path(name).stem)
-                found.append(SourceImage(path, f"{split}/{class_name}/{name}", split, label, patient))
+                found.append(SourceImage(path, f"{split}/{class_name}/{name}", split, label, patient_id(name, pattern)))
     if missing:
         raise SourceLayoutError(f"{src} has no {', '.join(missing)} folder(s); {EXPECTED_LAYOUT}")
     if not found:
@@ -159,33 +156,6 @@ def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
         except (OSError, ValueError):
             pass
     return max(1, min(counts))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Splitting: validation carved from the train pool, stratified by class, disjoint by patient.
-# ----------------------------------------------------------------------------------------------------
-
-
-def split_by_patient(images: list[SourceImage], val_fraction: float, seed: int) -> dict[str, list[SourceImage]]:
-    """Assigns whole patients of the train pool to val until each class has ~val_fraction of its images."""
-    splits = {"train": [], "val": [], "test": [i for i in images if i.source_split == "test"]}
-    pool = [i for i in images if i.source_split != "test"]
-    by_patient: dict[str, list[SourceImage]] = {}
-    for image in pool:
-        by_patient.setdefault(image.patient_id, []).append(image)
-    rng = np.random.default_rng(seed)
-    for label in range(len(CLASS_NAMES)):
-        # A patient belongs to the class most of their images have.
-        patients = sorted(p for p, imgs in by_patient.items() if round(np.mean([i.label for i in imgs])) == label)
-        rng.shuffle(patients)
-        target = val_fraction * sum(len(by_patient[p]) for p in patients)
-        taken = 0
-        for patient in patients:
-            goes_to_val = taken < target
-            if goes_to_val:
-                taken += len(by_patient[patient])
-            splits["val" if goes_to_val else "train"].extend(by_patient[patient])
-    return splits
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,7 +338,7 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         num_patients={s: len(p) for s, p in patients.items()},
         # Kaggle's own test folder is taken as given; a patient id it shares with train is reported here.
-        test_patients_also_in_train=sorted(set(patients["test"]) & (set(patients["train"]) | set(patients["val"]))),
+        test_patients_also_in_train=leaked_test_patients(splits),
         skipped=skipped, renamed=renamed, inputs=dict(sorted(inputs.items())), num_images_found=len(images),
         seconds=round(seconds, 3), images_per_second=round(len(images) / seconds, 1) if seconds > 0 else None,
         source_megabytes=round(total_bytes / 1e6, 3))
