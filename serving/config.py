@@ -127,8 +127,9 @@ def batching_config(max_batch_size: int = contract.MAX_BATCH, timeout_micros: in
     params.batch_timeout_micros.value = timeout_micros
     params.num_batch_threads.value = num_batch_threads
     params.max_enqueued_batches.value = 100
-    # Pad to a few fixed sizes so the graph is traced for them once (the warmup file covers 1, 4, 16).
-    params.allowed_batch_sizes.extend([1, 4, 16, max_batch_size])
+    # Pad to a few fixed sizes so the graph is traced for them once (the warmup file covers 1, 4, 16). TF Serving
+    # wants them increasing, the last one max_batch_size (session_bundle_config.proto).
+    params.allowed_batch_sizes.extend([size for size in (1, 4, 16) if size < max_batch_size] + [max_batch_size])
     params.pad_variable_length_inputs = False
     return params
 

@@ -1,16 +1,15 @@
 """The frozen-trunk feature cache (trainer/feature_cache.py): where it cuts, when it applies, that training on
-cached features gives the same weights as training the whole model, and `xray train` with it on 2 workers."""
+cached features gives the same weights as training the whole model, and `xray train` with it on 2 workers.
+When it applies and its key, without a model: test_feature_cache_rules.py."""
 
-import dataclasses
 import json
 
 import numpy as np
-import pytest
 
 from conftest import run_xray
 from data import reader
 from trainer import feature_cache
-from trainer.config import Config, ModelConfig, TrainConfig, preset
+from trainer.config import Config, ModelConfig, TrainConfig
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model, load_trained
 
@@ -29,20 +28,6 @@ def test_the_cut_of_the_documented_fine_tuning_is_what_the_trained_layers_read()
     assert trainable == {w.name for w in split.cached.trainable_weights}
     assert not split.trunk.trainable_weights or all(not layer.trainable for layer in split.trunk.layers
                                                     if layer.weights)
-
-
-@pytest.mark.parametrize("model, train, reason", [
-    (SMALL, TrainConfig(), None),
-    (SMALL, TrainConfig(feature_cache="off"), "feature_cache=off"),
-    (SMALL, TrainConfig(augment=True), "augment"),
-    (dataclasses.replace(SMALL, trainable_layers="all"), TrainConfig(), "trainable_layers=all"),
-    (dataclasses.replace(SMALL, train_batchnorm=True), TrainConfig(), "train_batchnorm"),
-])
-def test_the_cache_is_used_only_where_it_is_exact(model, train, reason):
-    why = feature_cache.why_not(Config(model=model, train=train))
-    assert (why is None) if reason is None else (reason in why)
-    assert feature_cache.why_not(preset("seed")) is None  # the documented config: no augmentation, frozen BN
-    assert feature_cache.why_not(preset("demo")) is not None
 
 
 def test_training_on_cached_features_gives_the_same_weights_as_training_the_whole_model():

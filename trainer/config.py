@@ -233,7 +233,7 @@ def _coerce(section_cls, name: str, value):
                 raise ValueError
             if isinstance(value, bool):
                 raise ValueError
-            return int(value) if not isinstance(value, str) else int(value, 10)
+            return int(value)  # a string in base 10 only; a whole float as its integer
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -272,9 +272,8 @@ def demo() -> Config:
     """
     return Config(
         model=ModelConfig(image_size=64, weights="none", trainable_layers="all", train_batchnorm=True, batchnorm_momentum=0.9),
-        train=TrainConfig(epochs=15, learning_rate=5e-4, first_decay_steps=200, early_stopping_patience=10,
-                          gradient_allreduce="bfloat16", augment=True),
-        eval=EvalConfig(),
+        train=TrainConfig(epochs=15, learning_rate=5e-4, first_decay_steps=200, gradient_allreduce="bfloat16",
+                          augment=True),  # early stopping after 10 epochs, as in seed
     )
 
 
