@@ -286,17 +286,19 @@ def _images_per_second(shards: Path, run: dict) -> list[float]:
 
 def _steps(exchange: str, workers: int, shards: Path, steps: int) -> float:
     """Median step time of bench/p3_steps.py run as ``workers`` processes side by side."""
-    from trainer.launch import free_ports
+    from trainer.ports import Reservation
 
     cores = os.cpu_count() or 1
     env = {**os.environ, "XRAY_THREADS": str(max(1, cores // workers))}
     out = WORK / f"p3-steps-{exchange}-{workers}.json"
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "bench.p3_steps", exchange, str(steps), str(shards), str(out)]
-    ports = ",".join(map(str, free_ports(workers)))
-    processes = [subprocess.Popen(command + ([str(i), ports] if workers > 1 else []), cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(workers)]
-    logs = [p.communicate(timeout=900)[0] for p in processes]
+    with Reservation(workers) as reserved:
+        ports = ",".join(map(str, reserved))
+        processes = [subprocess.Popen(command + ([str(i), ports] if workers > 1 else []), cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for i in range(workers)]
+        logs = [p.communicate(timeout=900)[0] for p in processes]
     if any(p.returncode for p in processes):
         raise RuntimeError(f"p3_steps {exchange} x{workers} failed:\n" + "\n".join(log[-2000:] for log in logs))
     return json.loads(out.read_text())["median_step_seconds"]

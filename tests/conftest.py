@@ -76,6 +76,23 @@ def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+@pytest.fixture
+def reserved_ports():
+    """``take(n)``: n 127.0.0.1 ports that no other process can be given until this test ends (trainer.ports:
+    below the ephemeral range, each held by a lock), for servers that are told their port on the command line."""
+    from trainer.ports import Reservation
+
+    held = []
+
+    def take(count: int) -> list[int]:
+        held.append(Reservation(count))
+        return held[-1].ports
+
+    yield take
+    for reservation in held:
+        reservation.release()
+
+
 def run_xray(*args, timeout=600, env=None, check=True):
     """Runs the real `xray` command line in a subprocess; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
@@ -86,21 +103,30 @@ def run_xray(*args, timeout=600, env=None, check=True):
     return result
 
 
+# This session's local cluster: a root of its own, never one that an earlier (perhaps killed) session left.
+SESSION_CLUSTER_ROOT = REPO / "build" / f"cluster-pytest-{os.getpid()}"
+
+
 @pytest.fixture(scope="session")
-def control_plane():
+def control_plane(request):
     """The local cluster as `make cluster-up` starts it: etcd, kube-apiserver, kube-controller-manager,
     kube-scheduler on free 127.0.0.1 ports, the real node xray-node (kubelet, containerd, CNI bridge, kube-proxy,
     CoreDNS) and two KWOK nodes (tainted: only pods that tolerate the taint land there).
 
-    Same code as `make cluster-up`, under its own root (build/cluster-pytest) so that it neither uses nor stops
-    a cluster the user started. Fails, never skips, when the binaries cannot be built or the node cannot start.
+    Same code as `make cluster-up`, under a root of this session's own (build/cluster-pytest-PID) so that it
+    neither uses nor stops a cluster the user or an earlier session started; its logs stay there when a test
+    failed. Fails, never skips, when the binaries cannot be built or the node cannot start.
     """
+    import shutil
+
     from xray.localcluster.controlplane import ControlPlane
 
-    plane = ControlPlane(REPO / "build" / "cluster-pytest")
+    plane = ControlPlane(SESSION_CLUSTER_ROOT)
     plane.up()
     yield plane
     plane.down()
+    if not request.session.testsfailed:
+        shutil.rmtree(SESSION_CLUSTER_ROOT, ignore_errors=True)
 
 
 PROJECT_IMAGE = "xray.local/xray:test"

@@ -53,10 +53,8 @@ def test_float16_loss_scaling_keeps_the_optimizers_own_aggregation():
 
 
 @pytest.mark.slow
-def test_factored_exchange_matches_the_optimizers_allreduce(tmp_path):
-    from trainer.launch import free_ports
-
-    ports = ",".join(map(str, free_ports(2)))
+def test_factored_exchange_matches_the_optimizers_allreduce(tmp_path, reserved_ports):
+    ports = ",".join(map(str, reserved_ports(2)))
     out = tmp_path / "changes.json"
     script = str(REPO / "tests" / "gradient_exchange_worker.py")
     workers = [subprocess.Popen([sys.executable, script, str(i), ports, str(out)], cwd=REPO,

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SESSION_CLUSTER_ROOT
 from xray.localcluster import host
 from xray.localcluster.controlplane import ControlPlane
 
@@ -22,7 +22,7 @@ def test_cluster_down_leaves_the_host_as_cluster_up_found_it(tmp_path):
     """Starts a cluster with its node (stopping the test session's own first, if it runs: one node per machine),
     runs a pod with volumes on it, and leaves it running for `make cluster-down` to clean up. Mounts, links,
     routes, iptables chains, top-level cgroups, sysctls, the runtime's fixed paths and processes compare equal."""
-    session = ControlPlane(REPO / "build" / "cluster-pytest")
+    session = ControlPlane(SESSION_CLUSTER_ROOT)
     restart = session.running()
     if restart:
         session.down()

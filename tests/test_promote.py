@@ -29,9 +29,10 @@ class Replica:
     """One stand-in `tensorflow_model_server` process on its own ports."""
 
     def __init__(self, config: Path, batching: Path):
-        from xray.localcluster.host import free_port
+        from trainer.ports import Reservation
 
-        self.grpc_port, self.rest_port = free_port(), free_port()
+        self._ports = Reservation(2)  # until stop(): no other process is given these numbers meanwhile
+        self.grpc_port, self.rest_port = self._ports.ports
         args = [a for a in deployment_args() if not a.startswith(("--port=", "--rest_api_port=", "--model_config_file=",
                                                                   "--batching_parameters_file=",
                                                                   "--model_config_file_poll_wait_seconds="))]
@@ -65,6 +66,7 @@ class Replica:
     def stop(self):
         self.process.kill()
         self.process.wait()
+        self._ports.release()
 
 
 class Traffic(threading.Thread):
@@ -194,14 +196,13 @@ def test_promote_refuses_with_one_line(two_replicas, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_sequence_against_make_serve_in_docker(model_base, synth_dir, tmp_path):
+def test_the_sequence_against_make_serve_in_docker(model_base, synth_dir, tmp_path, reserved_ports):
     """`make serve` in a Docker engine (the project's private dockerd, on the host network because that engine has
     no bridge) running the stand-in image, then `make promote-local` as the README gives it: canary -> 2, stable ->
     canary, rollback, a broken version 3 refused with the load error; predictions by label never fail."""
     import shutil
 
     from xray.localcluster import images
-    from xray.localcluster.host import free_port
 
     models = tmp_path / "models"
     models.mkdir()
@@ -212,7 +213,7 @@ def test_the_sequence_against_make_serve_in_docker(model_base, synth_dir, tmp_pa
     shutil.copytree(TESTS / "tfserving_stub", context / "tfserving_stub", ignore=shutil.ignore_patterns("__pycache__"))
     archive = images.derived_archive("tfserving-standin", context, log=lambda *_: None)
     reference = f"xray.local/tfserving-standin:{archive.stem.rsplit('-', 1)[1]}"
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = reserved_ports(2)
     with images.Engine(log=lambda *_: None) as engine:
         if engine.run("image", "inspect", reference, check=False).returncode != 0:
             engine.run("load", "-i", str(archive))

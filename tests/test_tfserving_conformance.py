@@ -362,14 +362,12 @@ def wait_until(predicate, what: str, timeout: float = 30):
         time.sleep(0.05)
 
 
-def standin_process(tmp_path, config, *flags):
+def standin_process(ports, config, *flags):
     """The stand-in as the Deployment runs it: its own process, TF Serving's flags, fixed ports."""
     import subprocess
     import sys
 
-    from xray.localcluster.host import free_port
-
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = ports
     script = "import sys, tfserving_stub; sys.exit(tfserving_stub.main(sys.argv[1:]))"
     process = subprocess.Popen([sys.executable, "-c", script, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
                                 f"--model_config_file={config}", *flags],
@@ -384,13 +382,13 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_no_port_opens_until_the_first_version_is_available(half_plus_two_base, tmp_path):
+def test_no_port_opens_until_the_first_version_is_available(half_plus_two_base, tmp_path, reserved_ports):
     """server.cc BuildAndStart: ServerCore::Create (which awaits the first config's loads) runs before either
     server binds. With no version on disk the wait has no end; the first version that appears ends it."""
     base = tmp_path / "base"
     base.mkdir()
     config = write_config(tmp_path / "models.config", base, policy=1)
-    process, grpc_port, rest_port = standin_process(tmp_path, config)
+    process, grpc_port, rest_port = standin_process(reserved_ports(2), config)
     try:
         # The process is up and polling (it would have exited on a bad config); neither port answers.
         for _ in range(40):
@@ -406,12 +404,12 @@ def test_no_port_opens_until_the_first_version_is_available(half_plus_two_base, 
         process.wait()
 
 
-def test_a_failed_first_load_exits_the_server(tmp_path):
+def test_a_failed_first_load_exits_the_server(tmp_path, reserved_ports):
     """load_servables_fast.cc: the latest version ending with an error fails ServerCore::Create; main exits."""
     base = tmp_path / "base"
     (base / "1").mkdir(parents=True)
     config = write_config(tmp_path / "models.config", base, policy=1)
-    process, grpc_port, rest_port = standin_process(tmp_path, config, "--max_num_load_retries=1",
+    process, grpc_port, rest_port = standin_process(reserved_ports(2), config, "--max_num_load_retries=1",
                                                     "--load_retry_interval_micros=100000")
     try:
         out, err = process.communicate(timeout=60)

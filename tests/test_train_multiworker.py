@@ -127,11 +127,11 @@ def test_killed_worker_resumes_from_backup_without_repeating_epochs(shards_dir, 
     assert f"{resume_workers} replica(s) in sync" in result.stdout
 
 
-def _pod_like_workers(shards_dir, workdir, extra):
-    """Two workers started like two pods (TF_CONFIG each, no launcher watching them)."""
-    from trainer import cluster, launch
+def _pod_like_workers(shards_dir, workdir, extra, ports):
+    """Two workers started like two pods (TF_CONFIG each, no launcher watching them), on reserved ports."""
+    from trainer import cluster
 
-    hosts = [f"127.0.0.1:{port}" for port in launch.free_ports(2)]
+    hosts = [f"127.0.0.1:{port}" for port in ports]
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), "XRAY_THREADS": "1",
@@ -154,15 +154,17 @@ def _kill_worker_1_after_one_more_epoch(processes, workdir, timeout=300):
     return code, processes[0].stdout.read()
 
 
-def test_a_survivor_exits_with_the_peer_lost_code_on_its_own_until_the_budget_is_spent(shards_dir, tmp_path):
+def test_a_survivor_exits_with_the_peer_lost_code_on_its_own_until_the_budget_is_spent(shards_dir, tmp_path, reserved_ports):
     workdir = tmp_path / "run"
     extra = ["train.epochs=200", "train.early_stopping_patience=200", "train.max_peer_losses=1"]
-    code, output = _kill_worker_1_after_one_more_epoch(_pod_like_workers(shards_dir, workdir, extra), workdir)
+    workers = _pod_like_workers(shards_dir, workdir, extra, reserved_ports(2))
+    code, output = _kill_worker_1_after_one_more_epoch(workers, workdir)
     assert code == 75, output[-3000:]  # trainer.train.EXIT_PEER_LOST: the Job ignores it and replaces the pods
     assert "lost contact with a peer" in output and "exiting with 75" in output
     assert json.loads((workdir / "peer_losses.json").read_text())["count"] == 1
     # The replacement group resumes; a second loss spends the budget (1): exit 76, which fails the Job.
-    code, output = _kill_worker_1_after_one_more_epoch(_pod_like_workers(shards_dir, workdir, extra), workdir)
+    workers = _pod_like_workers(shards_dir, workdir, extra, reserved_ports(2))
+    code, output = _kill_worker_1_after_one_more_epoch(workers, workdir)
     assert code == 76, output[-3000:]
     assert "lost a peer 2 times in this run (train.max_peer_losses=1); giving up with exit 76" in output
     assert json.loads((workdir / "peer_losses.json").read_text())["count"] == 2

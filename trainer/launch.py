@@ -1,7 +1,7 @@
 """Runs the training entry point as N local worker processes, the way N pods would run it.
 
-Each worker gets the TF_CONFIG a pod would get (hosts on free 127.0.0.1 ports), a share of the CPU
-cores, and its output prefixed with ``[worker i]``. If one worker fails the others are stopped
+Each worker gets the TF_CONFIG a pod would get (hosts on 127.0.0.1 ports reserved by trainer.ports), a share of
+the CPU cores, and its output prefixed with ``[worker i]``. If one worker fails the others are stopped
 (a worker blocked in a collective ignores SIGTERM, hence SIGKILL after a grace period) and the
 launcher exits with the failed worker's status. Ctrl-C stops them all.
 """
@@ -11,28 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 from trainer import cluster
+from trainer.ports import Reservation
 
 GRACE_SECONDS = 10
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _stream(process: subprocess.Popen, prefix: str, sink) -> None:
@@ -96,12 +83,13 @@ def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
     if num_workers < 1:
         raise ValueError(f"--workers {num_workers} must be at least 1")
     sink = sink or sys.stdout
-    hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
-    threads = os.environ.get(cluster.THREADS_ENV) or str(max(1, (os.cpu_count() or 1) // num_workers))
-    members = []
-    for index in range(num_workers):
-        # TF_CONFIG takes precedence over any Indexed Job variables in the environment.
-        env = {"TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), cluster.THREADS_ENV: threads}
-        members.append((f"worker {index}", worker_args, env))
-        sink.write(f"[launcher] worker {index} at {hosts[index]} ({threads} thread(s))\n")
-    return run_group(members, sink)
+    with Reservation(num_workers) as ports:  # held until the workers are gone
+        hosts = [f"127.0.0.1:{port}" for port in ports]
+        threads = os.environ.get(cluster.THREADS_ENV) or str(max(1, (os.cpu_count() or 1) // num_workers))
+        members = []
+        for index in range(num_workers):
+            # TF_CONFIG takes precedence over any Indexed Job variables in the environment.
+            env = {"TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), cluster.THREADS_ENV: threads}
+            members.append((f"worker {index}", worker_args, env))
+            sink.write(f"[launcher] worker {index} at {hosts[index]} ({threads} thread(s))\n")
+        return run_group(members, sink)

@@ -79,7 +79,7 @@ def _run_synth(args):
 
 
 def _add_shards(sub):
-    from data.convert import DEFAULT_PATIENT_PATTERN
+    from data.split import DEFAULT_PATIENT_PATTERN
 
     p = sub.add_parser("shards", help="convert image folders to sharded TFRecords + manifest.json",
                        description="Reads SRC/{train,test[,val]}/{NORMAL,PNEUMONIA}/ (Kaggle chest_xray layout), "
@@ -517,10 +517,12 @@ def _run_tune(args):
     base = _config_from_args(args)
     if args.parallel is not None:
         from trainer import launch
+        from trainer.ports import Reservation
 
         if args.parallel < 1:
             raise UserError(f"--parallel {args.parallel} must be at least 1")
-        port = launch.free_ports(1)[0]
+        oracle_port = Reservation(1)  # held until the chief and the workers are gone
+        port = oracle_port.ports[0]
         role_args = ["tune", "--data", args.data, "--workdir", args.workdir, "--algorithm", args.algorithm,
                      "--objective", args.objective, "--max-trials", str(args.max_trials),
                      "--epochs-per-trial", str(args.epochs_per_trial), "--patience", str(args.patience)]
@@ -533,7 +535,8 @@ def _run_tune(args):
         members = [("chief", role_args, {**oracle, "KERASTUNER_TUNER_ID": "chief", "CUDA_VISIBLE_DEVICES": ""})]
         members += [(f"tuner{i}", role_args, {**oracle, "KERASTUNER_TUNER_ID": f"tuner{i}", "XRAY_THREADS": threads})
                     for i in range(args.parallel)]
-        code = launch.run_group(members)
+        with oracle_port:
+            code = launch.run_group(members)
         if code:
             print(f"tuning failed (status {code}); re-run the same command to continue the search", file=sys.stderr)
             return code

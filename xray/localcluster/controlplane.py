@@ -112,8 +112,7 @@ class ControlPlane:
         bins = {name: str(cache / "bin" / name) for name in COMPONENTS}
         for sub in ("data/etcd", "pki", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        ports = {name: host.free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
-                                                 "kwok")}
+        ports, held = host.reserve_ports("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
         token = secrets.token_hex(16)
         state = {"binaries": bins, "ports": ports, "pids": {}, "root": str(self.root), "real_node": node}
         self._save(state)
@@ -136,6 +135,8 @@ class ControlPlane:
         except BaseException:
             self.down(keep_logs=True)
             raise
+        finally:
+            held.release()  # every component listens on its port by now (or has been stopped)
         return self.kubeconfig
 
     def _credentials(self, token: str) -> None:

@@ -64,13 +64,13 @@ def ensure_packages(commands: dict[str, str] = PACKAGES) -> list[str]:
     return missing
 
 
-def free_port() -> int:
-    """A free 127.0.0.1 port, for a component that is told its port on its command line."""
-    import socket
+def reserve_ports(*names: str):
+    """``({name: port}, reservation)``: 127.0.0.1 ports for components that are told theirs on their command line,
+    which no other program can be given before they bind (trainer.ports). Release once they listen."""
+    from trainer.ports import Reservation
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    held = Reservation(len(names))
+    return dict(zip(names, held.ports)), held
 
 
 def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:

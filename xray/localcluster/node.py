@@ -90,16 +90,19 @@ class Node:
                           env={"HTTP_PROXY": NO_REGISTRY, "HTTPS_PROXY": NO_REGISTRY, "NO_PROXY": ""})
         self._wait(lambda: self.ctr("version", check=False).returncode == 0, timeout_s, "containerd")
         self.load(images.pause_archive(cache / "bin" / "pause"))
-        ports = {name: host.free_port() for name in ("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics",
-                                                 "dns", "dns-health", "dns-ready")}
-        state["ports"].update({f"node-{k}": v for k, v in ports.items()})
-        self.plane._save(state)
-        self.plane._start(state, "kubelet", self._kubelet_args(ports))
-        self._wait(self._ready, timeout_s, f"node {NODE_NAME} Ready")
-        self.plane._start(state, "kube-proxy", [f"--config={self._proxy_config(ports)}"])
-        self.plane._start(state, "coredns", ["-conf", str(self._corefile(ports))])
-        self._dns_service(ports["dns"])
-        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{ports['dns-ready']}/ready"), timeout_s, "CoreDNS")
+        ports, held = host.reserve_ports("kubelet", "kubelet-healthz", "proxy-healthz", "proxy-metrics", "dns",
+                                         "dns-health", "dns-ready")
+        try:
+            state["ports"].update({f"node-{k}": v for k, v in ports.items()})
+            self.plane._save(state)
+            self.plane._start(state, "kubelet", self._kubelet_args(ports))
+            self._wait(self._ready, timeout_s, f"node {NODE_NAME} Ready")
+            self.plane._start(state, "kube-proxy", [f"--config={self._proxy_config(ports)}"])
+            self.plane._start(state, "coredns", ["-conf", str(self._corefile(ports))])
+            self._dns_service(ports["dns"])
+            self._wait(lambda: self._http_ok(f"http://127.0.0.1:{ports['dns-ready']}/ready"), timeout_s, "CoreDNS")
+        finally:
+            held.release()  # each component listens on its port by now
         self._storage()
 
     def _network(self) -> None:
