@@ -1,16 +1,18 @@
 """The commands the cluster Jobs run, taken from the rendered manifests and run here on real files: the shards
 Job, the train Job started from the run config it is given, and the export Job (evaluate + gated export).
-Paths as the pods see them (/mnt/xray/...) are mapped to temporary folders; everything else is as rendered."""
+Paths as the pods see them (/mnt/xray/...) are mapped to temporary folders; everything else is as rendered.
+The pods' environment and `$(VAR)` expansion come from tests/kubelet_standin.py (the real kubelet cannot run a
+command on this machine's files); test_k8s_real_node.py checks that stand-in against the real kubelet."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
+from kubelet_standin import container_env, expand
 from trainer.config import preset
 from xray import render
 
@@ -20,19 +22,6 @@ pytestmark = pytest.mark.slow
 def _rendered(tmp_path, request):
     out = render.render_kustomization(request, tmp_path / f"k8s-{request.component}")
     return render.kustomize(out), out
-
-
-def _container_env(objects, container, mapping):
-    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
-    env = {}
-    for source in container.get("envFrom", []):
-        env.update(maps[source["configMapRef"]["name"]])
-    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
-    return {k: mapping.get(v, v) for k, v in env.items()}
-
-
-def _expand(args, env):
-    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in args]
 
 
 def _job_container(objects, name):
@@ -48,9 +37,9 @@ def _xray(args, env=None):
 def test_the_shards_job_command_on_real_images(synth_dir, tmp_path):
     objects, _ = _rendered(tmp_path, render.RenderRequest("shards", image="r/x:1", src="/mnt/xray/incoming/demo"))
     container = _job_container(objects, "xray-shards")
-    env = _container_env(objects, container, {"/mnt/xray/incoming/demo": str(synth_dir),
+    env = container_env(objects, container, {"/mnt/xray/incoming/demo": str(synth_dir),
                                               "/mnt/xray/shards": str(tmp_path / "shards")})
-    result = _xray(_expand(container["args"], env))
+    result = _xray(expand(container["args"], env))
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["options"]["num_shards"] == 4 and manifest["options"]["image_size"] == 64  # the local overlay's
@@ -63,8 +52,8 @@ def test_the_train_job_starts_from_its_run_config_and_the_export_job_ships_it(sh
                                                             overrides=("train.epochs=1",)))
     container = _job_container(objects, "xray-train")
     run = tmp_path / "run"
-    env = _container_env(objects, container, {"/mnt/xray/shards": str(shards_dir), "/mnt/xray/runs/train": str(run)})
-    args = [str(out / "config.json") if a == "/etc/xray/run/config.json" else a for a in _expand(container["args"], env)]
+    env = container_env(objects, container, {"/mnt/xray/shards": str(shards_dir), "/mnt/xray/runs/train": str(run)})
+    args = [str(out / "config.json") if a == "/etc/xray/run/config.json" else a for a in expand(container["args"], env)]
     # One worker of the group alone (the multi-worker path is tested elsewhere): the pod's args, its config.
     result = _xray(args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +62,7 @@ def test_the_train_job_starts_from_its_run_config_and_the_export_job_ships_it(sh
 
     objects, _ = _rendered(tmp_path, render.RenderRequest("export", image="r/x:1"))
     container = _job_container(objects, "xray-export")
-    env = _container_env(objects, container, {"/mnt/xray/shards": str(shards_dir), "/mnt/xray/runs/train": str(run),
+    env = container_env(objects, container, {"/mnt/xray/shards": str(shards_dir), "/mnt/xray/runs/train": str(run),
                                               "/mnt/xray/models": str(tmp_path / "models")})
     script = container["args"][0]
     bin_dir = os.path.dirname(sys.executable)  # the venv's `xray` console script, as on the image's PATH

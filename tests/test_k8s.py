@@ -114,6 +114,9 @@ def test_every_unauthenticated_grpc_port_is_covered_by_a_network_policy():
 
 @pytest.mark.parametrize("overlay", ["k8s/overlays/local/train", "k8s/overlays/gpu/train"])
 def test_the_train_job_env_yields_the_tf_config_the_trainer_builds(overlay):
+    """On the rendered objects, with the one downward-API field (the job-name label) filled in here: a stand-in
+    for the kubelet, kept because it also covers the GPU overlay, which the real node cannot run. What the real
+    kubelet gives the local overlay's pods: test_k8s_real_node.py."""
     objects = render(overlay)
     (job,) = [o for o in objects if o["kind"] == "Job"]
     (service,) = [o for o in objects if o["kind"] == "Service"]

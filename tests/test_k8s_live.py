@@ -10,7 +10,6 @@ take minutes to show. The same flow in real containers: tests/test_k8s_real_node
 """
 
 import json
-import math
 import os
 import subprocess
 import time
@@ -19,7 +18,6 @@ import pytest
 import yaml
 
 from conftest import REPO, run_xray, wait_for
-from trainer import cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -99,32 +97,6 @@ def hold_running(job: dict, seconds: int) -> None:
     annotations[COMPLETE_DELAY] = annotations[COMPLETE_DELAY.replace("/delay", "/jitter-delay")] = f"{seconds}s"
 
 
-def resolved_env(pod: dict, configmaps: dict[str, dict]) -> dict[str, str]:
-    """The container's environment as the kubelet would resolve it: envFrom, values, downward-API fields."""
-    container = pod["spec"]["containers"][0]
-    env = {}
-    for source in container.get("envFrom", []):
-        env.update(configmaps[source["configMapRef"]["name"]]["data"])
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-            continue
-        if "resourceFieldRef" in var["valueFrom"]:  # limits.cpu with divisor 1: the limit rounded up, as the kubelet does
-            ref = var["valueFrom"]["resourceFieldRef"]
-            assert (ref["resource"], ref.get("divisor", "1")) == ("limits.cpu", "1")
-            limit = container["resources"]["limits"]["cpu"]
-            env[var["name"]] = str(math.ceil(int(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)))
-            continue
-        path = var["valueFrom"]["fieldRef"]["fieldPath"]
-        if path.startswith(("metadata.labels[", "metadata.annotations[")):
-            field, key = path[len("metadata."):].split("[", 1)
-            env[var["name"]] = pod["metadata"][field][key.strip("]'\"")]
-        else:
-            section, key = path.split(".", 1)
-            env[var["name"]] = pod[section][key]
-    return env
-
-
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -172,7 +144,10 @@ def test_a_privileged_pod_is_refused_in_the_same_namespace(control_plane):
     assert 'violates PodSecurity "restricted:latest"' in result.stderr and "privileged" in result.stderr
 
 
-def test_indexed_job_pods_get_the_identity_and_tf_config_the_trainer_expects(control_plane, tmp_path):
+def test_indexed_job_pods_get_their_index_hostname_and_a_published_name(control_plane, tmp_path):
+    """The Job controller's side of a worker's identity, at 4 workers (more than the real node holds): the index,
+    hostname and subdomain of each pod, and the EndpointSlice that makes the names resolve. What the kubelet
+    makes of them (the environment, TF_CONFIG, the args): test_k8s_real_node.py, in real containers."""
     ns = namespace(control_plane, "identity")
     objects = render(control_plane, tmp_path, "train", ns=ns, workers=4)
     hold_running(train_job(objects), 60)
@@ -180,19 +155,14 @@ def test_indexed_job_pods_get_the_identity_and_tf_config_the_trainer_expects(con
     pods = wait_for("4 running worker pods", lambda: [
         p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"] if len(
         [p for p in job_pods(control_plane, ns, "xray-train") if p["status"].get("phase") == "Running"]) == 4 else None)
-    configmaps = {c["metadata"]["name"]: c for c in get(control_plane, "configmaps", "-n", ns)["items"]}
-    service = get(control_plane, "service", "xray-train-workers", "-n", ns)
-    port = service["spec"]["ports"][0]["port"]
-    expected_workers = [f"xray-train-{i}.xray-train-workers:{port}" for i in range(4)]
+    indexes = sorted(int(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]) for p in pods)
+    assert indexes == [0, 1, 2, 3]
     for pod in pods:
-        index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        index = pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
         assert pod["spec"]["hostname"] == f"xray-train-{index}" and pod["spec"]["subdomain"] == "xray-train-workers"
-        env = resolved_env(pod, configmaps)
-        assert env["JOB_COMPLETION_INDEX"] == str(index)  # injected by the real Job controller
-        assert env["XRAY_THREADS"] == "2"  # the local overlay's CPU limit
-        spec = cluster.resolve(env)
-        assert spec.tf_config == {"cluster": {"worker": expected_workers}, "task": {"type": "worker", "index": index}}
-        assert spec.is_chief == (index == 0)
+        # The controller adds the index as JOB_COMPLETION_INDEX (a downward-API field the kubelet resolves).
+        (var,) = [v for v in pod["spec"]["containers"][0]["env"] if v["name"] == "JOB_COMPLETION_INDEX"]
+        assert "batch.kubernetes.io/job-completion-index" in var["valueFrom"]["fieldRef"]["fieldPath"]
     # The names resolve in cluster DNS from the headless Service's EndpointSlices: every pod with its hostname.
     def published():
         slices = get(control_plane, "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=xray-train-workers")
@@ -310,6 +280,35 @@ def test_three_workers_for_batch_16_are_refused_before_anything_is_applied(contr
     assert result.returncode == 2 or "Error 2" in result.stderr
     assert "train.batch_size=16 does not split evenly over 3 workers" in result.stderr
     assert control_plane.kubectl("get", "job", "xray-train", "-n", ns, check=False).returncode != 0
+
+
+def test_preflight_refusals_name_the_fix_and_apply_nothing(control_plane, tmp_path):
+    """The refusals a user meets before anything is applied: no volume step yet (through `xray preflight`, the
+    command every cluster target runs: `make train-cluster` itself runs the volume step first), an unknown
+    STORAGE_CLASS (`make volume`), and a job of the same name still running (`make train-cluster`)."""
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    result = run_xray("preflight", "--component", "train", "--image", IMAGE, "--namespace", "no-volume-yet",
+                      "--out", tmp_path / "novolume", env=env, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "run make volume NAMESPACE=no-volume-yet first" in result.stderr
+
+    result = make(control_plane, "volume", "NAMESPACE=odd-class", "STORAGE_CLASS=no-such-class",
+                  f"BUILD={tmp_path / 'build'}")
+    assert result.returncode != 0 and "STORAGE_CLASS=no-such-class does not exist in context" in result.stderr
+    assert control_plane.kubectl("get", "namespace", "odd-class", check=False).returncode != 0
+
+    ns = namespace(control_plane, "busy", tmp_path)
+    objects = render(control_plane, tmp_path, "train", ns=ns)
+    hold_running(train_job(objects), 300)
+    apply(control_plane, objects)
+    wait_for("both workers running", lambda: [p["status"].get("phase") for p in job_pods(
+        control_plane, ns, "xray-train")] == ["Running", "Running"])
+    uid = get(control_plane, "job", "xray-train", "-n", ns)["metadata"]["uid"]
+    result = make(control_plane, "train-cluster", f"NAMESPACE={ns}", f"BUILD={tmp_path / 'build'}")
+    assert result.returncode != 0
+    assert (f"job xray-train is running in {ns}: watch it with xray jobs watch xray-train -n {ns}, or delete it "
+            "first (make delete JOB=xray-train)") in result.stderr
+    assert get(control_plane, "job", "xray-train", "-n", ns)["metadata"]["uid"] == uid  # left alone
 
 
 def test_an_export_refused_by_the_gate_ends_the_watch_with_3(control_plane, tmp_path):

@@ -142,6 +142,53 @@ except OSError as error:
     assert refused and float(refused.group(1)) < 2, log
 
 
+DUMP = "import json, os, sys; print(json.dumps({'env': dict(os.environ), 'argv': sys.argv[1:]}))"
+
+
+def test_the_kubelet_gives_each_train_pod_its_identity_env_and_args(control_plane, project_image, tmp_path, cleanup):
+    """The train Job as `make train-cluster` renders it (2 workers, the local overlay), on the real node, with one
+    change a user would not make: the container's command prints the environment and arguments the kubelet gave
+    it instead of training (its args, env, envFrom and downward-API fields untouched). From what the kubelet
+    resolved, each pod must get its index, its CPU share and the TF_CONFIG the trainer builds; and its argv must
+    be what tests/kubelet_standin.py (used where a Job's command runs on this machine's files) makes of the same
+    objects."""
+    from kubelet_standin import container_env, expand
+    from trainer import cluster
+    from xray import render
+
+    ns = fresh_namespace(control_plane, "kubelet-env")
+    cleanup(ns)
+    step = make(control_plane, "volume", f"NAMESPACE={ns}", f"BUILD={tmp_path / 'build'}")
+    assert step.returncode == 0, step.stdout[-2000:] + step.stderr[-2000:]
+    out = render.render_kustomization(render.RenderRequest("train", image=f"{IMAGE}:{TAG}", workers=2, namespace=ns),
+                                      tmp_path / "k8s")
+    objects = render.kustomize(out)
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    standin_argv = expand(container["args"], container_env(objects, container))
+    container["command"] = ["python", "-c", DUMP]
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    name = job["metadata"]["name"]
+    wait_for(f"job {name} to complete", lambda: any(
+        c["type"] == "Complete" and c["status"] == "True"
+        for c in get(control_plane, "job", name, "-n", ns).get("status", {}).get("conditions", [])), 300, 1)
+    pods = get(control_plane, "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    seen = {}
+    for pod in pods:
+        dump = json.loads(control_plane.kubectl("logs", pod["metadata"]["name"], "-n", ns).stdout)
+        env, index = dump["env"], int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        assert env["JOB_COMPLETION_INDEX"] == str(index)
+        limit = container["resources"]["limits"]["cpu"]
+        assert env["XRAY_THREADS"] == limit  # limits.cpu through resourceFieldRef (a whole number here)
+        spec = cluster.resolve(env)
+        workers = [f"{name}-{i}.xray-train-workers:2222" for i in range(2)]
+        assert spec.tf_config == {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        assert spec.is_chief == (index == 0)
+        assert dump["argv"] == standin_argv and not any("$(" in a for a in dump["argv"]), dump["argv"]
+        seen[index] = pod["spec"]["nodeName"]
+    assert seen == {0: localnode.NODE_NAME, 1: localnode.NODE_NAME}
+
+
 def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_image, synth_dir, tmp_path, cleanup):
     """The README's cluster walk-through on the real node, make target by make target, in a fresh namespace:
     upload through `kubectl exec`, shards, 2 tuning trials, 2 workers that find each other by DNS, a worker
