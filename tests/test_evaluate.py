@@ -75,3 +75,39 @@ def test_plots_mark_the_operating_point_calibration_and_the_learning_curve(tmp_p
     for name in written:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert test["metrics"]["brier"] == pytest.approx(float(np.mean((probabilities - labels) ** 2)))
+
+
+def test_xray_evaluate_threshold_flags_and_json(trained_workdir, shards_dir, tmp_path):
+    """Through the command: --threshold-method sensitivity --target-sensitivity T chooses, on the val split, the
+    highest threshold at which val sensitivity reaches T (checked on the model's own val scores); --json prints
+    the metrics.json it wrote; a target outside (0, 1] is one line naming the key."""
+    import json
+    import shutil
+
+    from conftest import run_xray
+    from trainer.model import load_trained
+    from trainer.config import Config
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    result = run_xray("evaluate", "--data", shards_dir, "--workdir", workdir, "--threshold-method", "sensitivity",
+                      "--target-sensitivity", 0.8, "--json")
+    printed = json.loads(result.stdout)
+    assert printed.pop("out_dir") == str(workdir / "eval")
+    assert printed == json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert printed["threshold_method"] == "sensitivity" and printed["target_sensitivity"] == 0.8
+    threshold = printed["test"]["threshold"]
+
+    config = Config.load(str(workdir / "config.json"))
+    labels, scores, _ = evaluate.predict_split(load_trained(config.model, str(workdir / "best.weights.h5")),
+                                               str(shards_dir), "val", config.model.image_size)
+    positives = np.sort(scores[labels == 1])
+    assert np.mean(positives >= threshold) >= 0.8  # the target is reached at the chosen threshold
+    higher = positives[positives > threshold]
+    assert higher.size == 0 or np.mean(positives >= higher.min()) < 0.8  # and not at the next higher score
+
+    text = run_xray("evaluate", "--data", shards_dir, "--workdir", workdir)  # the default: Youden, as a summary
+    assert "(youden, chosen on" in text.stdout
+    refused = run_xray("evaluate", "--data", shards_dir, "--workdir", workdir, "--threshold-method", "sensitivity",
+                       "--target-sensitivity", 1.5, check=False)
+    assert refused.returncode == 2 and "eval.target_sensitivity" in refused.stderr and "Traceback" not in refused.stderr

@@ -324,6 +324,58 @@ def test_xray_predict_cli(server, model_base, synth_dir, tmp_path, flag):
     assert len(rows) - 1 == len(list((synth_dir / "test" / "NORMAL").glob("*.jpeg")))
 
 
+def test_xray_predict_sends_batch_size_images_per_request_and_prints_a_table(server, synth_dir):
+    """--batch-size N: N images per request, as a recording proxy in front of the stand-in's REST port sees them;
+    --format table: a header and one row per file with its probability and label; a size out of 1-64 is one line."""
+    import http.server
+    import threading
+
+    sizes = []
+    upstream = f"http://127.0.0.1:{server.rest_port}"
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def _forward(self, method):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            if body:
+                sizes.append(len(json.loads(body)["instances"]))
+            answer = requests.request(method, upstream + self.path, data=body, timeout=60,
+                                      headers={"Content-Type": "application/json"})
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def do_GET(self):
+            self._forward("GET")
+
+        def do_POST(self):
+            self._forward("POST")
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        films = sorted(synth_dir.glob("test/*/*.jpeg"))[:7]
+        result = run_xray("predict", *films, "--rest", f"http://127.0.0.1:{proxy.server_address[1]}",
+                          "--batch-size", 3, "--format", "table")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert sizes == [3, 3, 1]
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["path", "probability", "label"] and len(rows) == 7
+    for film, row in zip(films, rows):
+        path, probability, label = row.split()
+        assert path == str(film) and 0 <= float(probability) <= 1 and label in contract.CLASS_NAMES
+    for size in (0, 65):
+        refused = run_xray("predict", films[0], "--rest", upstream, "--batch-size", size, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"--batch-size {size} must be between 1 and 64" in refused.stderr
+
+
 def test_xray_predict_explain_writes_overlays(model_base, synth_dir, tmp_path):
     image = sorted(synth_dir.glob("test/PNEUMONIA/*.jpeg"))[0]
     run_xray("predict", image, "--model", model_base, "--explain", tmp_path / "cam", "--format", "table")
