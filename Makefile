@@ -78,7 +78,7 @@ SERVING_FLAGS ?=
 DOCKER_RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv train tune export serve predict test clean image push train-cluster tune-cluster deploy-serving status logs delete \
+.PHONY: bench help venv train tune export serve predict test mutate clean image push train-cluster tune-cluster deploy-serving status logs delete \
   cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock promote promote-local standin-load
 
 help: ## list the targets
@@ -99,6 +99,8 @@ lock: $(VENV)/.installed ## re-resolve requirements.lock and requirements-gpu.lo
 	  -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra gpu --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements-gpu.lock
+	echo "mutmut==3.8.1" | $(BIN)/uv pip compile - -c requirements.lock --generate-hashes --python-version 3.11 \
+	  --no-header -o requirements-mutate.lock
 
 venv: $(VENV)/.installed ## create .venv and install the project with its test extras
 
@@ -252,6 +254,14 @@ test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process t
 	bash xray/localcluster/build.sh >/dev/null
 	$(BIN)/python -m xray.localcluster image-archive >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# make mutate MODULES="data.split trainer.config": those modules only (default: all of [tool.mutmut] only_mutate).
+MODULES ?=
+mutate: $(VENV)/.installed ## mutation testing (mutmut) of the modules with fast tests; the score per module, >= 85% each
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-mutate.lock
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $$(nproc) $(foreach m,$(MODULES),"$(m).*")
+	$(BIN)/python tests/mutation_report.py $(MODULES)
 
 cluster-build: ## build the local cluster (Kubernetes v1.34 control plane, kubelet, kube-proxy, etcd, CoreDNS, KWOK; cached in ~/.cache/xray)
 	bash xray/localcluster/build.sh

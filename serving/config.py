@@ -13,6 +13,8 @@ Moving a label on running servers is serving/promote.py's job (stage, wait for A
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 from google.protobuf import text_format
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -78,8 +80,10 @@ def write_text_proto(message, path: str) -> None:
     write_atomic(path, text_format.MessageToString(message))
 
 
-def _local_schema():
-    """BatchingParameters and MonitoringConfig, which the tensorflow-serving-api wheel does not ship.
+@functools.cache
+def schema() -> dict:
+    """BatchingParameters and MonitoringConfig, which the tensorflow-serving-api wheel does not ship: their
+    message classes by name, built on first use.
 
     Declared here with the field names of TF Serving's session_bundle_config.proto and
     monitoring_config.proto, so the files are generated from, and tests parse them with, a schema
@@ -111,18 +115,15 @@ def _local_schema():
             for name in ("BatchingParameters", "MonitoringConfig")}
 
 
-SCHEMA = _local_schema()
-
-
 def parse_text(kind: str, text: str):
     """Parses a batching.config ("BatchingParameters") or monitoring.config ("MonitoringConfig") text."""
-    message = SCHEMA[kind]()
+    message = schema()[kind]()
     text_format.Parse(text, message)
     return message
 
 
 def batching_config(max_batch_size: int = contract.MAX_BATCH, timeout_micros: int = 2000, num_batch_threads: int = 4):
-    params = SCHEMA["BatchingParameters"]()
+    params = schema()["BatchingParameters"]()
     params.max_batch_size.value = max_batch_size
     params.batch_timeout_micros.value = timeout_micros
     params.num_batch_threads.value = num_batch_threads
@@ -135,7 +136,7 @@ def batching_config(max_batch_size: int = contract.MAX_BATCH, timeout_micros: in
 
 
 def monitoring_config():
-    config = SCHEMA["MonitoringConfig"]()
+    config = schema()["MonitoringConfig"]()
     config.prometheus_config.enable = True
     config.prometheus_config.path = PROMETHEUS_PATH
     return config

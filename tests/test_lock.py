@@ -24,7 +24,7 @@ def _locked(path):
 
 
 def test_every_locked_package_is_pinned_and_hashed():
-    for lock in ("requirements.lock", "requirements-gpu.lock"):
+    for lock in ("requirements.lock", "requirements-gpu.lock", "requirements-mutate.lock"):
         entries = _locked(REPO / lock)
         assert entries, lock
         for name, versions in entries.items():
@@ -32,6 +32,17 @@ def test_every_locked_package_is_pinned_and_hashed():
                 assert re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"{lock}: {name}=={version}"
                 assert hashes >= 1, f"{lock}: {name} has no hash"
     assert any(name.startswith("nvidia-cudnn") for name in _locked(REPO / "requirements-gpu.lock"))
+
+
+def test_make_mutates_extra_lock_changes_no_version_of_the_main_one():
+    """make mutate installs requirements-mutate.lock into the same virtualenv: what it shares with
+    requirements.lock must be the same versions, so that the tests run against what they always run against."""
+    main, extra = _locked(REPO / "requirements.lock"), _locked(REPO / "requirements-mutate.lock")
+    assert [v for v, _, _ in extra["mutmut"]] == ["3.8.1"]
+    shared = set(main) & set(extra)
+    assert {"pytest", "coverage"} <= set(extra) and "pytest" in shared
+    for name in shared:
+        assert {v for v, _, _ in extra[name]} <= {v for v, _, _ in main[name]}, name
 
 
 def test_the_virtualenv_runs_the_locked_versions():

@@ -2,6 +2,8 @@
 its protos. In-process and fast: `make mutate` runs them against each mutant. The files on a running server:
 test_promote.py and test_tfserving_conformance.py."""
 
+import uuid
+
 import pytest
 from google.protobuf import text_format
 
@@ -47,6 +49,7 @@ def test_an_unknown_label_is_refused_with_the_allowed_ones():
 def test_labels_are_read_back_from_the_file_under_the_model_base(tmp_path):
     assert serving_config.read_labels(str(tmp_path)) == {}  # no file yet
     assert serving_config.config_path(str(tmp_path) + "/") == f"{tmp_path}/models.config"
+    assert serving_config.config_path("gs://b/modelX/") == "gs://b/modelX/models.config"
     serving_config.write_text_proto(serving_config.models_config("/m", {"stable": 4}), serving_config.config_path(
         str(tmp_path)))
     assert serving_config.read_labels(str(tmp_path)) == {"stable": 4}
@@ -70,13 +73,13 @@ def test_the_batching_file_follows_tf_servings_rules():
 def test_the_local_schema_has_tf_servings_field_names_and_numbers():
     """The wheel ships neither BatchingParameters nor MonitoringConfig; ours must match session_bundle_config.proto
     and monitoring_config.proto, name for name and number for number."""
-    fields = {kind: {f.name: f.number for f in serving_config.SCHEMA[kind].DESCRIPTOR.fields}
+    fields = {kind: {f.name: f.number for f in serving_config.schema()[kind].DESCRIPTOR.fields}
               for kind in ("BatchingParameters", "MonitoringConfig")}
     assert fields["BatchingParameters"] == {"max_batch_size": 1, "batch_timeout_micros": 2, "max_enqueued_batches": 3,
                                             "num_batch_threads": 4, "thread_pool_name": 5, "allowed_batch_sizes": 6,
                                             "pad_variable_length_inputs": 7}
     assert fields["MonitoringConfig"] == {"prometheus_config": 1}
-    prometheus = serving_config.SCHEMA["MonitoringConfig"].DESCRIPTOR.fields_by_name["prometheus_config"].message_type
+    prometheus = serving_config.schema()["MonitoringConfig"].DESCRIPTOR.fields_by_name["prometheus_config"].message_type
     assert {f.name: f.number for f in prometheus.fields} == {"enable": 1, "path": 2}
     # Text from TF Serving's own documentation parses.
     parsed = serving_config.parse_text("BatchingParameters", "max_batch_size { value: 128 }\n"
@@ -93,9 +96,15 @@ def test_monitoring_turns_prometheus_on_at_its_path():
 
 
 def test_write_all_writes_the_three_files_for_the_servers_path(tmp_path):
+    import tensorflow as tf
+
     out = tmp_path / "cfg"
     assert serving_config.write_all(str(out) + "/", "/models/xray", {"stable": 1}) == [
         "batching.config", "models.config", "monitoring.config"]
+    # A trailing slash on a bucket-style path (TensorFlow's ram:// file system keeps "a//b" apart from "a/b").
+    folder = f"ram://{uuid.uuid4().hex}X"  # ram:// lives as long as the process: a name of this run's own
+    serving_config.write_all(folder + "/", "/models/xray")
+    assert sorted(tf.io.gfile.listdir(folder)) == ["batching.config", "models.config", "monitoring.config"]
     assert serving_config.read_labels(str(out)) == {"stable": 1}
     models = serving_config.read_models_config(str(out / "models.config"))
     assert models.model_config_list.config[0].base_path == "/models/xray"
