@@ -332,17 +332,23 @@ class _Verified:
     def __init__(self, member: Member, sha256: str):
         self.member, self.expected = member, sha256
         self.chunks, self.buffer, self.digest = _chunks(member), b"", hashlib.sha256()
+        self.taken, self.checked = 0, False
 
     def read(self, size: int = -1) -> bytes:
         try:
             while size < 0 or len(self.buffer) < size:
                 chunk = next(self.chunks, None)
                 if chunk is None:
-                    if self.digest.hexdigest() != self.expected:
-                        raise _Changed("it changed while it was being uploaded")
                     break
                 self.digest.update(chunk)
+                self.taken += len(chunk)
                 self.buffer += chunk
+            # tarfile reads exactly the declared size, never past it: check as soon as all of it was taken.
+            if self.taken >= self.member.size and not self.checked:
+                self.checked = True
+                next(self.chunks, None)  # _chunks' own end: a file that grew or shrank raises here
+                if self.digest.hexdigest() != self.expected:
+                    raise _Changed("it changed while it was being uploaded")
         except (OSError, zipfile.BadZipFile, EOFError) as error:
             error.origin = self.member.origin
             raise
