@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,7 @@ import zipfile
 import pytest
 
 from data import upload
+from test_upload import _tree
 
 
 class _Stdin:
@@ -63,8 +65,6 @@ class ReceiverInProcess:
 
 
 def _pipe():
-    import os
-
     read_fd, write_fd = os.pipe()
     return os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
 
@@ -84,11 +84,6 @@ def _source(root, files):
 
 
 FILES = {"train/NORMAL/a.jpeg": b"a" * 10, "train/PNEUMONIA/b.jpeg": b"b" * 20, "test/NORMAL/c.jpeg": b"c" * 5}
-
-
-def _tree(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
 
 
 def _index(files, split):

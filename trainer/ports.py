@@ -94,4 +94,3 @@ class Reservation:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
