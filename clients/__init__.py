@@ -53,7 +53,8 @@ class Retry:
         return random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
 
     def __call__(self, send, describe: str = "TF Serving"):
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return send()
             except ServingError as error:
@@ -62,8 +63,8 @@ class Retry:
                 if attempt == self.retries:
                     raise ServingError(error.code, f"{error.message} (gave up after {attempt + 1} attempt(s) to "
                                                    f"{describe})", attempts=attempt + 1) from None
-                self.sleep(self.delay(attempt))
-        raise AssertionError("unreachable")
+            self.sleep(self.delay(attempt))
+            attempt += 1
 
 
 def parse_status(body: dict) -> list[dict]:

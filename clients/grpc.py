@@ -93,14 +93,15 @@ class GrpcClient:
 
     @staticmethod
     def parse_response(response: predict_pb2.PredictResponse, count: int) -> list[dict]:
-        try:
-            probability = response.outputs[contract.OUTPUT_PROBABILITY]
-            # TF Serving may send floats as packed tensor_content or as float_val; strings always as string_val.
-            probabilities = (np.frombuffer(probability.tensor_content, dtype="<f4").tolist() if probability.tensor_content
-                             else list(probability.float_val))
-            labels = [v.decode() for v in response.outputs[contract.OUTPUT_LABEL].string_val]
-        except KeyError as error:
-            raise ServingError("INTERNAL", f"response lacks output {error}") from None
+        # A protobuf map hands out an empty tensor for a key it lacks (no KeyError): ask first.
+        missing = [name for name in (contract.OUTPUT_PROBABILITY, contract.OUTPUT_LABEL) if name not in response.outputs]
+        if missing:
+            raise ServingError("INTERNAL", f"response lacks output {missing[0]!r}")
+        probability = response.outputs[contract.OUTPUT_PROBABILITY]
+        # TF Serving may send floats as packed tensor_content or as float_val; strings always as string_val.
+        probabilities = (np.frombuffer(probability.tensor_content, dtype="<f4").tolist() if probability.tensor_content
+                         else list(probability.float_val))
+        labels = [v.decode() for v in response.outputs[contract.OUTPUT_LABEL].string_val]
         if len(probabilities) != count or len(labels) != count:
             raise ServingError("INTERNAL", f"expected {count} predictions, got {len(probabilities)}")
         return [{"probability": p, "label": label} for p, label in zip(probabilities, labels)]

@@ -172,7 +172,8 @@ def save_overlay(image: bytes, heatmap, out_path: str) -> None:
 
     size = heatmap.shape[0]
     base = Image.open(io.BytesIO(image)).convert("L").resize((size, size), Image.BILINEAR).convert("RGB")
-    colours = (colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255).astype(np.uint8)
+    # Out of [0, 1] takes jet's end colours (a colormap's under/over colours are its ends): no clipping needed.
+    colours = (colormaps["jet"](heatmap)[..., :3] * 255).astype(np.uint8)
     overlay = Image.blend(base, Image.fromarray(colours), alpha=0.4)
     display = max(256, size)
     overlay.resize((display, display), Image.BILINEAR).save(out_path, format="PNG")

@@ -25,10 +25,11 @@ def synth_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shards_dir(synth_dir, tmp_path_factory):
-    from data.convert import ShardOptions, convert
-
+    """`xray shards` on synth_dir, in its own process: TensorFlow's thread pools then never start in the test process
+    for tests that only read the manifest (a process that forks after they started, as mutmut does, hangs)."""
     out = tmp_path_factory.mktemp("shards")
-    convert(synth_dir, str(out), ShardOptions(num_shards=4, val_fraction=0.2, seed=0, image_size=32), show_progress=False)
+    run_xray("shards", "--src", synth_dir, "--out", out, "--num-shards", 4, "--val-fraction", 0.2, "--seed", 0,
+             "--image-size", 32)
     return out
 
 
@@ -166,3 +167,23 @@ def standin_image(control_plane, project_image, tmp_path_factory):
                              f"CLUSTER_ROOT={control_plane.root}"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, f"make standin-load:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return STANDIN_IMAGE
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA of our own, a server certificate for 127.0.0.1/localhost and a client certificate, by openssl."""
+    root = tmp_path_factory.mktemp("pki")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
+        "-subj", "/CN=xray test CA")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        (root / f"{name}.ext").write_text(extension + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+    return root

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import threading
 import time
 from concurrent import futures
@@ -160,26 +159,6 @@ def test_tls_never_falls_back_to_plain_http(server, tmp_path):
     image = png(tmp_path)
     result = run_xray("predict", image, "--rest", f"http://127.0.0.1:{s.port}", "--tls", check=False)
     assert result.returncode == 2 and "plain http" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA of our own, a server certificate for 127.0.0.1/localhost and a client certificate, by openssl."""
-    root = tmp_path_factory.mktemp("pki")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
-        "-subj", "/CN=xray test CA")
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-                            ("client", "extendedKeyUsage=clientAuth")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        (root / f"{name}.ext").write_text(extension + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-out", f"{name}.crt", "-extfile", f"{name}.ext")
-    return root
 
 
 def test_rest_mutual_tls_with_our_own_ca(server, pki, tmp_path):

@@ -5,6 +5,20 @@ stand-in: test_serving_clients.py. The retry policy: test_retry.py."""
 import pytest
 
 from clients import ServingError, parse_metadata, parse_status
+from serving import contract
+
+
+def check_batch_bounds(predict, nothing_sent):
+    """Both clients: an empty batch and one over contract.MAX_BATCH are INVALID_ARGUMENT before anything is sent
+    (``nothing_sent()`` says so); a full batch goes."""
+    for images, message in [([], "no images to send"),
+                            ([b"x"] * (contract.MAX_BATCH + 1),
+                             f"{contract.MAX_BATCH + 1} images in one request; the limit is {contract.MAX_BATCH}")]:
+        with pytest.raises(ServingError) as caught:
+            predict(images)
+        assert (caught.value.code, caught.value.message) == ("INVALID_ARGUMENT", message)
+    assert nothing_sent()
+    assert len(predict([b"x"] * contract.MAX_BATCH)) == contract.MAX_BATCH
 
 # GetModelStatus as TF Serving's REST API writes it (proto field names; the version as a string, int64 in JSON).
 STATUS = {"model_version_status": [
@@ -27,11 +41,13 @@ def test_status_lists_every_version_newest_first_with_its_state_and_error():
 @pytest.mark.parametrize("body", [{"model_version_status": [{"state": "AVAILABLE"}]},
                                   {"model_version_status": [{"version": "x"}]},
                                   {"model_version_status": [None]},
-                                  {"model_version_status": [{"version": "1", "status": "OK"}]}])
+                                  {"model_version_status": [{"version": "1", "status": "OK"}]},
+                                  {"model_version_status": ["x" * 300]}])
 def test_a_malformed_status_answer_is_internal_with_the_body(body):
     with pytest.raises(ServingError) as caught:
         parse_status(body)
     assert caught.value.code == "INTERNAL" and caught.value.message == f"malformed status answer: {str(body)[:200]}"
+    assert len(caught.value.message) <= len("malformed status answer: ") + 200  # a long body is cut
 
 
 METADATA = {"model_spec": {"name": "xray", "signature_name": "", "version": "2"},
@@ -56,6 +72,18 @@ def test_metadata_gives_each_signature_its_tensors_dtypes_and_shapes():
     unversioned = {**METADATA, "model_spec": {"name": "xray", "version": ""}}
     assert parse_metadata(unversioned)["version"] is None
     assert parse_metadata({**METADATA, "model_spec": {}}) == {**parse_metadata(METADATA), "name": "", "version": None}
+
+
+def test_metadata_fields_left_out_read_as_empty():
+    """TF Serving's JSON leaves out empty fields: a signature without inputs or outputs, a tensor without a shape,
+    a shape without dimensions (a scalar)."""
+    body = {"model_spec": {"name": "m", "version": "1"}, "metadata": {"signature_def": {"signature_def": {
+        "bare": {},
+        "scalar": {"inputs": {"x": {"dtype": "DT_FLOAT", "tensor_shape": {}}}, "outputs": {"y": {}}}}}}}
+    assert parse_metadata(body)["signatures"] == {
+        "bare": {"inputs": {}, "outputs": {}, "method_name": ""},
+        "scalar": {"inputs": {"x": {"dtype": "DT_FLOAT", "shape": []}},
+                   "outputs": {"y": {"dtype": "DT_INVALID", "shape": []}}, "method_name": ""}}
 
 
 @pytest.mark.parametrize("body", [{}, {"model_spec": {}}, {"model_spec": [], "metadata": METADATA["metadata"]},

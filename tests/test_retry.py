@@ -61,3 +61,17 @@ def test_delays_are_full_jitter_under_an_exponential_ceiling_and_the_cap():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="retries"):
         Retry(retries=-1)
+
+
+def test_each_pause_is_the_policy_s_delay_for_that_attempt_and_the_defaults_are_documented():
+    slept, asked = [], []
+    retry = Retry(retries=3, backoff=0.25, sleep=slept.append)
+    retry.delay = lambda attempt: asked.append(attempt) or 10.0 + attempt
+    send, calls = _failing("RESOURCE_EXHAUSTED", 3)
+    assert retry(send) == "answer" and asked == [0, 1, 2] and slept == [10.0, 11.0, 12.0]
+    default = Retry()  # docs/reference.md: 3 retries from 0.5 s, at most 8 s apart
+    assert (default.retries, default.backoff, default.max_backoff) == (3, 0.5, 8.0)
+    assert Retry(retries=0, backoff=0).delay(5) == 0  # no backoff at all is allowed
+    with pytest.raises(ServingError) as info:
+        Retry(retries=0, sleep=slept.append)(_failing("UNAVAILABLE", 1)[0])
+    assert info.value.message == "injected UNAVAILABLE (gave up after 1 attempt(s) to TF Serving)"

@@ -5,7 +5,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

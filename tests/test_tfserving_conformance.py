@@ -560,7 +560,7 @@ PREDICT_ERRORS = [  # ported: HttpRestApiHandlerTest.PredictRequestErrors
     ("", b"", 400, "JSON Parse error: The document is empty"),
     ("", b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
     ("", b'{ "instances": ["x", "y"] }', 400, "not of expected type: float"),
-    (f"/labels/nonexistent", b'{ "instances": ["x", "y"] }', 400, "Unrecognized servable version label"),
+    ("/labels/nonexistent", b'{ "instances": ["x", "y"] }', 400, "Unrecognized servable version label"),
     ("", b'{ "signature_name": 100 }', 400, "'signature_name' key must be a string value."),
     ("", b'{ "signature_name": "nope", "instances": [1.0] }', 400,
      'Serving signature name: "nope" not found in signature def'),
