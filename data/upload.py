@@ -68,7 +68,7 @@ class UploadError(Exception):
 
 def name_problem(name: str) -> str | None:
     """Why a member name must not be extracted (tarfile's "data" filter rules), or None."""
-    if not name or "\0" in name or any(ord(ch) < 32 for ch in name):
+    if not name or any(ord(ch) < 32 for ch in name):  # NUL included
         return "an empty name or control characters in it"
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "an absolute path"
@@ -259,9 +259,7 @@ def _receiver_error(result) -> str:
 
 def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> dict:
     """Makes DEST match SRC split by split through ``transport``; returns what it did."""
-    splits = list_source(src)
-    if "train" not in splits:
-        raise UploadError(f"SRC={src} has no train/ images", code=2)
+    splits = list_source(src)  # always has train: the root is where a train/ folder with a file in it is
     dest = dest.rstrip("/")
     result = transport.run(["state", dest])
     if result.returncode != 0:
@@ -294,23 +292,26 @@ def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> 
         progress = _Progress(sum(m.size for m in send), out, "sent")
 
         def stream(pipe, send=send, listed=listed, progress=progress):
-            with tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            # Python's default tar format is PAX (any name length, UTF-8 names); a TarInfo's mode is 0o644.
+            with tarfile.open(fileobj=pipe, mode="w|") as tar:
                 for member in send:
                     info = tarfile.TarInfo(member.path)
-                    info.size, info.mode, info.mtime = member.size, 0o644, int(time.time())
+                    info.size, info.mtime = member.size, int(time.time())
                     tar.addfile(info, _Verified(member, listed[member.path][1]))
                     progress.add(member.size)
                 body = json.dumps(listed).encode()
                 info = tarfile.TarInfo(LIST_NAME)
-                info.size, info.mode, info.mtime = len(body), 0o644, int(time.time())
+                info.size, info.mtime = len(body), int(time.time())
                 tar.addfile(info, io.BytesIO(body))
 
         try:
             result = transport.run(["receive", dest, split], stream=stream)
         except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:  # _Changed is an OSError
             progress.end()
-            raise UploadError(f"{split}: reading {getattr(error, 'origin', None) or 'SRC'} failed ({error}); the stream "
-                              f"was stopped and {dest}/{split} on the volume is unchanged") from None
+            origin = getattr(error, "origin", None)  # set by _Verified: the member being read
+            what = f"reading {origin}" if origin else "sending"
+            raise UploadError(f"{split}: {what} failed ({error}); the stream was stopped and {dest}/{split} on the "
+                              "volume is unchanged") from None
         progress.end()
         if result.returncode != 0:
             raise UploadError(f"{split}: the receiving side refused the upload ({_receiver_error(result)}); "
@@ -393,7 +394,7 @@ def _link_tree(source: Path, target: Path) -> None:
     written in place, so the source copy cannot change through them)."""
     for folder, _, files in os.walk(source):
         relative = Path(folder).relative_to(source)
-        (target / relative).mkdir(parents=True, exist_ok=True)
+        (target / relative).mkdir()  # top-down into a fresh target: each folder's parent exists, the folder does not
         for name in files:
             if name != INDEX_NAME:
                 os.link(Path(folder) / name, target / relative / name)
@@ -409,13 +410,13 @@ def receive(dest: str, split: str, stream) -> dict:
     final, staging, old = root / split, root / f".partial-{split}", root / f".old-{split}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        previous = json.loads((final / INDEX_NAME).read_text()) if final.is_dir() else {}
-    except (OSError, ValueError):
+        previous = json.loads((final / INDEX_NAME).read_text())
+    except (OSError, ValueError):  # no copy yet, or one without a readable index: nothing on the volume vouched for
         previous = {}
     try:
         if previous:
             _link_tree(final, staging)
-        staging.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(exist_ok=True)  # made by _link_tree when there is a previous copy
         expected, received = None, {}
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:

@@ -69,11 +69,16 @@ def _pipe():
     return os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
 
 
-@pytest.fixture
-def transport(monkeypatch):
+def in_process_transport(monkeypatch):
+    """local_exec() with the receiver run in this process (ReceiverInProcess in place of subprocess)."""
     monkeypatch.setattr(upload.subprocess, "Popen", ReceiverInProcess)
     monkeypatch.setattr(upload.subprocess, "run", ReceiverInProcess.run)
     return upload.local_exec()
+
+
+@pytest.fixture
+def transport(monkeypatch):
+    return in_process_transport(monkeypatch)
 
 
 def _source(root, files):
