@@ -12,7 +12,7 @@ from kubernetes import client
 
 from conftest import REPO, run_xray
 from trainer.config import preset
-from xray import kube
+from xray import kube, render
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -128,6 +128,119 @@ def test_a_tuned_config_reaches_train_and_tune_pods(tmp_path):
         assert "--max-trials" in args and "--preset" not in args
 
 
+# The fields kustomize reads in a kustomization and in its patches, as its documentation spells them: kustomize parses
+# through Go's encoding/json, which would also take "NAME" for "name", so a misspelt key renders the same today and
+# breaks with a stricter kustomize. The file is checked against these spellings.
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "patches", "configMapGenerator"}
+IMAGE_KEYS = {"name", "newName", "newTag"}
+PATCH_KEYS = {"target", "patch"}
+TARGET_KEYS = {"kind", "name"}
+GENERATOR_KEYS = {"name", "behavior", "literals", "files"}
+API_VERSIONS = {"Job": "batch/v1", "Deployment": "apps/v1"}
+
+
+def _check_kustomization(out):
+    doc = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert set(doc) <= KUSTOMIZATION_KEYS and doc["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert doc["kind"] == "Kustomization"
+    for image in doc.get("images", []):
+        assert set(image) <= IMAGE_KEYS and image.get("newTag", "x") != "", image
+    for patch in doc.get("patches", []):
+        assert set(patch) == PATCH_KEYS and set(patch["target"]) == TARGET_KEYS, patch
+        body = json.loads(patch["patch"])
+        if isinstance(body, dict):  # a strategic merge patch: a partial object of the target's kind and name
+            assert (body["kind"], body["metadata"]["name"]) == (patch["target"]["kind"], patch["target"]["name"])
+            assert body["apiVersion"] == API_VERSIONS[body["kind"]] and set(body) == {"apiVersion", "kind", "metadata",
+                                                                                     "spec"}
+    for generator in doc.get("configMapGenerator", []):
+        assert set(generator) <= GENERATOR_KEYS, generator
+    return doc
+
+
+def test_the_train_pods_mount_the_run_config_read_only_and_the_file_is_the_resolved_config(tmp_path):
+    request = kube.RenderRequest("train", image="r/xray", workers=2, deadline_s=3600, overrides=("train.epochs=9",))
+    out = kube.render_kustomization(request, tmp_path / "a" / "b" / "train")  # folders made as needed
+    doc = _check_kustomization(out)
+    assert doc["images"] == [{"name": "xray", "newName": "r/xray"}]  # no tag given: none set (not an empty one)
+    assert [p["target"] for p in doc["patches"]][:3] == [{"kind": "Job", "name": "xray-train"}] * 3
+    config, _ = render.resolve_run_config(request, render.kustomize(render.overlay_dir(request)))
+    assert (out / "config.json").read_text() == json.dumps(config.to_dict(), indent=2) + "\n"  # readable in the cluster
+    objects = _rendered(out)
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert pod["containers"][0]["image"] == "r/xray:0.1.0"  # no tag given: the overlay's (the Makefile's TAG default)
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "run-config"]
+    assert mount == {"name": "run-config", "mountPath": "/etc/xray/run", "readOnly": True}
+    (run,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("xray-train-run-")]
+    assert json.loads(run["data"]["config.json"]) == config.to_dict()
+    # Rendered again with the config on the volume: the earlier render's config.json is gone with its generator.
+    kube.render_kustomization(kube.RenderRequest("train", image="r/xray", config_file="/mnt/xray/best.json"), out)
+    assert not (out / "config.json").exists()
+    _check_kustomization(out)
+    assert [o for o in _rendered(out) if o["kind"] == "ConfigMap" and "-run-" in o["metadata"]["name"]] == []
+
+
+def test_every_component_renders_a_kustomization_with_kustomize_s_own_spellings(tmp_path):
+    requests = [kube.RenderRequest("train", image="r/x:1", workers=4), kube.RenderRequest("tune", image="r/x:1", workers=3,
+                                                                                     max_trials=5),
+                kube.RenderRequest("serving", image="r/serving:2.21", replicas=3),
+                kube.RenderRequest("storage", storage_class="fast"), kube.RenderRequest("shards", image="r/x:1", src="/s"),
+                kube.RenderRequest("export", image="r/x:1", workdir="/w"),
+                kube.RenderRequest("promote", image="r/x:1", promote=("--label", "stable", "--version", "2"))]
+    for request in requests:
+        _check_kustomization(kube.render_kustomization(request, tmp_path / request.component))
+    objects = _rendered(tmp_path / "serving")
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "r/serving:2.21"  # TF Serving's image
+    (hpa,) = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 3)
+    tune = _rendered(tmp_path / "tune")
+    (workers,) = [o for o in tune if o["kind"] == "Job" and o["metadata"]["name"] == "xray-tune-workers"]
+    assert workers["spec"]["completions"] == workers["spec"]["parallelism"] == 3
+    assert _data(tune, "xray-tune")["XRAY_MAX_TRIALS"] == "5"
+    assert _data(tune, "xray-tune")["XRAY_WORKDIR"] == "/mnt/xray/runs/tune"  # not given: the overlay's, not emptied
+    assert "XRAY_MAX_TRIALS" not in _data(_rendered(tmp_path / "train"), "xray-train")
+    assert _data(_rendered(tmp_path / "shards"), "xray-shards")["XRAY_SRC"] == "/s"
+    assert _data(_rendered(tmp_path / "export"), "xray-export")["XRAY_WORKDIR"] == "/w"
+    promoted = _data(_rendered(tmp_path / "promote"), "xray-promote")
+    assert promoted["XRAY_PROMOTE"] == "--label stable --version 2"
+    assert promoted["XRAY_WAIT"] == "600" and promoted.get("XRAY_REPLICA_NAMES") != ""  # not given: the manifest's
+    (claim,) = [o for o in _rendered(tmp_path / "storage") if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    promote = kube.RenderRequest("promote", image="r/x:1", promote=("--label", "canary", "--rollback"), promote_wait_s=120,
+                                 replica_names="10.0.0.1=xray-serving-a")
+    data = _data(_rendered(kube.render_kustomization(promote, tmp_path / "promote2")), "xray-promote")
+    assert (data["XRAY_PROMOTE"], data["XRAY_WAIT"], data["XRAY_REPLICA_NAMES"]) == (
+        "--label canary --rollback", "120", "10.0.0.1=xray-serving-a")
+    serving = kube.RenderRequest("serving", replicas=1)
+    (hpa,) = [o for o in _rendered(kube.render_kustomization(serving, tmp_path / "serving1"))
+              if o["kind"] == "HorizontalPodAutoscaler"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 2)  # room for one more
+
+
+def _data(objects, prefix):
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].rsplit("-", 1)[0] == prefix]
+    return config_map.get("data", {})
+
+
+@pytest.mark.parametrize("image, expected", [("registry.example.com:5000/xray", ("registry.example.com:5000/xray", "")),
+                                             ("registry.example.com:5000/team/xray:0.1", ("registry.example.com:5000/team/xray", "0.1")),
+                                             ("xray:dev", ("xray", "dev")), ("xray", ("xray", ""))])
+def test_an_image_reference_splits_at_the_tag_not_at_the_registry_port(image, expected):
+    assert kube.split_image(image) == expected
+
+
+def test_an_unknown_overlay_names_the_overlays_and_components_there_are():
+    with pytest.raises(kube.RenderError) as caught:
+        render.overlay_dir(kube.RenderRequest("train", overlay="staging"))
+    overlays = sorted(p.name for p in (render.REPO / "k8s" / "overlays").iterdir())
+    components = sorted(p.name for p in (render.REPO / "k8s" / "overlays" / "local").iterdir() if p.name != "namespace")
+    assert str(caught.value) == (f"no overlay k8s/overlays/staging/train; overlays: {', '.join(overlays)}; "
+                                 f"components: {', '.join(components)}")
+    assert "namespace" not in components and "train" in components
+
+
 @pytest.mark.parametrize("request_, message", [
     (kube.RenderRequest("train", workers=3, image="r/x:1"), "train.batch_size=16 does not split evenly over 3 workers"),
     (kube.RenderRequest("train", image="r/x:1", overrides=("train.epochs=0",)), "train.epochs=0 is invalid"),
@@ -154,6 +267,88 @@ def test_storage_class_and_component_renders(tmp_path):
                                                   tmp_path / "export"))
     (job,) = [o for o in objects if o["kind"] == "Job"]
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+
+
+def _train_job(args, env_from=None):
+    container = {"name": "worker", "args": args, **({"envFrom": env_from} if env_from is not None else {})}
+    return {"kind": "Job", "metadata": {"name": "xray-train"}, "spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_container_reads():
+    from xray.render import _container, _overlay_run_args
+
+    args = ["-m", "xray", "train", "--preset", "demo", "--max-trials", "4", "--flag=x", "train.epochs=3", "model.l2=0"]
+    assert _overlay_run_args([_train_job(args)], "Job", "xray-train", "worker") == (
+        ["-m", "xray", "train", "--max-trials", "4", "--flag=x"], "demo", ["train.epochs=3", "model.l2=0"])
+    maps = [{"kind": "ConfigMap", "metadata": {"name": "empty"}},
+            {"kind": "ConfigMap", "metadata": {"name": "xray-train"}, "data": {"XRAY_PRESET": "seed"}}]
+    env_from = [{"secretRef": {"name": "token"}}, {"configMapRef": {"name": "made-elsewhere"}},
+                {"configMapRef": {"name": "empty"}}, {"configMapRef": {"name": "xray-train"}}]
+    job = _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from)
+    assert _overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "seed", [])
+    for unset in (_train_job(["train", "--preset", "$(XRAY_PRESET)"]), _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from[:3])):
+        with pytest.raises(kube.RenderError) as caught:
+            _overlay_run_args([*maps, unset], "Job", "xray-train", "worker")
+        assert str(caught.value) == ("the overlay's Job xray-train passes --preset $(XRAY_PRESET), but no ConfigMap its "
+                                     "container reads sets XRAY_PRESET")
+    with pytest.raises(kube.RenderError) as caught:
+        _container([{"kind": "Deployment", "metadata": {"name": "xray-train"}}, *maps], "Job", "xray-train", "worker")
+    assert str(caught.value) == "the overlay has no Job xray-train"
+
+
+def test_kustomize_failing_is_one_line_with_kubectl_s_reason(tmp_path):
+    from xray.render import kustomize
+
+    with pytest.raises(kube.RenderError) as caught:
+        kustomize(tmp_path / "nothing")
+    assert str(caught.value).startswith(f"kubectl kustomize {tmp_path / 'nothing'} failed: must build at directory: ")
+    assert str(caught.value).endswith("no such file or directory") and "\n" not in str(caught.value)
+
+
+def test_a_config_file_that_is_not_here_nor_on_the_volume_is_refused_with_both_ways_to_give_it(tmp_path):
+    from xray.render import resolve_run_config
+
+    objects = [_train_job(["train", "--preset", "demo"])]
+    request = kube.RenderRequest("train", config_file=str(tmp_path / "best_config.json"))
+    with pytest.raises(kube.RenderError) as caught:
+        resolve_run_config(request, objects)
+    assert str(caught.value) == (f"CONFIG={tmp_path / 'best_config.json'}: no such file here; give a local config.json "
+                                 "(e.g. build/tune/best_config.json) or a path on the volume as the pods see it "
+                                 "(/mnt/xray/...)")
+    assert resolve_run_config(kube.RenderRequest("train", config_file="/mnt/xray/runs/t/best_config.json",
+                                                 overrides=("train.epochs=2",)), objects) == (None, ["train.epochs=2"])
+
+
+def test_pin_claim_keeps_the_existing_claim_as_it_is_and_replaces_an_earlier_pin(tmp_path):
+    """What `make volume` applies when the claim already exists (a claim's class, modes and size cannot change):
+    the rendered storage step, pinned to the live values, whichever the request asked for."""
+    from xray.render import pin_claim
+
+    out = kube.render_kustomization(kube.RenderRequest("storage", "gpu", storage_class="filestore-rwx"), tmp_path / "s")
+    rendered = list(yaml.safe_load((out / "kustomization.yaml").read_text()))
+    pin_claim(out, "standard", ("ReadWriteOnce",), "7Gi")
+    assert list(yaml.safe_load((out / "kustomization.yaml").read_text())) == rendered  # the file's order kept
+    pin_claim(out, "premium-rwx", ("ReadWriteMany", "ReadOnlyMany"), "1Ti")  # a second pin replaces the first
+    assert (out / "kustomization.yaml").read_text().startswith("# Written by xray preflight; do not edit (re-run it).\n")
+    (claim,) = [o for o in _rendered(out) if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "xray-data"
+    assert claim["spec"]["storageClassName"] == "premium-rwx"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany", "ReadOnlyMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Ti"
+    doc = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert [p["target"] for p in doc["patches"]] == [{"kind": "PersistentVolumeClaim", "name": "xray-data"}]
+    # A claim bound without a class (the cluster had no default): none is added, the overlay's stays unset.
+    out = kube.render_kustomization(kube.RenderRequest("storage", "local"), tmp_path / "l")
+    pin_claim(out, "", ("ReadWriteOnce",), "5Gi")
+    (claim,) = [o for o in _rendered(out) if o["kind"] == "PersistentVolumeClaim"]
+    assert "storageClassName" not in claim["spec"] and claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    # Other patches of the step are kept.
+    doc = yaml.safe_load((out / "kustomization.yaml").read_text())
+    doc["patches"].insert(0, {"target": {"kind": "Namespace"}, "patch": "[]"})
+    (out / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    pin_claim(out, "", ("ReadWriteOnce",), "6Gi")
+    doc = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert [p["target"].get("kind") for p in doc["patches"]] == ["Namespace", "PersistentVolumeClaim"]
 
 
 def test_promote_and_serving_replicas_render_through_the_cli(tmp_path):

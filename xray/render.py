@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -81,7 +82,10 @@ def kustomize(path: Path) -> list[dict]:
 
     result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise RenderError(f"kubectl kustomize {path} failed: {result.stderr.strip()}")
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        # kubectl logs the failure as `E... run.go:72] "command failed" err="<the reason>"`: the reason is the line.
+        reason = re.sub(r'^.*\berr="(.*)"$', r"\1", lines[-1])
+        raise RenderError(f"kubectl kustomize {path} failed: {reason}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
@@ -102,7 +106,10 @@ def _overlay_run_args(objects: list[dict], kind: str, name: str, container: str)
         variable = preset[2:-1]
         maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
         sources = [s["configMapRef"]["name"] for s in spec.get("envFrom", []) if "configMapRef" in s]
-        preset = next(maps[s][variable] for s in sources if variable in maps.get(s, {}))
+        preset = next((maps[s][variable] for s in sources if variable in maps.get(s, {})), None)
+        if preset is None:
+            raise RenderError(f"the overlay's {kind} {name} passes --preset $({variable}), but no ConfigMap its "
+                              f"container reads sets {variable}")
     rest = args[position + 2:]
     # Overrides are the key=value words; the other options (tune: --max-trials ...) stay as they are.
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
