@@ -261,7 +261,7 @@ mutate: $(VENV)/.installed ## mutation testing (mutmut) of the modules with fast
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-mutate.lock
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children $$(nproc) $(foreach m,$(MODULES),"$(m).*")
-	$(BIN)/python tests/mutation_report.py $(MODULES)
+	$(BIN)/python tests/mutation_report.py --recheck $(MODULES)
 
 cluster-build: ## build the local cluster (Kubernetes v1.34 control plane, kubelet, kube-proxy, etcd, CoreDNS, KWOK; cached in ~/.cache/xray)
 	bash xray/localcluster/build.sh
