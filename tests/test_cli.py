@@ -4,14 +4,35 @@ import json
 
 import pytest
 
-from conftest import run_xray
+from conftest import REPO, run_xray
 from trainer.config import ConfigError, preset
 
 
-def test_help_lists_the_stages():
+def test_help_lists_every_command_and_each_has_its_own_help():
+    """README: "Every subcommand has --help"; the table of commands there is the list `xray --help` gives."""
+    import re
+
     out = run_xray("--help").stdout
-    for command in ("synth", "shards", "train", "evaluate"):
-        assert command in out
+    commands = re.findall(r"^    ([a-z]+) {2,}", out, flags=re.M)
+    readme = (REPO / "README.md").read_text()
+    assert commands and set(commands) == set(re.findall(r"^\| `xray ([a-z]+)` \|", readme, flags=re.M))
+    for command in commands:
+        result = run_xray(command, "--help")
+        assert result.stdout.startswith(f"usage: xray {command} "), command
+        assert "options:" in result.stdout, command
+
+
+def test_make_help_lists_every_target_the_documents_name():
+    """README: "`make help` lists every target"; every `make X` in the README and docs/ is one of them."""
+    import re
+    import subprocess
+
+    listed = set(re.findall(r"^  make (\S+)", subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True,
+                                                                text=True, check=True).stdout, flags=re.M))
+    named = set()
+    for doc in [REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "bench" / "README.md"]:
+        named |= set(re.findall(r"`make ([a-z][a-z-]*)", doc.read_text()))
+    assert named and not named - listed, sorted(named - listed)
 
 
 @pytest.mark.parametrize("args, message", [

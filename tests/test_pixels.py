@@ -106,6 +106,29 @@ def test_8_bit_rgb_and_gray_of_one_film_are_one_tensor():
     assert float(np.mean(np.abs(from_gray - from_rgb))) < 0.01
 
 
+def test_bmp_and_gif_of_a_film_are_the_tensor_of_its_png_through_shards_and_through_the_server(tmp_path):
+    """docs/reference.md: BMP and GIF are accepted as they are (TensorFlow decodes them); a gray film in either is
+    the same tensor as its PNG, in the serving preprocessing and through `xray shards` + the reader."""
+    gray = _film((300, 400)).astype(np.uint8)
+    encoded = {}
+    for kind in ("PNG", "BMP", "GIF"):
+        buffer = io.BytesIO()
+        Image.fromarray(gray).save(buffer, format=kind)
+        encoded[kind] = buffer.getvalue()
+    served = {kind: pixels.preprocess_image(tf.constant(data), 64).numpy() for kind, data in encoded.items()}
+    for kind in ("BMP", "GIF"):  # within a tenth of one gray level (2/255): BMP and GIF decode as RGB, then to gray
+        np.testing.assert_allclose(served[kind], served["PNG"], atol=0.1 * 2 / 255, rtol=0, err_msg=kind)
+    films = {f"test/NORMAL/IM-000{i}-0001.{kind.lower()}": encoded[kind] for i, kind in enumerate(encoded)}
+    read = _through_shards(tmp_path, films, 64)
+    for i, kind in ((1, "bmp"), (2, "gif")):
+        # The pixel rule's bound (mean |diff| <= 0.01); measured 0.0017: the stored 8-bit image is re-encoded after
+        # the resize, so inputs 0.0002 apart can land a few gray levels apart at a few pixels.
+        difference = np.abs(read[f"test/NORMAL/IM-000{i}-0001.{kind}"] - read["test/NORMAL/IM-0000-0001.png"])
+        assert difference.mean() <= 0.01, (kind, difference.mean())
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["inputs"]["BMP"] == 1 and manifest["inputs"]["GIF"] == 1 and manifest["num_skipped"] == 0
+
+
 # --- bounded memory ----------------------------------------------------------------------------------------
 
 
