@@ -94,9 +94,9 @@ class GrpcClient:
     @staticmethod
     def parse_response(response: predict_pb2.PredictResponse, count: int) -> list[dict]:
         # A protobuf map hands out an empty tensor for a key it lacks (no KeyError): ask first.
-        missing = [name for name in (contract.OUTPUT_PROBABILITY, contract.OUTPUT_LABEL) if name not in response.outputs]
-        if missing:
-            raise ServingError("INTERNAL", f"response lacks output {missing[0]!r}")
+        for name in (contract.OUTPUT_PROBABILITY, contract.OUTPUT_LABEL):
+            if name not in response.outputs:
+                raise ServingError("INTERNAL", f"response lacks output {name!r}")
         probability = response.outputs[contract.OUTPUT_PROBABILITY]
         # TF Serving may send floats as packed tensor_content or as float_val; strings always as string_val.
         probabilities = (np.frombuffer(probability.tensor_content, dtype="<f4").tolist() if probability.tensor_content

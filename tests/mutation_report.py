@@ -31,6 +31,7 @@ SCOPE = {"trainer.feature_cache": ("why_not", "cache_dir", "cache_key")}
 # Functions left out of a module's score, with where they are tested instead. LocalModel runs TensorFlow, whose
 # thread pools do not survive mutmut's fork: tests/test_local_model.py and test_serving.py, in ordinary processes.
 LEFT_OUT = {"clients.predict": ("LocalModel",)}
+UNDECIDED = ("timeout", "exit ")  # statuses a fresh process must confirm: a hang, or a crash by a signal
 STATUS = {0: "survived", 1: "killed", 33: "no tests", 34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout",
           152: "timeout", 255: "timeout"}
 
@@ -45,8 +46,8 @@ def equivalents(path: Path = ROOT / "tests" / "mutation_equivalents.txt") -> dic
 
 
 def results(mutants: Path = ROOT / "mutants") -> dict[str, dict[str, str]]:
-    """{module: {mutant name: status}} for every mutant mutmut ran (or left pending); a rechecked timeout has the
-    recheck's verdict."""
+    """{module: {mutant name: status}} for every mutant mutmut ran (or left pending); a rechecked timeout or crash has
+    the recheck's verdict."""
     rechecked_path = mutants / "rechecked.json"
     rechecked = json.loads(rechecked_path.read_text()) if rechecked_path.is_file() else {}
     modules: dict[str, dict[str, str]] = {}
@@ -68,16 +69,13 @@ def results(mutants: Path = ROOT / "mutants") -> dict[str, dict[str, str]]:
     return modules
 
 
-UNDECIDED = ("timeout", "exit ")  # statuses a fresh process must confirm: a hang, or a crash by a signal
-
-
 def recheck(mutants: Path = ROOT / "mutants", run=subprocess.run) -> dict[str, str]:
     """Runs each timed-out or crashed mutant's tests in a fresh process; returns and saves {mutant name: verdict}."""
     stats = json.loads((mutants / "mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
     path = mutants / "rechecked.json"
     verdicts = json.loads(path.read_text()) if path.is_file() else {}
-    mutmut_only = {name: status for module in results(mutants).values() for name, status in module.items()}
-    pending = [name for name, status in mutmut_only.items() if status.startswith(UNDECIDED) and name not in verdicts]
+    statuses = {name: status for module in results(mutants).values() for name, status in module.items()}
+    pending = [name for name, status in statuses.items() if status.startswith(UNDECIDED) and name not in verdicts]
     for count, name in enumerate(pending, 1):
         tests = sorted(stats.get(name.split("__mutmut_")[0], []))
         try:

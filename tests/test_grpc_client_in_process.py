@@ -6,6 +6,7 @@ In-process and fast, so `make mutate` runs it."""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent import futures
 
 import grpc
@@ -67,20 +68,35 @@ class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer, model_serv
         return self._answer("HandleReloadConfigRequest", request, context)
 
 
-@pytest.fixture
-def server(tmp_path):
+@contextlib.contextmanager
+def running(bind, receive_limit=contract.MAX_MESSAGE_BYTES):
+    """A Servicer behind a gRPC server with both services; ``bind(grpc_server)`` adds its port and returns the target
+    clients dial (kept as ``servicer.target``)."""
     servicer = Servicer()
-    limits = [("grpc.max_receive_message_length", contract.MAX_MESSAGE_BYTES),
+    limits = [("grpc.max_receive_message_length", receive_limit),
               ("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES)]
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=limits)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, grpc_server)
-    target = f"unix:{tmp_path}/grpc.sock"
-    grpc_server.add_insecure_port(target)
+    servicer.target = bind(grpc_server)
     grpc_server.start()
-    servicer.target = target
-    yield servicer
-    grpc_server.stop(None)
+    try:
+        yield servicer
+    finally:
+        grpc_server.stop(None)
+
+
+def unix_socket(path):
+    def bind(grpc_server):
+        grpc_server.add_insecure_port(f"unix:{path}")
+        return f"unix:{path}"
+    return bind
+
+
+@pytest.fixture
+def server(tmp_path):
+    with running(unix_socket(tmp_path / "grpc.sock")) as servicer:
+        yield servicer
 
 
 def client(server, **kwargs) -> GrpcClient:
@@ -293,35 +309,21 @@ def test_an_empty_error_detail_stays_empty(server):
 
 def test_a_request_over_the_message_limit_is_refused_by_the_client_before_it_is_sent(tmp_path):
     """The server here accepts twice the limit, so only the client's own send limit can refuse it."""
-    servicer = Servicer()
-    servicer.reply["Predict"] = answer([0.5], ["NORMAL"])
-    limits = [("grpc.max_receive_message_length", 2 * contract.MAX_MESSAGE_BYTES)]
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=limits)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, grpc_server)
-    grpc_server.add_insecure_port(f"unix:{tmp_path}/big.sock")
-    grpc_server.start()
-    try:
-        c = GrpcClient(f"unix:{tmp_path}/big.sock", retries=0)
+    with running(unix_socket(tmp_path / "big.sock"), receive_limit=2 * contract.MAX_MESSAGE_BYTES) as servicer:
+        servicer.reply["Predict"] = answer([0.5], ["NORMAL"])
+        c = GrpcClient(servicer.target, retries=0)
         with pytest.raises(ServingError) as caught:
             c.predict([b"\0" * (contract.MAX_MESSAGE_BYTES + 1024)])
         assert caught.value.code == "RESOURCE_EXHAUSTED" and servicer.calls == []
         assert c.predict([b"\0" * (contract.MAX_MESSAGE_BYTES - 1024)])[0]["label"] == "NORMAL"
-    finally:
-        grpc_server.stop(None)
 
 
 @pytest.fixture
 def tls_server(pki):
     """The servicer behind TLS (our own CA's server certificate for localhost), on a port the server picks."""
-    servicer = Servicer()
-    limits = [("grpc.max_receive_message_length", contract.MAX_MESSAGE_BYTES)]
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=limits)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, grpc_server)
     credentials = grpc.ssl_server_credentials([((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())])
-    servicer.target = f"localhost:{grpc_server.add_secure_port('127.0.0.1:0', credentials)}"
-    grpc_server.start()
-    yield servicer
-    grpc_server.stop(None)
+    with running(lambda grpc_server: f"localhost:{grpc_server.add_secure_port('127.0.0.1:0', credentials)}") as servicer:
+        yield servicer
 
 
 @pytest.mark.parametrize("how", ["ca_cert", "tls_with_root_certificates"])
