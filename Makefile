@@ -20,6 +20,8 @@ PRESET ?= demo
 DATA ?= $(BUILD)/shards
 WORKDIR ?= $(BUILD)/run
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers (tests/conftest.py: a module per worker, the cluster tests together); 0: one process.
+TEST_WORKERS ?= 2
 # Cluster runs: the project image, the overlay (k8s/overlays/<OVERLAY>), and paths as the pods see them.
 IMAGE ?=
 TAG ?= 0.1.0
@@ -253,7 +255,7 @@ test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process t
 	@# the cluster's binaries, then the project image's archive (both cached in ~/.cache/xray).
 	bash xray/localcluster/build.sh >/dev/null
 	$(BIN)/python -m xray.localcluster image-archive >/dev/null
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # make mutate MODULES="data.split trainer.config": those modules only (default: all of [tool.mutmut] only_mutate).
 MODULES ?=

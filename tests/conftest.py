@@ -1,8 +1,15 @@
 """Shared fixtures: a small synthetic data set and its shards, made once per test session; the local
 Kubernetes cluster (xray/localcluster: control plane, a real node, KWOK nodes), started once for the tests
-marked `cluster`, and the images its node runs."""
+marked `cluster`, and the images its node runs.
 
+`make test` runs on two pytest-xdist workers: each test module goes to one worker whole (its module fixtures, such
+as a serving stand-in, start once), and the modules marked `cluster` go to the same worker, first: there is one
+real node per machine. The session's data, run and exported models are made once for both
+workers (`_made_once`)."""
+
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +19,78 @@ import pytest
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
+# The modules whose tests use the machine's one real node (marked `cluster`): under xdist they run on one worker.
+CLUSTER_MODULES = ("tests/test_k8s_live.py", "tests/test_k8s_real_node.py", "tests/test_localcluster.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each test module goes to one worker whole; the cluster modules together, as one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "cluster" if module in CLUSTER_MODULES else module
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist: the cluster modules first (the longest unit: the other worker takes the rest meanwhile)."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.nodeid.split("::")[0] not in CLUSTER_MODULES)  # stable otherwise
+
+
+def pytest_runtest_setup(item):
+    """A test marked `cluster` outside CLUSTER_MODULES fails: under xdist it could start a second node."""
+    module = item.nodeid.split("::")[0]
+    if item.get_closest_marker("cluster") and module not in CLUSTER_MODULES:
+        pytest.fail(f"{module} has tests marked cluster: add it to CLUSTER_MODULES in tests/conftest.py", pytrace=False)
+
+
+def _made_once(tmp_path_factory, name: str, make) -> Path:
+    """make(folder) once per test run: under xdist the workers share one folder beside their own temporary roots,
+    the first one to ask makes it while the others wait on its lock; without xdist, a folder of this session."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp(name)
+        make(out)
+        return out
+    shared = tmp_path_factory.getbasetemp().parent
+    out, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that failed half-way
+            out.mkdir()
+            make(out)
+            done.touch()
+    return out
 
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     from trainer.synth import synthesize
 
-    out = tmp_path_factory.mktemp("synth")
-    synthesize(out, num_patients=40, seed=1, image_size=64)
-    return out
+    return _made_once(tmp_path_factory, "synth",
+                      lambda out: synthesize(out, num_patients=40, seed=1, image_size=64))
 
 
 @pytest.fixture(scope="session")
 def shards_dir(synth_dir, tmp_path_factory):
     """`xray shards` on synth_dir, in its own process: TensorFlow's thread pools then never start in the test process
     for tests that only read the manifest (a process that forks after they started, as mutmut does, hangs)."""
-    out = tmp_path_factory.mktemp("shards")
-    run_xray("shards", "--src", synth_dir, "--out", out, "--num-shards", 4, "--val-fraction", 0.2, "--seed", 0,
-             "--image-size", 32)
-    return out
+    return _made_once(tmp_path_factory, "shards", lambda out: run_xray(
+        "shards", "--src", synth_dir, "--out", out, "--num-shards", 4, "--val-fraction", 0.2, "--seed", 0,
+        "--image-size", 32))
 
 
 @pytest.fixture(scope="session")
 def trained_workdir(shards_dir, tmp_path_factory):
     """A finished run as `xray train` leaves it (config, best weights, training.json), without the training time."""
+    return _made_once(tmp_path_factory, "run", lambda out: _finished_run(out, shards_dir))
+
+
+def _finished_run(workdir: Path, shards_dir: Path) -> None:
     import json
 
     from trainer.config import preset
@@ -43,14 +98,12 @@ def trained_workdir(shards_dir, tmp_path_factory):
     from trainer.model import build_model
     from trainer.workdir import Workdir
 
-    workdir = tmp_path_factory.mktemp("run")
     config = preset("tiny")
     paths = Workdir(str(workdir))
     config.save(paths.config)
     keras.utils.set_random_seed(0)
     build_model(config.model).save_weights(paths.best_weights)
     (workdir / "training.json").write_text(json.dumps({"data": str(shards_dir), "epochs_run": 1, "best_epoch": 1}))
-    return workdir
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +111,11 @@ def model_base(trained_workdir, tmp_path_factory):
     """Two exported versions (1 and 2) of that run, as `xray export` writes them."""
     from serving import export
 
-    base = tmp_path_factory.mktemp("models")
-    export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
-    export.export(export.ExportRequest(str(trained_workdir), str(base), force=True), log=lambda *_: None)
-    return base
+    def make(base):
+        export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
+        export.export(export.ExportRequest(str(trained_workdir), str(base), force=True), log=lambda *_: None)
+
+    return _made_once(tmp_path_factory, "models", make)
 
 
 def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0.5):

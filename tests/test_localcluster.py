@@ -79,3 +79,42 @@ def test_make_image_builds_the_dockerfile_on_a_local_base():
     lines = ran.stdout.splitlines()
     assert lines[0] == "10001" and lines[1].startswith("usage: xray"), ran.stdout
     assert "No such file" in ran.stdout  # the build stage's CA bundle is not in the final image
+
+
+def test_a_second_image_build_waits_for_the_first_engine_and_a_failed_start_cleans_up(tmp_path):
+    """Two private engines on one data root corrupt it: a second `Engine` (another `make image`, a parallel test)
+    says it waits and starts nothing while the lock is held. Once let in, its daemon dies at start (a stand-in
+    `dockerd` that exits 1): one ImageError, its temporary root removed and the lock free again."""
+    import fcntl
+
+    cache, bin_dir, tmp = tmp_path / "cache", tmp_path / "bin", tmp_path / "tmp"
+    for path in (cache / "images", bin_dir, tmp):
+        path.mkdir(parents=True)
+    for name in ("dockerd", "docker"):  # a daemon that dies at once, and a client that finds no daemon
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    holder = open(cache / "docker.lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    script = ("import fcntl\n"
+              "from xray.localcluster import images\n"
+              "try:\n"
+              "    with images.Engine(log=lambda m: print(m, flush=True)):\n"
+              "        pass\n"
+              "except images.ImageError as e:\n"
+              "    print(e, flush=True)\n"
+              "fcntl.flock(open(images.CACHE / 'docker.lock', 'a'), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+              "print('lock free', flush=True)\n")
+    env = dict(os.environ, XRAY_K8S_CACHE=str(cache), PATH=f"{bin_dir}:/usr/bin:/bin", TMPDIR=str(tmp))
+    env.pop("DOCKER_HOST", None)
+    second = subprocess.Popen([os.sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "waiting for another image build" in second.stdout.readline()
+        assert not list(tmp.iterdir())  # no engine started while the first build holds the lock
+        holder.close()  # the first build ends
+        assert second.stdout.readline().startswith("the private Docker engine did not start")
+        assert second.stdout.readline().strip() == "lock free"
+        assert second.wait(timeout=60) == 0
+    finally:
+        second.kill()
+        holder.close()
+    assert not list(tmp.iterdir())  # the engine's exec root and socket folder went with the failed start

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -191,17 +192,36 @@ def base_archive(log=print) -> Path:
 
 class Engine:
     """A private dockerd for one build: data root in the cache (layers survive for the next build), socket,
-    exec root and pid file in a temporary folder; no bridge, no iptables rules, builds on the host network."""
+    exec root and pid file in a temporary folder; no bridge, no iptables rules, builds on the host network.
+
+    One at a time per cache: a second build (another `make image`, a parallel test) waits on the data root's lock
+    until the first engine has stopped, since two daemons on one data root corrupt it."""
 
     def __init__(self, log=print):
         self.log = log
         self.tmp = None
         self.process = None
+        self.lock = None
         self.env = dict(os.environ, DOCKER_BUILDKIT="0")
 
     def __enter__(self) -> "Engine":
         if os.environ.get("DOCKER_HOST"):
             return self  # the user's own engine
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self.lock = open(CACHE / "docker.lock", "a")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"waiting for another image build to stop its engine ({CACHE / 'docker.lock'})")
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="xray-dockerd-"))
         self.fresh = [p for p in (Path("/run/containerd"), Path("/run/docker")) if not p.exists()]
         socket = self.tmp / "docker.sock"
@@ -219,7 +239,6 @@ class Engine:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise ImageError(f"the private Docker engine did not start; see {IMAGES / 'dockerd.log'}")
             time.sleep(0.5)
-        return self
 
     def ensure_base(self, archive: Path) -> None:
         if self.run("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
@@ -261,17 +280,27 @@ class Engine:
                 self.run("image", "rm", f"{name}:{old.stem.rsplit('-', 1)[1]}", check=False)
 
     def __exit__(self, *exc) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self._stop()
+        finally:
+            if self.lock is not None:
+                self.lock.close()  # releases the flock
+                self.lock = None
+
+    def _stop(self) -> None:
+        if self.tmp is None:
+            return
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         # dockerd's containerd (started by it) goes with it; its mounts under the exec root and data root too.
         host.unmount_under(self.tmp, CACHE / "docker")
         shutil.rmtree(self.tmp, ignore_errors=True)
         host.remove_cgroup(BUILD_CGROUP)
         for path in self.fresh:  # the shims' sockets of the engine's containerd
             shutil.rmtree(path, ignore_errors=True)
+        self.tmp = self.process = None
