@@ -3,8 +3,8 @@ Kubernetes cluster (xray/localcluster: control plane, a real node, KWOK nodes), 
 marked `cluster`, and the images its node runs.
 
 `make test` runs on two pytest-xdist workers: each test module goes to one worker whole (its module fixtures, such
-as a serving stand-in, start once), and the modules marked `cluster` go to the same worker, first: there is one
-real node per machine. The session's data, run and exported models are made once for both
+as a serving stand-in, start once), and the modules that use the machine's one real node or its container runtime
+(MACHINE_MODULES) go to the same worker, first. The session's data, run and exported models are made once for both
 workers (`_made_once`)."""
 
 import fcntl
@@ -19,33 +19,40 @@ import pytest
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
-# The modules whose tests use the machine's one real node (marked `cluster`): under xdist they run on one worker.
-CLUSTER_MODULES = ("tests/test_k8s_live.py", "tests/test_k8s_real_node.py", "tests/test_localcluster.py")
+# The modules whose tests use the machine's one real node (marked `cluster`), and test_promote, whose Docker engine
+# shares the runtime's fixed paths with the node (/run/containerd: each removes it when it made it): under xdist
+# they run one after the other on one worker.
+MACHINE_MODULES = ("tests/test_k8s_live.py", "tests/test_k8s_real_node.py", "tests/test_localcluster.py",
+                   "tests/test_promote.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Each test module goes to one worker whole; the cluster modules together, as one unit."""
+    """Each test module goes to one worker whole; MACHINE_MODULES together, as one unit."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::")[0]
-            return "cluster" if module in CLUSTER_MODULES else module
+            return "machine" if module in MACHINE_MODULES else module
 
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist: the cluster modules first (the longest unit: the other worker takes the rest meanwhile)."""
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.nodeid.split("::")[0] not in CLUSTER_MODULES)  # stable otherwise
+    """Under xdist, longest first: MACHINE_MODULES (the other worker takes the rest meanwhile), then the modules with
+    tests marked `slow`, then the others in their order (a short module last keeps the two workers' ends close)."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in MACHINE_MODULES,
+                                 item.nodeid.split("::")[0] not in slow))
 
 
 def pytest_runtest_setup(item):
-    """A test marked `cluster` outside CLUSTER_MODULES fails: under xdist it could start a second node."""
+    """A test marked `cluster` outside MACHINE_MODULES fails: under xdist it could start a second node."""
     module = item.nodeid.split("::")[0]
-    if item.get_closest_marker("cluster") and module not in CLUSTER_MODULES:
-        pytest.fail(f"{module} has tests marked cluster: add it to CLUSTER_MODULES in tests/conftest.py", pytrace=False)
+    if item.get_closest_marker("cluster") and module not in MACHINE_MODULES:
+        pytest.fail(f"{module} has tests marked cluster: add it to MACHINE_MODULES in tests/conftest.py", pytrace=False)
 
 
 def _made_once(tmp_path_factory, name: str, make) -> Path:
