@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import REPO, run_xray
+import tuner
 from trainer.config import ConfigError, preset
 
 
@@ -47,6 +48,8 @@ def test_make_help_lists_every_target_the_documents_name():
     (["shards", "--src", ".", "--out", "s3://b/shards"], "Use gs://, a path on a PersistentVolume"),
     (["export", "--workdir", "/tmp/r", "--model-base", "s3://b/models"], "--model-base s3://b/models: s3://"),
     (["tune", "--data", "x", "--workdir", "s3://b/tune"], "--workdir s3://b/tune: s3:// is not supported"),
+    # Hyperband's later rounds would not start from their earlier round's weights: refused.
+    (["tune", "--data", "x", "--workdir", "/tmp/never", "--algorithm", "hyperband"], "--algorithm hyperband is refused"),
     (["preflight", "--data", "s3://b/s", "--out", "/tmp/p", "--offline"], "--data s3://b/s: s3://"),
     (["evaluate", "--data", "hdfs://n/s", "--workdir", "/tmp/r"], "hdfs:// is not supported; use a local path or gs://"),
 ])
@@ -55,6 +58,16 @@ def test_user_errors_are_one_line_and_exit_2(args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_refused_algorithm_with_parallel_starts_no_process():
+    """`xray tune --algorithm hyperband --parallel 2` answers in one line from the launcher itself: no chief or
+    worker is started only to refuse the same thing three times."""
+    result = run_xray("tune", "--data", "x", "--workdir", "/tmp/never", "--algorithm", "hyperband", "--parallel", 2,
+                      check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "xray tune: error: --algorithm hyperband is refused: " + tuner.REFUSED_ALGORITHMS["hyperband"]]
 
 
 def test_train_on_missing_data_leaves_no_workdir(tmp_path):

@@ -144,3 +144,14 @@ def test_the_default_memory_budget_is_half_of_the_smaller_limit(monkeypatch):
     assert search.restart_policy() == (None, 1234)
     monkeypatch.setenv("XRAY_TUNE_TRIALS_PER_PROCESS", "3")
     assert search.restart_policy() == (3, 1234)
+
+
+def test_the_library_refuses_hyperband_as_the_command_does():
+    """tuner.search.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
+    from tuner import search
+
+    with pytest.raises(ValueError, match="--algorithm hyperband is refused: its later rounds would start from fresh"):
+        search.SearchOptions(algorithm="hyperband")
+    with pytest.raises(ValueError, match="choose one of bayesian, random"):
+        search.SearchOptions(algorithm="grid")
+    assert search.SearchOptions(algorithm="random").algorithm == "random"

@@ -33,9 +33,9 @@ from data.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
+from tuner import check_algorithm
 from tuner.kt import kt, tuner_utils
 
-ALGORITHMS = ("bayesian", "hyperband", "random")
 OBJECTIVES = {"val_loss": "min", "val_auc": "max"}
 PROJECT = "search"
 
@@ -76,8 +76,7 @@ class SearchOptions:
     seed: int = 0
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        check_algorithm(self.algorithm)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.max_trials < 1:
@@ -201,29 +200,14 @@ class DefaultsFirstRandom(_DefaultsFirst, _Reporting, kt.oracles.RandomSearchOra
     pass
 
 
-class ReportingHyperband(_Reporting, kt.oracles.HyperbandOracle):
-    """Hyperband keeps its own bracket schedule (so no forced defaults), but reports like the others."""
-
-
 def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str):
     objective = kt.Objective(options.objective, OBJECTIVES[options.objective])
     common = dict(objective=objective, seed=options.seed, max_consecutive_failed_trials=3)
-    if options.algorithm == "hyperband":
-        max_epochs = options.epochs_per_trial or hypermodel.base.train.epochs
-        oracle = ReportingHyperband(max_epochs=max_epochs, factor=3, hyperband_iterations=1, **common)
-        tuner_cls = kt.Hyperband
-    else:
-        oracle_cls = DefaultsFirstBayesian if options.algorithm == "bayesian" else DefaultsFirstRandom
-        oracle = oracle_cls(max_trials=options.max_trials, **common)
-        tuner_cls = kt.Tuner
+    oracle_cls = DefaultsFirstBayesian if options.algorithm == "bayesian" else DefaultsFirstRandom
+    oracle = oracle_cls(max_trials=options.max_trials, **common)
     oracle.report = lambda o: write_reports(o, hypermodel, options, workdir)
     restart_policy()  # a bad XRAY_TUNE_* value stops here, before the first trial
-    if tuner_cls is kt.Hyperband:
-        # kt.Hyperband builds its own oracle; hand it ours by building the base Tuner with Hyperband's trial logic.
-        tuner = _HyperbandTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
-    else:
-        tuner = XrayTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
-    return tuner
+    return XrayTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
 
 
 TRIALS_PER_PROCESS_ENV = "XRAY_TUNE_TRIALS_PER_PROCESS"
@@ -324,15 +308,6 @@ def memory_budget_mb() -> int:
     except (ValueError, OSError):
         pass
     return int(min(limits) * MEMORY_SHARE) if limits else 4096
-
-
-class _HyperbandTuner(XrayTuner):
-    def run_trial(self, trial, *args, **kwargs):
-        hp = trial.hyperparameters
-        if "tuner/epochs" in hp.values:
-            kwargs["epochs"] = hp.values["tuner/epochs"]
-            kwargs["initial_epoch"] = hp.values["tuner/initial_epoch"]
-        return super().run_trial(trial, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------

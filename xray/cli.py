@@ -499,7 +499,8 @@ def _add_tune(sub):
     p.add_argument("--workdir", required=True, help="search directory (shared by chief and workers)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="base config (default: demo)")
     p.add_argument("--config", help="a config.json to search around instead of a preset")
-    p.add_argument("--algorithm", default="bayesian", choices=("bayesian", "hyperband", "random"))
+    p.add_argument("--algorithm", default="bayesian", choices=("bayesian", "hyperband", "random"),
+                   help="bayesian (default) or random; hyperband is refused until its rounds carry their weights")
     p.add_argument("--objective", default="val_loss", choices=("val_loss", "val_auc"))
     p.add_argument("--max-trials", type=int, default=8, help="trials in total, counting earlier runs on this workdir")
     p.add_argument("--epochs-per-trial", type=int, default=0, help="default: the preset's train.epochs")
@@ -514,6 +515,12 @@ def _add_tune(sub):
 
 
 def _run_tune(args):
+    import tuner
+
+    try:
+        tuner.check_algorithm(args.algorithm)  # before --parallel starts any process
+    except ValueError as error:
+        raise UserError(str(error)) from None
     base = _config_from_args(args)
     if args.parallel is not None:
         from trainer import launch
