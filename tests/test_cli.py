@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, one-line errors with exit status 2, the summaries."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -26,7 +27,6 @@ def test_help_lists_every_command_and_each_has_its_own_help():
 def test_make_help_lists_every_target_the_documents_name():
     """README: "`make help` lists every target"; every `make X` in the README and docs/ is one of them."""
     import re
-    import subprocess
 
     listed = set(re.findall(r"^  make (\S+)", subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True,
                                                                 text=True, check=True).stdout, flags=re.M))
@@ -122,8 +122,15 @@ def test_the_batch_split_is_checked_by_the_config():
         preset("seed").train.check_split(3)
 
 
+@pytest.mark.parametrize("variables, workers", [([], "2"), (["TEST_WORKERS=0"], "0")])
+def test_make_test_runs_two_workers_unless_told_one_process(variables, workers):
+    """README: make test runs pytest on two xdist workers; TEST_WORKERS=0 runs it in one process."""
+    dry = subprocess.run(["make", "-n", "test", *variables], cwd=REPO, capture_output=True, text=True, check=True)
+    pytest_line = dry.stdout.strip().splitlines()[-1]
+    assert f"-m pytest -n {workers} " in pytest_line
+
+
 def test_make_train_remakes_the_demo_data_when_a_setting_changes(tmp_path):
-    import subprocess
 
     from conftest import REPO
 
