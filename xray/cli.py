@@ -487,6 +487,7 @@ def _transport(args) -> dict:
 
 
 def _add_tune(sub):
+    import tuner
     from trainer.config import PRESETS
 
     p = sub.add_parser("tune", help="KerasTuner search of dropout, L2 and learning rate around the defaults",
@@ -499,7 +500,7 @@ def _add_tune(sub):
     p.add_argument("--workdir", required=True, help="search directory (shared by chief and workers)")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="base config (default: demo)")
     p.add_argument("--config", help="a config.json to search around instead of a preset")
-    p.add_argument("--algorithm", default="bayesian", choices=("bayesian", "hyperband", "random"),
+    p.add_argument("--algorithm", default="bayesian", choices=(*tuner.ALGORITHMS, *tuner.REFUSED_ALGORITHMS),
                    help="bayesian (default) or random; hyperband is refused until its rounds carry their weights")
     p.add_argument("--objective", default="val_loss", choices=("val_loss", "val_auc"))
     p.add_argument("--max-trials", type=int, default=8, help="trials in total, counting earlier runs on this workdir")
