@@ -126,7 +126,8 @@ def test_the_batch_split_is_checked_by_the_config():
 def test_make_test_runs_two_workers_unless_told_one_process(variables, workers):
     """README: make test runs pytest on two xdist workers; TEST_WORKERS=0 runs it in one process."""
     dry = subprocess.run(["make", "-n", "test", *variables], cwd=REPO, capture_output=True, text=True, check=True)
-    pytest_line = dry.stdout.strip().splitlines()[-1]
+    # Under `make test` itself the child make adds "make[1]: Entering/Leaving directory" lines: find pytest's.
+    pytest_line = next(line for line in dry.stdout.splitlines() if " -m pytest " in line)
     assert f"-m pytest -n {workers} " in pytest_line
 
 
