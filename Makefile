@@ -22,7 +22,7 @@ WORKDIR ?= $(BUILD)/run
 PYTEST_ARGS ?=
 # make test's pytest-xdist workers (tests/conftest.py: a module per worker, the cluster tests together); 0: one process.
 TEST_WORKERS ?= 2
-# Cluster runs: the project image, the overlay (k8s/overlays/<OVERLAY>), and paths as the pods see them.
+# Cluster runs: the project image, the overlay (xray/k8s/overlays/<OVERLAY>), and paths as the pods see them.
 IMAGE ?=
 TAG ?= 0.1.0
 VARIANT ?= cpu
@@ -212,7 +212,7 @@ export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it
 	kubectl apply -k $(BUILD)/k8s/export
 	$(XRAY) jobs watch xray-export -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
-deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from k8s/overlays/$(OVERLAY)/serving
+deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from xray/k8s/overlays/$(OVERLAY)/serving
 	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving \
 	  $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
 	kubectl apply -k $(BUILD)/k8s/serving

@@ -11,7 +11,7 @@ from conftest import REPO
 from serving import config as serving_config
 from trainer import cluster
 
-K8S = REPO / "k8s"
+K8S = REPO / "xray" / "k8s"
 OVERLAYS = sorted(str(p.relative_to(REPO)) for p in K8S.glob("overlays/*/*") if p.name != "namespace")
 BASES = sorted(str(p.relative_to(REPO)) for p in K8S.glob("base/*"))
 KUBERNETES_VERSIONS = ("1.30.0", "1.32.0", "1.34.0")
@@ -40,8 +40,8 @@ def all_rendered():
 
 
 def test_every_base_and_overlay_renders():
-    assert OVERLAYS == sorted(f"k8s/overlays/{o}/{c}" for o in ("gpu", "local") for c in COMPONENTS)
-    assert {f"k8s/base/{c}" for c in COMPONENTS} == set(BASES)
+    assert OVERLAYS == sorted(f"xray/k8s/overlays/{o}/{c}" for o in ("gpu", "local") for c in COMPONENTS)
+    assert {f"xray/k8s/base/{c}" for c in COMPONENTS} == set(BASES)
     for path in BASES + OVERLAYS:
         kinds = {obj["kind"] for obj in render(path)}
         assert kinds, path
@@ -112,7 +112,7 @@ def test_every_unauthenticated_grpc_port_is_covered_by_a_network_policy():
                 assert port in allowed or any("ports" not in rule for rule in rules), f"{path}: {obj['metadata']['name']} port {port} is not covered by a NetworkPolicy"
 
 
-@pytest.mark.parametrize("overlay", ["k8s/overlays/local/train", "k8s/overlays/gpu/train"])
+@pytest.mark.parametrize("overlay", ["xray/k8s/overlays/local/train", "xray/k8s/overlays/gpu/train"])
 def test_the_train_job_env_yields_the_tf_config_the_trainer_builds(overlay):
     """On the rendered objects, with the one downward-API field (the job-name label) filled in here: a stand-in
     for the kubelet, kept because it also covers the GPU overlay, which the real node cannot run. What the real
@@ -148,7 +148,7 @@ def test_train_job_failure_policy_deadline_and_threads():
     from trainer.train import EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET, EXIT_PEER_LOST
 
     for overlay in ("local", "gpu"):
-        (job,) = [o for o in render(f"k8s/overlays/{overlay}/train") if o["kind"] == "Job"]
+        (job,) = [o for o in render(f"xray/k8s/overlays/{overlay}/train") if o["kind"] == "Job"]
         spec = job["spec"]
         assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
         assert spec["podReplacementPolicy"] == "Failed" and spec["backoffLimit"] >= 3
@@ -168,7 +168,7 @@ def test_train_job_failure_policy_deadline_and_threads():
 
 
 def test_the_gpu_overlay_uses_nccl_and_opens_the_workers_to_each_other():
-    objects = render("k8s/overlays/gpu/train")
+    objects = render("xray/k8s/overlays/gpu/train")
     (job,) = [o for o in objects if o["kind"] == "Job"]
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert "train.collective=nccl" in container["args"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -191,7 +191,7 @@ def test_the_volume_is_a_step_of_its_own():
 def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():
     from tuner.search import complete_tuner_id
 
-    objects = render("k8s/overlays/local/tune")
+    objects = render("xray/k8s/overlays/local/tune")
     (oracle,) = [o for o in objects if o["kind"] == "Service"]
     workers = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"] == "xray-tune-workers")
     env = {e["name"]: e["value"] for e in workers["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
@@ -209,11 +209,11 @@ def test_serving_config_in_the_base_is_what_the_exporter_writes(tmp_path):
     serving_config.write_all(str(tmp_path), "/models/xray")
     for name in ("batching.config", "monitoring.config"):
         committed = (K8S / "base/serving/config" / name).read_text()
-        assert committed == (tmp_path / name).read_text(), f"k8s/base/serving/config/{name} is stale"
+        assert committed == (tmp_path / name).read_text(), f"xray/k8s/base/serving/config/{name} is stale"
 
 
 def test_serving_probes_and_image_tags():
-    objects = render("k8s/overlays/local/serving")
+    objects = render("xray/k8s/overlays/local/serving")
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "tensorflow/serving:2.21.0"

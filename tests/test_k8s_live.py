@@ -22,7 +22,7 @@ from conftest import REPO, run_xray, wait_for
 pytestmark = pytest.mark.cluster
 
 IMAGE = "registry.example.com/xray:0.1.0"
-OVERLAYS = sorted((p.parent.name, p.name) for p in (REPO / "k8s" / "overlays").glob("*/*")
+OVERLAYS = sorted((p.parent.name, p.name) for p in (REPO / "xray" / "k8s" / "overlays").glob("*/*")
                   if p.name not in ("namespace", "storage"))
 CHAOS = "pod-container-running-failed.stage.kwok.x-k8s.io"
 COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"

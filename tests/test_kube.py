@@ -234,9 +234,9 @@ def test_an_image_reference_splits_at_the_tag_not_at_the_registry_port(image, ex
 def test_an_unknown_overlay_names_the_overlays_and_components_there_are():
     with pytest.raises(kube.RenderError) as caught:
         render.overlay_dir(kube.RenderRequest("train", overlay="staging"))
-    overlays = sorted(p.name for p in (render.REPO / "k8s" / "overlays").iterdir())
-    components = sorted(p.name for p in (render.REPO / "k8s" / "overlays" / "local").iterdir() if p.name != "namespace")
-    assert str(caught.value) == (f"no overlay k8s/overlays/staging/train; overlays: {', '.join(overlays)}; "
+    overlays = sorted(p.name for p in (render.MANIFESTS / "overlays").iterdir())
+    components = sorted(p.name for p in (render.MANIFESTS / "overlays" / "local").iterdir() if p.name != "namespace")
+    assert str(caught.value) == (f"no overlay xray/k8s/overlays/staging/train; overlays: {', '.join(overlays)}; "
                                  f"components: {', '.join(components)}")
     assert "namespace" not in components and "train" in components
 
@@ -247,7 +247,7 @@ def test_an_unknown_overlay_names_the_overlays_and_components_there_are():
     (kube.RenderRequest("train", image="r/x:1", config_file="/nope/best.json"), "CONFIG=/nope/best.json: no such file"),
     (kube.RenderRequest("train", image=":0.1.0"), "set the project image (got ':0.1.0')"),
     (kube.RenderRequest("export", image="xray:0.1.0"), "set the project image"),
-    (kube.RenderRequest("train", overlay="staging", image="r/x:1"), "no overlay k8s/overlays/staging/train"),
+    (kube.RenderRequest("train", overlay="staging", image="r/x:1"), "no overlay xray/k8s/overlays/staging/train"),
 ])
 def test_preflight_refuses_what_the_cluster_would_retry_or_reject(tmp_path, request_, message):
     with pytest.raises(kube.ClusterError, match=re.escape(message)):

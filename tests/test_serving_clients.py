@@ -3,7 +3,7 @@ http://localhost:8501) and XRAY_TFSERVING_GRPC (e.g. localhost:8500) name a real
 serving an exported xray model (`make serve`), against that server too: the way to check the clients on a
 new TF Serving release. Without the variables only the stand-in runs (it is parametrised out, not skipped).
 
-The stand-in runs with our Deployment's flags (k8s/base/serving/deployment.yaml) over two exported
+The stand-in runs with our Deployment's flags (xray/k8s/base/serving/deployment.yaml) over two exported
 versions with stable -> 1, canary -> 2.
 """
 

@@ -591,11 +591,11 @@ def _add_preflight(sub):
                        "make volume), the image, that there are at least as many train shards as workers (when DATA is "
                        "readable from here), the run config (train/tune: the overlay's preset, or --config, with the "
                        "overrides; the batch must split over the workers) and that no job of the same name is still "
-                       "running; then writes OUT/kustomization.yaml on top of k8s/overlays/OVERLAY/COMPONENT "
+                       "running; then writes OUT/kustomization.yaml on top of xray/k8s/overlays/OVERLAY/COMPONENT "
                        "(apply it with kubectl apply -k OUT).",
                        epilog="overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5")
     p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
-    p.add_argument("--overlay", default="local", help="k8s/overlays/<overlay> (local, gpu)")
+    p.add_argument("--overlay", default="local", help="xray/k8s/overlays/<overlay> (local, gpu)")
     p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving and storage); serving: a "
                    "TF Serving image in place of the overlay's tensorflow/serving:2.21.0")
     p.add_argument("--workers", type=int, default=2, help="training workers / tuning trial workers")

@@ -1,5 +1,5 @@
 """Renders one step of the cluster flow: a kustomization in build/k8s/<component>/ on top of
-k8s/overlays/<overlay>/<component>, with the run's values (image, worker count, paths, storage class,
+xray/k8s/overlays/<overlay>/<component>, with the run's values (image, worker count, paths, storage class,
 and for train/tune the run config the pods start from).
 
 The run config is resolved here, on the workstation, so that a bad one is refused before anything is
@@ -18,7 +18,9 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# The kustomize bases, overlays and components ship inside the package (package data), so an installed xray
+# renders the same manifests as a clone.
+MANIFESTS = Path(__file__).resolve().parent / "k8s"
 # component -> (the Jobs/Deployments it runs, with their container); storage and upload have none.
 WORKLOADS = {
     "storage": [], "upload": [],
@@ -68,11 +70,14 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def overlay_dir(request: RenderRequest) -> Path:
-    overlay = REPO / "k8s" / "overlays" / request.overlay / request.component
+    overlay = MANIFESTS / "overlays" / request.overlay / request.component
     if not overlay.is_dir():
-        overlays = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir())
-        components = sorted(p.name for p in (REPO / "k8s" / "overlays" / overlays[0]).iterdir() if p.name != "namespace")
-        raise RenderError(f"no overlay k8s/overlays/{request.overlay}/{request.component}; overlays: {', '.join(overlays)}; "
+        if not (MANIFESTS / "overlays").is_dir():
+            raise RenderError(f"the package's manifests are missing ({MANIFESTS / 'overlays'}): reinstall xray-classifier "
+                              "from a clone or its wheel")
+        overlays = sorted(p.name for p in (MANIFESTS / "overlays").iterdir())
+        components = sorted(p.name for p in (MANIFESTS / "overlays" / overlays[0]).iterdir() if p.name != "namespace")
+        raise RenderError(f"no overlay xray/k8s/overlays/{request.overlay}/{request.component}; overlays: {', '.join(overlays)}; "
                           f"components: {', '.join(components)}")
     return overlay
 

@@ -125,10 +125,10 @@ def _max_batch_size(path: str) -> int:
 
 
 def deployment_args() -> list[str]:
-    """The tensorflow_model_server arguments of our Deployment (k8s/base/serving/deployment.yaml)."""
+    """The tensorflow_model_server arguments of our Deployment (xray/k8s/base/serving/deployment.yaml)."""
     import yaml
 
-    path = Path(__file__).resolve().parents[2] / "k8s/base/serving/deployment.yaml"
+    path = Path(__file__).resolve().parents[2] / "xray/k8s/base/serving/deployment.yaml"
     for document in yaml.safe_load_all(path.read_text()):
         if document and document.get("kind") == "Deployment":
             (container,) = [c for c in document["spec"]["template"]["spec"]["containers"] if c["name"] == "tfserving"]
