@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from conftest import REPO, run_xray
@@ -89,6 +90,8 @@ def _kill_a_worker_after_epochs(process, workdir, num_epochs, worker_index=1, ti
     while time.monotonic() < deadline:
         pids = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\[launcher\] worker (\d+) pid (\d+)", "".join(lines))}
         if len(_history(workdir)) >= num_epochs and worker_index in pids:
+            # The launcher starts the worker module with the resolved job, not the command line again.
+            assert psutil.Process(pids[worker_index]).cmdline()[1:3] == ["-m", "trainer.worker"]
             os.kill(pids[worker_index], signal.SIGKILL)
             break
         if process.poll() is not None:

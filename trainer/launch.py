@@ -1,6 +1,6 @@
 """Runs the training entry point as N local worker processes, the way N pods would run it.
 
-Each worker gets the TF_CONFIG a pod would get (hosts on 127.0.0.1 ports reserved by trainer.ports), a share of
+Each worker is `python -m trainer.worker JOB` (trainer.worker: the function a pod's `xray train` also ends in). It gets the TF_CONFIG a pod would get (hosts on 127.0.0.1 ports reserved by trainer.ports), a share of
 the CPU cores, and its output prefixed with ``[worker i]``. If one worker fails the others are stopped
 (a worker blocked in a collective ignores SIGTERM, hence SIGKILL after a grace period) and the
 launcher exits with the failed worker's status. Ctrl-C stops them all.
@@ -18,6 +18,7 @@ import time
 
 from trainer import cluster
 from trainer.ports import Reservation
+from trainer.worker import TrainJob
 
 GRACE_SECONDS = 10
 
@@ -41,14 +42,19 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def module_command(module: str, *args: str) -> list[str]:
+    """``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
 def run_group(members: list[tuple[str, list[str], dict]], sink=None) -> int:
-    """Starts ``python -m xray <args>`` per (label, args, extra env); returns 0 when all succeed, else the
-    first failure's status (after stopping the others)."""
+    """Starts one process per (label, command, extra env); returns 0 when all succeed, else the first failure's
+    status (after stopping the others)."""
     sink = sink or sys.stdout
     processes, streams = [], []
-    for label, args, extra_env in members:
+    for label, command, extra_env in members:
         env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen([sys.executable, "-m", "xray", *args], env=env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(process)
         sink.write(f"[launcher] {label} pid {process.pid}\n")
@@ -78,10 +84,11 @@ def run_group(members: list[tuple[str, list[str], dict]], sink=None) -> int:
         sink.flush()
 
 
-def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
-    """Runs the training entry point as ``num_workers`` local processes with pod-identical TF_CONFIGs."""
+def launch(num_workers: int, job: TrainJob, sink=None) -> int:
+    """Runs ``job`` as ``num_workers`` local worker processes with pod-identical TF_CONFIGs."""
     if num_workers < 1:
-        raise ValueError(f"--workers {num_workers} must be at least 1")
+        raise ValueError(f"{num_workers} workers: there must be at least 1")
+    command = module_command("trainer.worker", job.to_json())
     sink = sink or sys.stdout
     with Reservation(num_workers) as ports:  # held until the workers are gone
         hosts = [f"127.0.0.1:{port}" for port in ports]
@@ -90,6 +97,6 @@ def launch(num_workers: int, worker_args: list[str], sink=None) -> int:
         for index in range(num_workers):
             # TF_CONFIG takes precedence over any Indexed Job variables in the environment.
             env = {"TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), cluster.THREADS_ENV: threads}
-            members.append((f"worker {index}", worker_args, env))
+            members.append((f"worker {index}", command, env))
             sink.write(f"[launcher] worker {index} at {hosts[index]} ({threads} thread(s))\n")
         return run_group(members, sink)

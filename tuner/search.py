@@ -14,7 +14,6 @@ with another id it is a worker that runs trials; with neither it searches alone.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -33,61 +32,10 @@ from data.atomic import write_atomic
 from trainer.config import Config
 from trainer.kerasapi import keras
 from trainer.model import build_model, compile_model
-from tuner import check_algorithm
 from tuner.kt import kt, tuner_utils
+from tuner.space import OBJECTIVES, SearchOptions, SearchSpace, config_for
 
-OBJECTIVES = {"val_loss": "min", "val_auc": "max"}
 PROJECT = "search"
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchSpace:
-    dropout1: tuple[float, float] = (0.0, 0.6)
-    dropout2: tuple[float, float] = (0.0, 0.6)
-    l2: tuple[float, float] = (1e-6, 1e-2)
-    learning_rate: tuple[float, float] = (1e-5, 1e-3)
-
-    @classmethod
-    def parse(cls, assignments: list[str]) -> "SearchSpace":
-        """``name=low:high`` strings, e.g. ``dropout1=0.1:0.5`` or ``learning_rate=1e-5:1e-2``."""
-        values = {}
-        names = [f.name for f in dataclasses.fields(cls)]
-        for assignment in assignments:
-            name, _, bounds = assignment.partition("=")
-            low, sep, high = bounds.partition(":")
-            if name not in names or not sep:
-                raise ValueError(f"--range {assignment!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(names)}")
-            try:
-                values[name] = (float(low), float(high))
-            except ValueError:
-                raise ValueError(f"--range {assignment!r}: LOW and HIGH must be numbers") from None
-            if not values[name][0] < values[name][1]:
-                raise ValueError(f"--range {assignment!r}: LOW must be below HIGH")
-        return cls(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchOptions:
-    algorithm: str = "bayesian"
-    objective: str = "val_loss"
-    max_trials: int = 8
-    epochs_per_trial: int = 0  # 0: the preset's train.epochs
-    patience: int = 3  # early stopping inside a trial
-    seed: int = 0
-
-    def __post_init__(self):
-        check_algorithm(self.algorithm)
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
-        if self.max_trials < 1:
-            raise ValueError(f"--max-trials {self.max_trials} must be at least 1")
-
-
-def config_for(base: Config, values: dict) -> Config:
-    """The trainer config for one set of hyperparameter values."""
-    model = dataclasses.replace(base.model, dropout1=values["dropout1"], dropout2=values["dropout2"], l2=values["l2"])
-    train = dataclasses.replace(base.train, learning_rate=values["learning_rate"])
-    return dataclasses.replace(base, model=model, train=train)
 
 
 class XrayHyperModel(kt.HyperModel):
@@ -200,14 +148,18 @@ class DefaultsFirstRandom(_DefaultsFirst, _Reporting, kt.oracles.RandomSearchOra
     pass
 
 
-def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str):
+def make_tuner(hypermodel: XrayHyperModel, options: SearchOptions, workdir: str, restart: list[str] | None = None):
+    """``restart``: the command this process re-executes itself as to continue in a fresh process (XrayTuner);
+    None: it never restarts."""
     objective = kt.Objective(options.objective, OBJECTIVES[options.objective])
     common = dict(objective=objective, seed=options.seed, max_consecutive_failed_trials=3)
     oracle_cls = DefaultsFirstBayesian if options.algorithm == "bayesian" else DefaultsFirstRandom
     oracle = oracle_cls(max_trials=options.max_trials, **common)
     oracle.report = lambda o: write_reports(o, hypermodel, options, workdir)
     restart_policy()  # a bad XRAY_TUNE_* value stops here, before the first trial
-    return XrayTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
+    tuner = XrayTuner(oracle=oracle, hypermodel=hypermodel, directory=workdir, project_name=PROJECT, overwrite=False)
+    tuner.restart_command = restart
+    return tuner
 
 
 TRIALS_PER_PROCESS_ENV = "XRAY_TUNE_TRIALS_PER_PROCESS"
@@ -228,9 +180,11 @@ class XrayTuner(kt.Tuner):
     largest seen here) would take the resident memory past the budget, ``XRAY_TUNE_MEMORY_MB`` or half of
     the container's limit (cgroup) or of the machine's memory. A process start costs ~6 s, which short
     trials on cached features feel; ``XRAY_TUNE_TRIALS_PER_PROCESS=N`` instead restarts after every N
-    trials (0: never).
+    trials (0: never). The command re-executed is ``restart_command`` (tuner.session's module with the same
+    job); without one the process never restarts.
     """
 
+    restart_command: list[str] | None = None
     trials_here = 0
     growth_mb = 0
     _rss_at_begin = 0
@@ -266,11 +220,11 @@ class XrayTuner(kt.Tuner):
         else:
             restart = rss + XrayTuner.growth_mb > budget
             why = f"one more trial (+{XrayTuner.growth_mb} MB) would pass the {budget} MB budget"
-        if restart:
+        if restart and self.restart_command:
             print(f"[tune] {XrayTuner.trials_here} trial(s) in this process (rss {rss} MB; {why}); "
                   "continuing in a fresh process to return their memory", flush=True)
             sys.stderr.flush()
-            os.execv(sys.executable, [sys.executable, "-m", "xray", *sys.argv[1:]])
+            os.execv(self.restart_command[0], self.restart_command)
 
 
 def restart_policy() -> tuple[int | None, int]:
@@ -460,15 +414,17 @@ def watch_oracle(interval_s: float = 5, misses: int = 3) -> threading.Thread:
     return thread
 
 
-def run(data_uri: str, workdir: str, base: Config, options: SearchOptions, space: SearchSpace = SearchSpace()) -> list[dict]:
-    """Searches (or continues a search in ``workdir``) in this process's role; returns the trial rows."""
+def run(data_uri: str, workdir: str, base: Config, options: SearchOptions, space: SearchSpace = SearchSpace(),
+        restart: list[str] | None = None) -> list[dict]:
+    """Searches (or continues a search in ``workdir``) in this process's role; returns the trial rows. ``restart``:
+    the command that continues this search in a fresh process when memory runs short (see XrayTuner)."""
     current = role()
     cluster.configure_threads()  # XRAY_THREADS: the pod's CPU limit, or cores / processes locally
     if current == "worker":
         wait_for_oracle(float(os.environ.get(ORACLE_WAIT_ENV, "300")))
         watch_oracle()
     hypermodel = XrayHyperModel(base, space, options, data_uri)
-    tuner = make_tuner(hypermodel, options, workdir)
+    tuner = make_tuner(hypermodel, options, workdir, restart)
     tuner.search()
     if current == "worker":
         return []

@@ -7,8 +7,8 @@ REST client never imports TensorFlow. Errors the user can fix print one line and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -147,11 +147,6 @@ def _config_from_args(args):
         raise UserError(str(error)) from None
 
 
-def _config_source_args(args) -> list[str]:
-    """How child processes get the same base config: --config FILE or --preset NAME."""
-    return ["--config", args.config] if args.config else ["--preset", args.preset]
-
-
 def _add_train(sub):
     from trainer.config import PRESETS
 
@@ -173,24 +168,21 @@ def _add_train(sub):
 
 
 def _run_train(args):
+    from trainer import worker
     from trainer.config import ConfigError
 
-    config = _config_from_args(args)
+    job = worker.TrainJob(args.data, args.workdir, _config_from_args(args).to_dict(), args.verify_shards)
     if args.workers is not None:
         from trainer import launch
 
         if args.workers < 1:
             raise UserError(f"--workers {args.workers} must be at least 1")
-        worker_args = ["train", "--data", args.data, "--workdir", args.workdir, *_config_source_args(args),
-                       *(["--verify-shards"] if args.verify_shards else [])]
-        code = launch.launch(args.workers, worker_args + list(args.overrides))
+        code = launch.launch(args.workers, job)
         if code:
             print(f"training failed (status {code}); re-run the same command to resume from the backup", file=sys.stderr)
         return code
-    from trainer import train
-
     try:
-        summary = train.run(args.data, args.workdir, config, verify_shards=args.verify_shards)
+        summary = worker.run(job)
     except (ConfigError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     print(json.dumps(summary))
@@ -522,65 +514,21 @@ def _run_tune(args):
         tuner.check_algorithm(args.algorithm)  # before --parallel starts any process
     except ValueError as error:
         raise UserError(str(error)) from None
+    if args.parallel is not None and args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel} must be at least 1")
     base = _config_from_args(args)
-    if args.parallel is not None:
-        from trainer import launch
-        from trainer.ports import Reservation
-
-        if args.parallel < 1:
-            raise UserError(f"--parallel {args.parallel} must be at least 1")
-        oracle_port = Reservation(1)  # held until the chief and the workers are gone
-        port = oracle_port.ports[0]
-        role_args = ["tune", "--data", args.data, "--workdir", args.workdir, "--algorithm", args.algorithm,
-                     "--objective", args.objective, "--max-trials", str(args.max_trials),
-                     "--epochs-per-trial", str(args.epochs_per_trial), "--patience", str(args.patience)]
-        role_args += _config_source_args(args)
-        for item in args.range:
-            role_args += ["--range", item]
-        role_args += list(args.overrides)
-        threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
-        oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-        members = [("chief", role_args, {**oracle, "KERASTUNER_TUNER_ID": "chief", "CUDA_VISIBLE_DEVICES": ""})]
-        members += [(f"tuner{i}", role_args, {**oracle, "KERASTUNER_TUNER_ID": f"tuner{i}", "XRAY_THREADS": threads})
-                    for i in range(args.parallel)]
-        with oracle_port:
-            code = launch.run_group(members)
-        if code:
-            print(f"tuning failed (status {code}); re-run the same command to continue the search", file=sys.stderr)
-            return code
-        return _tune_report_and_retrain(args)
-    from tuner import search
+    from tuner import session, space
 
     try:
-        options = search.SearchOptions(args.algorithm, args.objective, args.max_trials, args.epochs_per_trial,
-                                       args.patience)
-        space = search.SearchSpace.parse(args.range)
-        rows = search.run(args.data, args.workdir, base, options, space)
+        options = space.SearchOptions(args.algorithm, args.objective, args.max_trials, args.epochs_per_trial,
+                                      args.patience)
+        job = session.TuneJob(args.data, args.workdir, base.to_dict(), dataclasses.asdict(options),
+                              dataclasses.asdict(space.SearchSpace.parse(args.range)), args.workers if args.retrain else 0)
+        if args.parallel is not None:
+            return session.run_parallel(job, args.parallel)
+        return session.run(job)
     except (ValueError, TimeoutError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
-    if search.role() != "alone":
-        return 0
-    return _tune_report_and_retrain(args, rows)
-
-
-def _tune_report_and_retrain(args, rows=None):
-    workdir = args.workdir.rstrip("/")
-    if rows is None:
-        with open(f"{workdir}/trials.json") as f:
-            rows = json.load(f)
-    from tuner.search import format_table
-
-    print(format_table(rows, args.objective))
-    print(f"best config: {workdir}/best_config.json  (xray train --config {workdir}/best_config.json ...)")
-    if args.retrain:
-        from trainer import launch
-
-        train_args = ["train", "--data", args.data, "--workdir", f"{workdir}/best", "--config", f"{workdir}/best_config.json"]
-        code = launch.launch(args.workers, train_args)
-        if code:
-            return code
-        return main(["evaluate", "--data", args.data, "--workdir", f"{workdir}/best"])
-    return 0
 
 
 def _add_preflight(sub):
@@ -736,11 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # TensorFlow's Python loggers print a line per collective op at INFO.
-    for noisy in ("tensorflow", "absl"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from trainer.worker import configure_logging  # the same format in the worker processes
+
+    configure_logging(args.verbose)
     try:
         for name in PATH_ARGUMENTS:
             value = getattr(args, name, None)
