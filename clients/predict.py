@@ -62,7 +62,7 @@ def read_image(path: str) -> bytes:
         raise ValueError(str(error)) from None
 
 
-def _tf_error_line(message: str) -> str:
+def tf_error_line(message: str) -> str:
     """The line of a TensorFlow error that says what went wrong (the op's own message), without the graph
     execution preamble, the node locations or the function name prefix."""
     import re
@@ -94,7 +94,7 @@ class LocalModel:
         try:
             outputs = self.loaded.signatures[contract.SIGNATURE_BYTES](**{contract.INPUT_BYTES: tf.constant(images)})
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            raise ServingError("INVALID_ARGUMENT", _tf_error_line(error.message)) from None
+            raise ServingError("INVALID_ARGUMENT", tf_error_line(error.message)) from None
         probabilities = outputs[contract.OUTPUT_PROBABILITY].numpy().tolist()
         labels = [v.decode() for v in outputs[contract.OUTPUT_LABEL].numpy()]
         return [{"probability": p, "label": label} for p, label in zip(probabilities, labels)]

@@ -157,7 +157,7 @@ def list_source(src: str | Path) -> dict[str, list[Member]]:
     return splits
 
 
-def _chunks(member: Member):
+def member_chunks(member: Member):
     """The member's bytes in chunks; refuses one that is longer or shorter than its declared size (a zip member
     that inflates past its header is stopped at the header's size plus one chunk, never read whole)."""
     seen = 0
@@ -177,7 +177,7 @@ def file_list(members: list[Member], progress=None) -> dict[str, list]:
     for member in members:
         digest = hashlib.sha256()
         try:
-            for chunk in _chunks(member):
+            for chunk in member_chunks(member):
                 digest.update(chunk)
         except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
             raise UploadError(f"cannot read {member.origin} from SRC ({error}); nothing was sent") from None
@@ -252,7 +252,8 @@ class _Progress:
             self.out.write("\n")
 
 
-def _receiver_error(result) -> str:
+def receiver_error(result) -> str:
+    """What a failed receiver command said: its last line on stderr, or its exit status when it said nothing."""
     lines = result.stderr.decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else f"exit status {result.returncode}"
 
@@ -263,7 +264,7 @@ def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> 
     dest = dest.rstrip("/")
     result = transport.run(["state", dest])
     if result.returncode != 0:
-        raise UploadError(f"cannot read {dest} where it is mounted: {_receiver_error(result)}")
+        raise UploadError(f"cannot read {dest} where it is mounted: {receiver_error(result)}")
     remote = json.loads(result.stdout.decode())
     report = {"sent": [], "skipped": [], "removed": [], "dest": dest, "files_sent": 0, "files_removed": 0}
     # Every local file is read and hashed before anything on the volume changes: a bad member stops the run here.
@@ -275,7 +276,7 @@ def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> 
     for split in sorted(set(remote) - set(splits)):
         result = transport.run(["remove", dest, split])
         if result.returncode != 0:
-            raise UploadError(f"{split}: cannot remove it from {dest}: {_receiver_error(result)}")
+            raise UploadError(f"{split}: cannot remove it from {dest}: {receiver_error(result)}")
         out.write(f"{split}: not in SRC any more; removed {dest}/{split} ({len(remote[split] or {})} files)\n")
         report["removed"].append(split)
     for split, members in sorted(splits.items()):
@@ -314,7 +315,7 @@ def upload(src: str | Path, dest: str, transport: Transport, out=sys.stderr) -> 
                               "volume is unchanged") from None
         progress.end()
         if result.returncode != 0:
-            raise UploadError(f"{split}: the receiving side refused the upload ({_receiver_error(result)}); "
+            raise UploadError(f"{split}: the receiving side refused the upload ({receiver_error(result)}); "
                               f"{dest}/{split} is unchanged. Re-run the same command")
         report["sent"].append(split)
         report["files_sent"] += len(send)
@@ -332,7 +333,7 @@ class _Verified:
 
     def __init__(self, member: Member, sha256: str):
         self.member, self.expected = member, sha256
-        self.chunks, self.buffer, self.digest = _chunks(member), b"", hashlib.sha256()
+        self.chunks, self.buffer, self.digest = member_chunks(member), b"", hashlib.sha256()
         self.taken, self.checked = 0, False
 
     def read(self, size: int = -1) -> bytes:
@@ -347,7 +348,7 @@ class _Verified:
             # tarfile reads exactly the declared size, never past it: check as soon as all of it was taken.
             if self.taken >= self.member.size and not self.checked:
                 self.checked = True
-                next(self.chunks, None)  # _chunks' own end: a file that grew or shrank raises here
+                next(self.chunks, None)  # member_chunks' own end: a file that grew or shrank raises here
                 if self.digest.hexdigest() != self.expected:
                     raise _Changed("it changed while it was being uploaded")
         except (OSError, zipfile.BadZipFile, EOFError) as error:
@@ -389,7 +390,7 @@ def state(dest: str) -> dict:
     return found
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
     """target as a copy of source made of hard links (no data copied; files are only ever replaced, never
     written in place, so the source copy cannot change through them)."""
     for folder, _, files in os.walk(source):
@@ -415,8 +416,8 @@ def receive(dest: str, split: str, stream) -> dict:
         previous = {}
     try:
         if previous:
-            _link_tree(final, staging)
-        staging.mkdir(exist_ok=True)  # made by _link_tree when there is a previous copy
+            link_tree(final, staging)
+        staging.mkdir(exist_ok=True)  # made by link_tree when there is a previous copy
         expected, received = None, {}
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:

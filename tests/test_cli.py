@@ -149,16 +149,3 @@ def test_make_train_remakes_the_demo_data_when_a_setting_changes(tmp_path):
     own = plan(f"DATA={tmp_path}/mine")  # your own shards are never remade (or removed)
     assert "xray synth" not in own and "rm -rf" not in own
 
-
-def test_no_library_starts_the_command_line():
-    """Worker and tuner processes are started as their own modules with the resolved job (trainer.worker,
-    tuner.session), never as `python -m xray ...`; only the command line's own files name it."""
-    import re
-
-    pattern = re.compile(r"""["']-m["'],\s*["']xray["']|-m xray(?![.\w])|\bxray\.cli\b|from xray import cli""")
-    front_ends = {REPO / "xray" / "cli.py", REPO / "xray" / "__main__.py", REPO / "xray" / "__init__.py"}
-    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
-             for package in ("data", "trainer", "tuner", "serving", "clients", "xray")
-             for path in sorted((REPO / package).rglob("*.py")) if path not in front_ends
-             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
-    assert found == []

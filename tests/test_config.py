@@ -144,14 +144,19 @@ def test_the_global_batch_must_split_evenly_and_the_refusal_lists_what_would():
 @pytest.mark.parametrize("raw, value", [("1", True), ("true", True), ("Yes", True), ("ON", True), ("0", False),
                                         ("false", False), ("no", False), ("Off", False), (True, True), (False, False)])
 def test_booleans_are_read_in_every_documented_spelling(raw, value):
-    assert cfg._coerce(cfg.TrainConfig, "xla", raw) is value
+    assert _loaded("train", "xla", raw) is value
+
+
+def _loaded(section: str, name: str, raw):
+    """The value a config.json holding ``{section: {name: raw}}`` gives (overrides coerce the same way)."""
+    return getattr(getattr(Config.from_dict({section: {name: raw}}), section), name)
 
 
 @pytest.mark.parametrize("name, raw, value", [("epochs", "7", 7), ("epochs", 7.0, 7), ("epochs", 7, 7),
                                               ("learning_rate", "3e-4", 3e-4), ("learning_rate", 1, 1.0),
                                               ("mixed_precision", "off", "off")])
 def test_numbers_and_strings_are_coerced_to_the_declared_type(name, raw, value):
-    coerced = cfg._coerce(cfg.TrainConfig, name, raw)
+    coerced = _loaded("train", name, raw)
     assert coerced == value and type(coerced) is type(value)
 
 
@@ -162,29 +167,35 @@ def test_numbers_and_strings_are_coerced_to_the_declared_type(name, raw, value):
                                                       ("eval", "seed", "one", "int")])
 def test_a_value_of_the_wrong_type_is_named_with_its_key_and_type(section, name, raw, kind):
     with pytest.raises(ConfigError) as caught:
-        cfg._coerce(cfg._SECTIONS[section], name, raw)
+        Config.from_dict({section: {name: raw}})
     assert str(caught.value) == f"{section}.{name}={raw!r} is not a valid {kind}"
 
 
 def test_key_errors_list_what_exists():
+    def override(key):
+        return cfg.preset("seed").override([f"{key}=1"])
+
     with pytest.raises(ConfigError) as caught:
-        cfg._resolve_key("optim.lr")
+        override("optim.lr")
     assert str(caught.value) == "unknown config section 'optim' in 'optim.lr'; sections: model, train, eval"
     with pytest.raises(ConfigError) as caught:
-        cfg._resolve_key("eval.nope")
+        override("eval.nope")
     assert str(caught.value) == ("unknown config key 'eval.nope'; known keys: eval.threshold_method, "
                                  "eval.target_sensitivity, eval.bootstrap_samples, eval.seed")
     with pytest.raises(ConfigError) as caught:
-        cfg._resolve_key("nope")
+        override("nope")
     assert str(caught.value).startswith("unknown config key 'nope'; known keys: model.image_size, model.weights, ")
     assert str(caught.value).endswith(", eval.bootstrap_samples, eval.seed")
     with pytest.raises(ConfigError) as caught:
-        cfg._resolve_key("model.dropout1.rate")  # the section is what comes before the first dot
+        override("model.dropout1.rate")  # the section is what comes before the first dot
     assert str(caught.value).startswith("unknown config key 'model.dropout1.rate'; known keys: model.image_size, ")
-    assert cfg._resolve_key("model.l2") == ("model", "l2") and cfg._resolve_key("epochs") == ("train", "epochs")
-    assert cfg._resolve_key("train.seed") == ("train", "seed")  # the section settles an ambiguous name
+    seed = cfg.preset("seed")
+    assert override("model.l2").model.l2 == 1.0 and override("epochs").train.epochs == 1
+    # The section settles an ambiguous name.
+    assert (override("train.seed").train.seed, override("train.seed").eval.seed) == (1, seed.eval.seed)
+    assert seed.train.seed != 1 and seed.eval.seed != 1
     with pytest.raises(ConfigError) as caught:
-        cfg._resolve_key("seed")
+        override("seed")
     assert str(caught.value) == "config key 'seed' is ambiguous: say train.seed or eval.seed"
 
 

@@ -47,7 +47,7 @@ def test_float16_loss_scaling_keeps_the_optimizers_own_aggregation():
     with pytest.raises(ConfigError, match="gradient_allreduce=bfloat16 does not combine with mixed_precision=float16"):
         exchange_gradients(model, TrainConfig(mixed_precision="float16", gradient_allreduce="bfloat16"))
     wrapped = exchange_gradients(model, TrainConfig())
-    assert wrapped is not model and wrapped._xray_exchange.factored_layer == "dense1"
+    assert wrapped is not model and wrapped.exchange.factored_layer == "dense1"
     # The view that exposes the head's input/output shares the layers and is not tracked twice.
     assert len(wrapped.weights) == len(model.weights)
 

@@ -275,24 +275,24 @@ def _train_job(args, env_from=None):
 
 
 def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_container_reads():
-    from xray.render import _container, _overlay_run_args
+    from xray.render import container_of, overlay_run_args
 
     args = ["-m", "xray", "train", "--preset", "demo", "--max-trials", "4", "--flag=x", "train.epochs=3", "model.l2=0"]
-    assert _overlay_run_args([_train_job(args)], "Job", "xray-train", "worker") == (
+    assert overlay_run_args([_train_job(args)], "Job", "xray-train", "worker") == (
         ["-m", "xray", "train", "--max-trials", "4", "--flag=x"], "demo", ["train.epochs=3", "model.l2=0"])
     maps = [{"kind": "ConfigMap", "metadata": {"name": "empty"}},
             {"kind": "ConfigMap", "metadata": {"name": "xray-train"}, "data": {"XRAY_PRESET": "seed"}}]
     env_from = [{"secretRef": {"name": "token"}}, {"configMapRef": {"name": "made-elsewhere"}},
                 {"configMapRef": {"name": "empty"}}, {"configMapRef": {"name": "xray-train"}}]
     job = _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from)
-    assert _overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "seed", [])
+    assert overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "seed", [])
     for unset in (_train_job(["train", "--preset", "$(XRAY_PRESET)"]), _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from[:3])):
         with pytest.raises(kube.RenderError) as caught:
-            _overlay_run_args([*maps, unset], "Job", "xray-train", "worker")
+            overlay_run_args([*maps, unset], "Job", "xray-train", "worker")
         assert str(caught.value) == ("the overlay's Job xray-train passes --preset $(XRAY_PRESET), but no ConfigMap its "
                                      "container reads sets XRAY_PRESET")
     with pytest.raises(kube.RenderError) as caught:
-        _container([{"kind": "Deployment", "metadata": {"name": "xray-train"}}, *maps], "Job", "xray-train", "worker")
+        container_of([{"kind": "Deployment", "metadata": {"name": "xray-train"}}, *maps], "Job", "xray-train", "worker")
     assert str(caught.value) == "the overlay has no Job xray-train"
 
 
@@ -501,7 +501,7 @@ def test_a_failed_mount_event_is_a_blocker_and_ready_pods_have_none():
     assert kube.blockers([_pod(0, "Running"), _pod(1, "Succeeded")], []) == []
 
 
-def test_watch_gives_up_with_exit_4_and_one_line(monkeypatch, capsys):
+def test_watch_gives_up_with_exit_4_and_one_line(capsys):
     """A pod stuck in ImagePullBackOff: watch prints its table until stuck_after has passed, then exits 4."""
     pod = _stuck_pod(0, waiting="ImagePullBackOff", message="Back-off pulling image")
     calls = []
@@ -510,9 +510,8 @@ def test_watch_gives_up_with_exit_4_and_one_line(monkeypatch, capsys):
         calls.append(name)
         return "pending", "table", kube.blockers([pod], [])
 
-    monkeypatch.setattr(kube, "_status", fake_status)
     code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=0.05, start_timeout_s=60))
+                      limits=kube.WatchLimits(stuck_after_s=0.05, start_timeout_s=60), read=fake_status)
     assert code == kube.WATCH_STUCK and len(calls) >= 2  # not at the first sight: a pull may still succeed
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: job xray/xray-train cannot run: pod {pod.metadata.name}: ImagePullBackOff: Back-off pulling image"]
@@ -520,12 +519,12 @@ def test_watch_gives_up_with_exit_4_and_one_line(monkeypatch, capsys):
     pod = _stuck_pod(0, waiting="ErrImageNeverPull", message="never")
     calls.clear()
     assert kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=60)) == kube.WATCH_STUCK
+                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=60), read=fake_status) == kube.WATCH_STUCK
     assert len(calls) == 1
 
 
-def test_watch_gives_up_when_nothing_starts(monkeypatch, capsys):
-    monkeypatch.setattr(kube, "_status", lambda name, namespace: ("pending", "table", []))
+def test_watch_gives_up_when_nothing_starts(capsys):
     code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.05))
+                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.05),
+                      read=lambda name, namespace: ("pending", "table", []))
     assert code == kube.WATCH_STUCK and "no pod started in 0 s" in capsys.readouterr().err

@@ -139,7 +139,8 @@ def test_fused_adam_matches_keras_adam(distributed):
 
         for gs in grads:
             step([tf.constant(g) for g in gs])
-        return [v.numpy() for v in variables] + [s.numpy() for s in optimizer._momentums + optimizer._velocities]
+        slots = [s for s in optimizer.variables if s is not optimizer.iterations]  # each variable's m and v
+        return [v.numpy() for v in variables] + [s.numpy() for s in slots]
 
     fused, reference = run(FusedAdam), run(keras.optimizers.Adam)
     assert len(fused) == 3 * len(shapes)

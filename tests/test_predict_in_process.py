@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from clients import ServingError
-from clients.predict import (_tf_error_line, collect_files, format_jsonl, format_table, predict_files,
+from clients.predict import (tf_error_line, collect_files, format_jsonl, format_table, predict_files,
                              read_image, save_overlay)
 from serving import contract
 
@@ -74,14 +74,14 @@ def test_the_useful_line_of_a_tensorflow_error_is_kept():
                "  File \"x.py\", line 3, in f\n\n"
                "{{function_node __inference_serve_123}} Invalid PNG data, size 12\n"
                "\t [[{{node DecodePng}}]] [Op:__inference_serve_123]")
-    assert _tf_error_line(message) == "Invalid PNG data, size 12"
-    assert _tf_error_line("Input is empty. [[{{node DecodeJpeg}}]]") == "Input is empty."
+    assert tf_error_line(message) == "Invalid PNG data, size 12"
+    assert tf_error_line("Input is empty. [[{{node DecodeJpeg}}]]") == "Input is empty."
     # Whatever comes last, the frames, node locations and preamble are never taken for the message.
     for tail in ['  File "serve.py", line 3, in f', "Detected at node DecodePng", "Graph execution error:",
                  "Graph execution error", "defined at (most recent call last):"]:
-        assert _tf_error_line(f"Invalid JPEG data\n{tail}") == "Invalid JPEG data", tail
-    assert _tf_error_line("  Some op failed:  \n") == "Some op failed:"  # nothing useful: the first line, stripped
-    assert _tf_error_line("") == ""
+        assert tf_error_line(f"Invalid JPEG data\n{tail}") == "Invalid JPEG data", tail
+    assert tf_error_line("  Some op failed:  \n") == "Some op failed:"  # nothing useful: the first line, stripped
+    assert tf_error_line("") == ""
 
 
 class Recording:

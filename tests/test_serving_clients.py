@@ -152,7 +152,7 @@ def test_a_persistent_overload_gives_up_after_the_retries_and_predict_stops_with
         target = stub_endpoints.rest if transport == "rest" else stub_endpoints.grpc
         result = run_xray("predict", synth_dir / "test" / "NORMAL", f"--{transport}", target, "--timeout", 5, check=False)
     finally:
-        stub._faults.clear()
+        stub.clear_faults()
     assert result.returncode == 2 and "UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""  # no file was reported as bad because the server was down
 

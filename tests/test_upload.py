@@ -78,7 +78,7 @@ def test_a_stream_that_fails_midway_waits_for_the_receiver_and_changes_nothing(s
     for path in sorted((src / "train").rglob("*.jpeg"))[:5]:
         path.write_bytes(path.read_bytes() + b"\0")  # five changed films to send
     victim = sorted((src / "train").rglob("*.jpeg"))[3]
-    real_chunks = upload._chunks
+    real_chunks = upload.member_chunks
 
     def failing(member):
         if member.origin == victim.relative_to(src).as_posix() and failing.listed:
@@ -96,12 +96,12 @@ def test_a_stream_that_fails_midway_waits_for_the_receiver_and_changes_nothing(s
 
     list_then_fail.calls = 0
     failing.listed = False
-    upload._chunks, upload.file_list = failing, list_then_fail
+    upload.member_chunks, upload.file_list = failing, list_then_fail
     try:
         with pytest.raises(upload.UploadError, match="Input/output error.*unchanged") as info:
             upload.upload(src, str(dest), upload.local_exec(), out=io.StringIO())
     finally:
-        upload._chunks, upload.file_list = real_chunks, real_list
+        upload.member_chunks, upload.file_list = real_chunks, real_list
     assert info.value.code == 1 and victim.name in str(info.value)
     assert _tree(dest) == before and (dest / "train" / upload.INDEX_NAME).read_text() == index_before
     assert not [p for p in dest.iterdir() if p.name.startswith((".partial-", ".old-"))]

@@ -148,16 +148,16 @@ def _member(data: bytes, size: int) -> upload.Member:
 
 def test_a_member_longer_or_shorter_than_declared_is_stopped_with_both_sizes(monkeypatch):
     monkeypatch.setattr(upload, "CHUNK", 4)
-    assert b"".join(upload._chunks(_member(b"12345678", 8))) == b"12345678"
+    assert b"".join(upload.member_chunks(_member(b"12345678", 8))) == b"12345678"
     reads = []
     longer = _member(b"x" * 40, 5)
     with pytest.raises(OSError) as caught:
-        for chunk in upload._chunks(longer):
+        for chunk in upload.member_chunks(longer):
             reads.append(chunk)
     assert str(caught.value) == "more bytes than the 5 its header declares"
     assert sum(map(len, reads)) <= 5 + 4  # stopped within one chunk, never read whole
     with pytest.raises(OSError) as caught:
-        list(upload._chunks(_member(b"abc", 5)))
+        list(upload.member_chunks(_member(b"abc", 5)))
     assert str(caught.value) == "3 bytes where its header declares 5"
     with pytest.raises(upload.UploadError) as caught:
         upload.file_list([_member(b"abc", 5)])
@@ -237,8 +237,8 @@ def test_a_stream_the_receiver_stops_reading_ends_quietly_and_a_local_failure_is
 
 def test_the_receivers_last_line_is_the_reason_or_its_exit_status():
     failed = subprocess.CompletedProcess([], 1, b"", b"Traceback ...\nreceiver: disk full\n\n")
-    assert upload._receiver_error(failed) == "receiver: disk full"
-    assert upload._receiver_error(subprocess.CompletedProcess([], 137, b"", b"")) == "exit status 137"
+    assert upload.receiver_error(failed) == "receiver: disk full"
+    assert upload.receiver_error(subprocess.CompletedProcess([], 137, b"", b"")) == "exit status 137"
 
 
 class _Fails:
@@ -316,7 +316,7 @@ def test_the_kept_copy_is_made_of_hard_links_without_the_old_index(tmp_path):
     files = {"NORMAL/a.jpeg": b"aa", "PNEUMONIA/b.jpeg": b"bbb"}
     upload.receive(str(root), "train", _stream(files, _listed(files)))
     inode = (root / "train/NORMAL/a.jpeg").stat().st_ino
-    upload._link_tree(root / "train", tmp_path / "copy")
+    upload.link_tree(root / "train", tmp_path / "copy")
     assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file()) \
         == ["NORMAL/a.jpeg", "PNEUMONIA/b.jpeg"]
     assert (tmp_path / "copy/NORMAL/a.jpeg").stat().st_ino == inode
@@ -345,7 +345,7 @@ def test_spaces_are_fine_in_a_member_name_and_a_bare_drive_is_absolute(name, pro
 
 def test_a_receiver_message_that_is_not_utf8_still_comes_back_as_a_line():
     failed = subprocess.CompletedProcess([], 1, b"", b"receiver: \xff\xfe cannot write\n")
-    assert upload._receiver_error(failed) == "receiver: \ufffd\ufffd cannot write"
+    assert upload.receiver_error(failed) == "receiver: \ufffd\ufffd cannot write"
 
 
 def test_a_new_copy_without_its_index_is_not_trusted_and_the_old_one_comes_back(tmp_path):
@@ -446,7 +446,7 @@ def test_the_sender_reads_members_in_chunks(monkeypatch):
     monkeypatch.setattr(upload, "CHUNK", 4)
     sizes = []
     member = upload.Member("a.jpeg", 10, lambda: _Recording(b"x" * 10, sizes), "train/a.jpeg")
-    assert b"".join(upload._chunks(member)) == b"x" * 10 and sizes == [4, 4, 4, 4]
+    assert b"".join(upload.member_chunks(member)) == b"x" * 10 and sizes == [4, 4, 4, 4]
 
 
 def test_the_transport_hands_back_the_receivers_argv_output_and_status():

@@ -71,6 +71,11 @@ class DistributedGradientsModel(keras.Model):
         object.__setattr__(self, "_xray_view", view)
         object.__setattr__(self, "_xray_dense", dense)
 
+    @property
+    def exchange(self) -> GradientExchange:
+        """How this model's gradients travel between workers."""
+        return self._xray_exchange
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         exchange, view, dense = self._xray_exchange, self._xray_view, self._xray_dense

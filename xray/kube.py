@@ -308,11 +308,12 @@ def gather(name: str, namespace: str):
 
 
 def status(name: str, namespace: str) -> tuple[str, str]:
-    state, text, _ = _status(name, namespace)
+    state, text, _ = observe(name, namespace)
     return state, text
 
 
-def _status(name: str, namespace: str) -> tuple[str, str, list[Blocker]]:
+def observe(name: str, namespace: str) -> tuple[str, str, list[Blocker]]:
+    """The job's state, its status text and what blocks its pods, read from the cluster once."""
     job, pods, events, log = gather(name, namespace)
     state = job_summary(job, pods)[0]
     return state, format_status(job, pods, events, log), blockers(pods, events)
@@ -352,13 +353,15 @@ class _StuckClock:
         return False
 
 
-def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits()) -> int:
+def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
+          read=observe) -> int:
     """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused,
-    4 (WATCH_STUCK) when a pod cannot start or run (named in one line on stderr) or nothing started in time."""
+    4 (WATCH_STUCK) when a pod cannot start or run (named in one line on stderr) or nothing started in time.
+    ``read(name, namespace)`` gives (state, text, blockers) at each refresh: ``observe`` reads the cluster."""
     clock = _StuckClock(f"job {namespace}/{name}", limits)
     started = False
     while True:
-        state, text, stuck = _status(name, namespace)
+        state, text, stuck = read(name, namespace)
         out(text)
         if state in WATCH_EXIT:
             return WATCH_EXIT[state]

@@ -94,16 +94,17 @@ def kustomize(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def _container(objects: list[dict], kind: str, name: str, container: str) -> dict:
+def container_of(objects: list[dict], kind: str, name: str, container: str) -> dict:
+    """The spec of ``container`` in the ``kind`` ``name`` among rendered objects; RenderError when there is none."""
     for obj in objects:
         if obj["kind"] == kind and obj["metadata"]["name"] == name:
             return next(c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == container)
     raise RenderError(f"the overlay has no {kind} {name}")
 
 
-def _overlay_run_args(objects: list[dict], kind: str, name: str, container: str) -> tuple[list[str], str, list[str]]:
+def overlay_run_args(objects: list[dict], kind: str, name: str, container: str) -> tuple[list[str], str, list[str]]:
     """(the args before --preset, the overlay's preset, the overrides it adds) of a train/tune container."""
-    spec = _container(objects, kind, name, container)
+    spec = container_of(objects, kind, name, container)
     args = list(spec["args"])
     position = args.index("--preset")
     preset = args[position + 1]
@@ -127,7 +128,7 @@ def resolve_run_config(request: RenderRequest, objects: list[dict]):
     from trainer.config import Config, ConfigError, preset
 
     kind, name, container = WORKLOADS[request.component][-1]
-    _, overlay_preset, overlay_overrides = _overlay_run_args(objects, kind, name, container)
+    _, overlay_preset, overlay_overrides = overlay_run_args(objects, kind, name, container)
     overrides = [*overlay_overrides, *request.overrides]
     try:
         if request.config_file and not os.path.exists(request.config_file):
@@ -155,7 +156,7 @@ def _run_config_patches(request: RenderRequest, objects: list[dict], out: Path) 
     else:
         source = ["--config", request.config_file, *overrides]
     for kind, name, container in WORKLOADS[request.component]:
-        before, _, _ = _overlay_run_args(objects, kind, name, container)
+        before, _, _ = overlay_run_args(objects, kind, name, container)
         spec: dict = {"containers": [{"name": container, "args": before + source}]}
         if config is not None:
             spec["containers"][0]["volumeMounts"] = [{"name": "run-config", "mountPath": RUN_CONFIG_MOUNT,

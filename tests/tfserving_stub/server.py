@@ -99,6 +99,11 @@ class StubModelServer:
         with self._fault_lock:
             self._faults.extend([(api, code, message)] * count)
 
+    def clear_faults(self) -> None:
+        """Drops the injected answers not given yet."""
+        with self._fault_lock:
+            self._faults.clear()
+
     def fault(self, api: str) -> None:
         with self._fault_lock:
             self.requests[api] += 1

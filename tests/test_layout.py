@@ -1,0 +1,35 @@
+"""Rules of the code's layout (docs/design.md), checked on the sources: what a library may start, and what a
+test may touch."""
+
+import re
+
+from conftest import REPO
+
+PACKAGES = ("data", "trainer", "tuner", "serving", "clients", "xray")
+FRONT_ENDS = {"xray/cli.py", "xray/__main__.py", "xray/__init__.py"}
+
+
+def _lines(paths):
+    for path in paths:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            yield f"{path.relative_to(REPO)}:{number}", line
+
+
+def test_no_library_starts_the_command_line():
+    """Worker and tuner processes are started as their own modules with the resolved job (trainer.worker,
+    tuner.session), never as `python -m xray ...`; only the command line's own files name it."""
+    pattern = re.compile(r"""["']-m["'],\s*["']xray["']|-m xray(?![.\w])|\bxray\.cli\b|from xray import cli""")
+    sources = [p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))
+               if str(p.relative_to(REPO)) not in FRONT_ENDS]
+    assert [f"{where}: {line.strip()}" for where, line in _lines(sources) if pattern.search(line)] == []
+
+
+def test_no_test_touches_a_private_name_of_the_project():
+    """Tests go through public names: no `module._name` or `object._name` of project code, no `from x import _name`.
+    A test's own helpers (`self._x`, `from test_upload import _tree`) are the test's business."""
+    attribute = re.compile(r"(?<![\w.])(?!self\b|os\b|sys\b)([a-z_][a-z_0-9]*)\._[a-z][a-z_0-9]*")
+    private_import = re.compile(r"^\s*from (?!test_|conftest)[\w.]+ import .*\b_[a-z]")
+    tests = sorted(p for p in (REPO / "tests").glob("*.py") if p.name != "test_layout.py")
+    found = [f"{where}: {line.strip()}" for where, line in _lines(tests)
+             if (attribute.search(line) and "__" not in attribute.search(line).group(0)) or private_import.search(line)]
+    assert found == []
