@@ -189,7 +189,7 @@ def test_the_volume_is_a_step_of_its_own():
 
 
 def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():
-    from tuner.search import complete_tuner_id
+    from tuner.roles import complete_tuner_id
 
     objects = render("xray/k8s/overlays/local/tune")
     (oracle,) = [o for o in objects if o["kind"] == "Service"]

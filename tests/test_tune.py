@@ -135,23 +135,46 @@ def test_a_bad_restart_setting_is_one_line_before_any_trial(shards_dir, tmp_path
 
 
 def test_the_default_memory_budget_is_half_of_the_smaller_limit(monkeypatch):
-    from tuner import search
+    from tuner import restart
 
     monkeypatch.delenv("XRAY_TUNE_MEMORY_MB", raising=False)
     machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    assert 0 < search.memory_budget_mb() <= machine // 2
+    assert 0 < restart.memory_budget_mb() <= machine // 2
     monkeypatch.setenv("XRAY_TUNE_MEMORY_MB", "1234")
-    assert search.restart_policy() == (None, 1234)
+    assert restart.restart_policy() == (None, 1234)
     monkeypatch.setenv("XRAY_TUNE_TRIALS_PER_PROCESS", "3")
-    assert search.restart_policy() == (3, 1234)
+    assert restart.restart_policy() == (3, 1234)
 
 
 def test_the_library_refuses_hyperband_as_the_command_does():
-    """tuner.search.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
-    from tuner import search
+    """tuner.space.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
+    from tuner import space
 
     with pytest.raises(ValueError, match="--algorithm hyperband is refused: its later rounds would start from fresh"):
-        search.SearchOptions(algorithm="hyperband")
+        space.SearchOptions(algorithm="hyperband")
     with pytest.raises(ValueError, match="choose one of bayesian, random"):
-        search.SearchOptions(algorithm="grid")
-    assert search.SearchOptions(algorithm="random").algorithm == "random"
+        space.SearchOptions(algorithm="grid")
+    assert space.SearchOptions(algorithm="random").algorithm == "random"
+
+
+# The KerasTuner privates tuner.search relies on (tuner/kt.py says why), with the sha256 of their source in the
+# pinned KerasTuner. A new KerasTuner that changes any of them fails here, before a search misbehaves.
+KERASTUNER = "1.4.8"
+PRIVATES = {"Tuner._populate_initial_space": "972f3defbc2e9f45", "Tuner._build_and_fit_model": "1be221e987732a41",
+            "Tuner._deepcopy_callbacks": "1433df572cd547b2", "Tuner.run_trial": "a62b793008fd54db",
+            "tuner_utils.TunerCallback": "dfdfa0299c19fd87"}
+
+
+def test_the_kerastuner_privates_the_tuner_relies_on_are_the_pinned_ones():
+    import hashlib
+    import inspect
+
+    from tuner.kt import kt, tuner_utils
+
+    assert kt.__version__ == KERASTUNER
+    owners = {"Tuner": kt.Tuner, "tuner_utils": tuner_utils}
+    digests = {}
+    for name in PRIVATES:
+        owner, attribute = name.split(".")
+        digests[name] = hashlib.sha256(inspect.getsource(getattr(owners[owner], attribute)).encode()).hexdigest()[:16]
+    assert digests == PRIVATES

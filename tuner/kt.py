@@ -2,6 +2,12 @@
 
 KerasTuner 1.4 imports `keras` (Keras 3) and rejects tf-keras models, so `keras` must resolve to
 tf_keras before keras_tuner is imported (and KerasTuner needs tensorboard installed).
+
+The oracles (tuner.oracles) use documented Oracle methods only. tuner.search.XrayTuner cannot: KerasTuner has
+no documented way to skip the per-trial checkpoint or the model build that discovers conditional
+hyperparameters, so it overrides `Tuner._populate_initial_space` and re-writes `Tuner.run_trial` with
+`Tuner._deepcopy_callbacks`, `Tuner._build_and_fit_model` and `tuner_utils.TunerCallback` (keras_tuner.src).
+pyproject.toml pins KerasTuner exactly, and tests/test_tune.py fails when the source of any of them changes.
 """
 
 import sys

@@ -48,12 +48,14 @@ def run(job: TuneJob, sink=None) -> int:
     """Searches (or continues the search in ``job.workdir``) in this process's role (KERASTUNER_TUNER_ID: chief,
     a worker, or none: alone). Alone, it then reports and retrains. Returns an exit status."""
     from tuner import search
+    from tuner.roles import role
+    from tuner.space import SearchOptions, SearchSpace
     from trainer.config import Config
 
-    options = search.SearchOptions(**job.options)
-    space = search.SearchSpace(**{name: tuple(bounds) for name, bounds in job.space.items()})
+    options = SearchOptions(**job.options)
+    space = SearchSpace(**{name: tuple(bounds) for name, bounds in job.space.items()})
     rows = search.run(job.data, job.workdir, Config.from_dict(job.config), options, space, restart=job.command())
-    if search.role() != "alone":
+    if role() != "alone":
         return 0
     return report_and_retrain(job, rows, sink)
 
@@ -83,7 +85,7 @@ def run_parallel(job: TuneJob, processes: int, sink=None) -> int:
 def report_and_retrain(job: TuneJob, rows: list[dict] | None, sink=None) -> int:
     """Prints the trial table and where the best config is; with ``retrain_workers``, trains it in WORKDIR/best
     and prints its evaluation."""
-    from tuner.search import format_table
+    from tuner.reports import format_table
 
     sink = sink or sys.stdout
     workdir = job.workdir.rstrip("/")
