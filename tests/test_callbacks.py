@@ -63,19 +63,24 @@ def test_a_kill_during_the_write_leaves_the_previous_best_whole(tmp_path):
     np.testing.assert_array_equal(_kernel(path), np.full((4, 3), 2.0))
 
 
-def test_a_resumed_run_remembers_its_best_epoch_and_does_not_overwrite_a_better_model(tmp_path):
-    """Resume at epoch 4 after val_loss 0.5, 0.3, 0.4: the checkpoint and early stopping start from 0.3 (epoch 2),
-    so a worse epoch 4 (0.35) does not replace the best weights, and patience counts from epoch 2."""
+def _resumed(tmp_path, saved_epochs):
+    """A run whose history has val_loss 0.5, 0.3, 0.4 (epochs 1-3) and whose best-weights file was written at
+    ``saved_epochs`` (a save lost with a worker leaves an epoch out), resumed at epoch 4."""
     import json
 
     import trainer  # noqa: F401 - selects tf-keras
     from trainer.callbacks import AtomicModelCheckpoint, RestoreSelectionState
     from trainer.kerasapi import keras
 
+    losses = {1: 0.5, 2: 0.3, 3: 0.4}
     history = tmp_path / "history.jsonl"
-    history.write_text("".join(json.dumps({"epoch": e, "val_loss": v}) + "\n" for e, v in ((1, 0.5), (2, 0.3), (3, 0.4))))
+    history.write_text("".join(json.dumps({"epoch": e, "val_loss": v}) + "\n" for e, v in losses.items()))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     best = tmp_path / "best.weights.h5"
+    first = AtomicModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True)
+    first.set_model(model)
+    for epoch in saved_epochs:
+        first.on_epoch_end(epoch - 1, {"val_loss": losses[epoch]})
     checkpoint = AtomicModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True)
     stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=False)
     restore = RestoreSelectionState(str(history), stopping, checkpoint)
@@ -83,10 +88,40 @@ def test_a_resumed_run_remembers_its_best_epoch_and_does_not_overwrite_a_better_
         callback.set_model(model)
     stopping.on_train_begin()
     restore.on_epoch_begin(3)  # 0-based: the fourth epoch
+    return best, checkpoint, stopping
+
+
+def test_a_resumed_run_remembers_its_best_epoch_and_does_not_overwrite_a_better_model(tmp_path):
+    """Resume at epoch 4 after val_loss 0.5, 0.3, 0.4: the checkpoint and early stopping start from 0.3 (epoch 2),
+    so a worse epoch 4 (0.35) does not replace the best weights, and patience counts from epoch 2."""
+    from trainer.callbacks import saved_best
+
+    best, checkpoint, stopping = _resumed(tmp_path, saved_epochs=(1, 2))
+    assert saved_best(str(best)) == {"epoch": 2, "monitor": "val_loss", "value": 0.3}
     assert checkpoint.best == 0.3 and stopping.best == 0.3 and stopping.best_epoch == 1 and stopping.wait == 1
     checkpoint.on_epoch_end(3, {"val_loss": 0.35})
-    assert not best.exists(), "a worse epoch replaced the best model"
+    assert saved_best(str(best))["epoch"] == 2, "a worse epoch replaced the best model"
     stopping.on_epoch_end(3, {"val_loss": 0.35})
-    assert stopping.wait == 2 and not model.stop_training
+    assert stopping.wait == 2 and not stopping.model.stop_training
     checkpoint.on_epoch_end(4, {"val_loss": 0.2})
-    assert best.exists()
+    assert saved_best(str(best))["epoch"] == 5
+
+
+def test_a_best_epoch_whose_weights_were_lost_does_not_stop_a_better_one_from_being_saved(tmp_path):
+    """The history says epoch 2 (0.3) is best, but its weights were never written (a worker lost during the save,
+    after the history line): the file holds epoch 1 (0.5). The resumed run saves an epoch 4 of 0.35, better than
+    what the file holds; early stopping still counts from epoch 2. With no file at all, the first epoch writes."""
+    import math
+
+    from trainer.callbacks import saved_best
+
+    best, checkpoint, stopping = _resumed(tmp_path, saved_epochs=(1,))
+    assert checkpoint.best == 0.5 and stopping.best == 0.3
+    checkpoint.on_epoch_end(3, {"val_loss": 0.35})
+    assert saved_best(str(best)) == {"epoch": 4, "monitor": "val_loss", "value": 0.35}
+
+    (tmp_path / "none").mkdir()
+    best, checkpoint, stopping = _resumed(tmp_path / "none", saved_epochs=())
+    assert math.isinf(checkpoint.best) and saved_best(str(best)) is None
+    checkpoint.on_epoch_end(3, {"val_loss": 0.45})
+    assert saved_best(str(best))["epoch"] == 4

@@ -426,6 +426,24 @@ def test_an_oom_killed_worker_is_named_by_jobs_watch(control_plane, project_imag
     assert re.search(r"OOMKilled: container worker was killed for memory \(limit 96Mi\)", result.stderr), result.stderr
 
 
+def test_a_failed_job_s_reason_comes_with_jobs_watch(control_plane, project_image, cleanup):
+    """A Job whose container exits 2 after saying why: `xray jobs watch` (what every make *-cluster target ends
+    with) exits 1 and prints the failed pod's exit status and the last lines of its log."""
+    ns = fresh_namespace(control_plane, "failing")
+    cleanup(ns)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "failing", "namespace": ns},
+           "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+               "name": "worker", "image": f"{IMAGE}:{TAG}",
+               "command": ["python", "-c", "print('step one'); print('error: no trained model at /mnt/x'); exit(2)"],
+               "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}]}}}}
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(job))
+    result = run_xray("jobs", "watch", "failing", "-n", ns, "--interval", "2", "--stuck-after", "60",
+                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False, timeout=240)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"pod failing-\w+ \(exit 2\), the last lines of its log:\n  step one\n  error: no trained model "
+                     r"at /mnt/x", result.stderr), result.stderr
+
+
 def test_the_volume_step_keeps_an_existing_claim(control_plane, tmp_path, cleanup):
     """README step 2 with a storage class, then any later step (each runs make volume without it): the claim is
     kept as it is. Asking it for another class or for an overlay's access modes it lacks is one line, exit 2."""

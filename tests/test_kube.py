@@ -528,3 +528,13 @@ def test_watch_gives_up_when_nothing_starts(capsys):
                       limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.05),
                       read=lambda name, namespace: ("pending", "table", []))
     assert code == kube.WATCH_STUCK and "no pod started in 0 s" in capsys.readouterr().err
+
+
+def test_watch_prints_why_a_failed_job_failed(capsys):
+    """On a failed job, watch prints the failed pods' last log lines (kube.failure_logs) on stderr and exits 1."""
+    asked = []
+    code = kube.watch("xray-export", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      read=lambda name, namespace: ("failed", "table", []),
+                      logs=lambda name, namespace: asked.append((name, namespace)) or "pod p (exit 2): no model")
+    assert code == 1 and asked == [("xray-export", "xray")]
+    assert capsys.readouterr().err.strip() == "pod p (exit 2): no model"

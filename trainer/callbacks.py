@@ -3,9 +3,12 @@
 - ``HistoryLog``: one JSON line (and one CSV row) per finished epoch with a timestamp, the worker
   count, the learning rate and every metric; ``xray jobs status`` and tests read it. On a resumed
   run it first drops lines of epochs that the backup did not keep, so no epoch appears twice.
-- ``restore_selection_state``: BackupAndRestore brings back weights, optimizer and epoch, but not
+- ``RestoreSelectionState``: BackupAndRestore brings back weights, optimizer and epoch, but not
   EarlyStopping's patience counter or ModelCheckpoint's best value; without them the first epoch
-  after a resume would overwrite a better best model. They are rebuilt from the history.
+  after a resume would overwrite a better best model. Patience is rebuilt from the history; the best
+  value from what the best-weights file itself records (``saved_best``), since the history line of an
+  epoch is written before its weights are, and a worker lost in between (saving needs every worker)
+  leaves a history whose best epoch the file does not hold.
 """
 
 from __future__ import annotations
@@ -106,6 +109,11 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def __init__(self, *args, weights_of=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.weights_of = weights_of
+        self._epoch: tuple[int, dict] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch = (epoch, dict(logs or {}))
+        super().on_epoch_end(epoch, logs)
 
     def _save_handler(self, filepath):
         directory, name = filepath.rsplit("/", 1) if "/" in filepath else (".", filepath)
@@ -115,7 +123,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                 self.weights_of.save_weights(tmp, overwrite=True)
             else:
                 super()._save_handler(tmp)
-            tf.io.gfile.rename(tmp, filepath, overwrite=True)
+            if self._epoch is not None and self.monitor in self._epoch[1]:
+                _tag(tmp, self._epoch[0] + 1, self.monitor, float(self._epoch[1][self.monitor]))
+            tf.io.gfile.rename(tmp, filepath, overwrite=True)  # the weights and their record arrive together
         finally:
             if tf.io.gfile.exists(tmp):
                 tf.io.gfile.remove(tmp)
@@ -128,13 +138,44 @@ def _current_lr(model) -> float:
     return float(keras.backend.get_value(lr))
 
 
-class RestoreSelectionState(keras.callbacks.Callback):
-    """On the first epoch of a resumed run, sets EarlyStopping's and ModelCheckpoint's memory from the
-    history lines of epochs before it (every worker computes the same, so all stop together)."""
+# The record a best-weights file carries (HDF5 attributes of the file, written before it takes its name).
+TAG_EPOCH, TAG_MONITOR, TAG_VALUE = "xray_epoch", "xray_monitor", "xray_value"
 
-    def __init__(self, jsonl_path: str, early_stopping, checkpoint, monitor: str = "val_loss"):
+
+def _tag(path: str, epoch: int, monitor: str, value: float) -> None:
+    if "://" in path:
+        return  # h5py opens local files only; a remote run falls back to the history (RestoreSelectionState)
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs[TAG_EPOCH], f.attrs[TAG_MONITOR], f.attrs[TAG_VALUE] = epoch, monitor, value
+
+
+def saved_best(path: str) -> dict | None:
+    """What a best-weights file holds: {"epoch": 1-based, "monitor": name, "value": float}; {} for a file without
+    the record (remote, or written before it existed); None when there is no file."""
+    if not tf.io.gfile.exists(path):
+        return None
+    if "://" in path:
+        return {}
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if TAG_EPOCH not in f.attrs:
+            return {}
+        return {"epoch": int(f.attrs[TAG_EPOCH]), "monitor": str(f.attrs[TAG_MONITOR]), "value": float(f.attrs[TAG_VALUE])}
+
+
+class RestoreSelectionState(keras.callbacks.Callback):
+    """On the first epoch of a resumed run, sets EarlyStopping's memory from the history lines of epochs before
+    it, and ModelCheckpoint's best value from the shared best-weights file's record (``best_path``: the chief's,
+    so that every worker decides the same; saving reads values through collectives). No file: the next epoch
+    writes one. A file without a record: the history's best, as before the record existed."""
+
+    def __init__(self, jsonl_path: str, early_stopping, checkpoint, monitor: str = "val_loss", best_path: str = ""):
         super().__init__()
         self.jsonl_path, self.early_stopping, self.checkpoint, self.monitor = jsonl_path, early_stopping, checkpoint, monitor
+        self.best_path = best_path or checkpoint.filepath
         self.resumed_at = None
         self._done = False
 
@@ -149,7 +190,18 @@ class RestoreSelectionState(keras.callbacks.Callback):
         if not earlier:
             return
         best = min(earlier, key=lambda r: r[self.monitor])
-        self.checkpoint.best = best[self.monitor]
+        saved = saved_best(self.best_path)
+        if saved is None:
+            print(f"no best weights at {self.best_path} (lost with a worker before they were written); the next "
+                  "epoch writes them", flush=True)
+        elif saved.get("monitor") == self.monitor:
+            self.checkpoint.best = saved["value"]
+            if saved["epoch"] != best["epoch"]:
+                print(f"{self.best_path} holds epoch {saved['epoch']} ({self.monitor} {saved['value']:.4f}), not the "
+                      f"history's best epoch {best['epoch']} (its weights were lost with a worker); a better epoch "
+                      "replaces them", flush=True)
+        else:
+            self.checkpoint.best = best[self.monitor]
         self.early_stopping.best = best[self.monitor]
         self.early_stopping.best_epoch = best["epoch"] - 1
         self.early_stopping.wait = epoch - best["epoch"]

@@ -207,7 +207,7 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: cluster.ClusterSpec,
     fit_callbacks = [
         # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
         keras.callbacks.BackupAndRestore(paths.backup),
-        xcallbacks.RestoreSelectionState(paths.history_jsonl, early_stopping, checkpoint),
+        xcallbacks.RestoreSelectionState(paths.history_jsonl, early_stopping, checkpoint, best_path=paths.best_weights),
         history_log,
         checkpoint,
         early_stopping,
@@ -241,6 +241,10 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: cluster.ClusterSpec,
     # --- artifacts --------------------------------------------------------------------------------
     history = xcallbacks.read_history(out.history_jsonl)
     best = xcallbacks.best_epoch(history)
+    saved = xcallbacks.saved_best(paths.best_weights)
+    if saved and best and saved["epoch"] != best["epoch"]:
+        # The weights file is the model that ships: its epoch, not the history's best whose weights were lost.
+        best = next((r for r in history if r["epoch"] == saved["epoch"]), best)
     summary = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "epochs_run": len(history),

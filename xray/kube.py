@@ -307,6 +307,27 @@ def gather(name: str, namespace: str):
     return job, pods, events, log
 
 
+def failure_logs(name: str, namespace: str, lines: int = 20, pods: int = 2) -> str:
+    """The last ``lines`` log lines of the job's newest failed pods (at most ``pods``), each under a heading with
+    its exit status: why a Job failed, without a kubectl command after it."""
+    core, _, context = load_clients()
+    listed = _api_call(context, core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
+    failed = sorted((p for p in listed if p.status.phase == "Failed"), key=lambda p: p.metadata.creation_timestamp,
+                    reverse=True)[:pods]
+    parts = []
+    for pod in failed:
+        codes = [c.state.terminated.exit_code for c in (pod.status.container_statuses or [])
+                 if c.state and c.state.terminated]
+        try:
+            log = _api_call(context, core.read_namespaced_pod_log, pod.metadata.name, namespace, tail_lines=lines)
+        except Exception as error:  # the node may have removed the container already
+            log = f"(its log cannot be read: {error})"
+        exit_text = f"exit {codes[0]}" if codes else "failed"
+        parts.append(f"pod {pod.metadata.name} ({exit_text}), the last lines of its log:\n"
+                     + "\n".join(f"  {line}" for line in (log or "(empty)").rstrip().splitlines()))
+    return "\n".join(parts)
+
+
 def status(name: str, namespace: str) -> tuple[str, str]:
     state, text, _ = observe(name, namespace)
     return state, text
@@ -354,15 +375,20 @@ class _StuckClock:
 
 
 def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
-          read=observe) -> int:
-    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed, 3 when the export gate refused,
-    4 (WATCH_STUCK) when a pod cannot start or run (named in one line on stderr) or nothing started in time.
-    ``read(name, namespace)`` gives (state, text, blockers) at each refresh: ``observe`` reads the cluster."""
+          read=observe, logs=failure_logs) -> int:
+    """Prints the status until the job ends; 0 when it succeeded, 1 when it failed (then the failed pods' last log
+    lines on stderr), 3 when the export gate refused, 4 (WATCH_STUCK) when a pod cannot start or run (named in one
+    line on stderr) or nothing started in time. ``read(name, namespace)`` gives (state, text, blockers) at each
+    refresh (``observe`` reads the cluster); ``logs(name, namespace)`` the text printed for a failed job."""
+    import sys
+
     clock = _StuckClock(f"job {namespace}/{name}", limits)
     started = False
     while True:
         state, text, stuck = read(name, namespace)
         out(text)
+        if state == "failed":
+            print(logs(name, namespace), file=sys.stderr)
         if state in WATCH_EXIT:
             return WATCH_EXIT[state]
         started = started or state == "running"
