@@ -410,18 +410,24 @@ def test_make_names_why_a_pod_cannot_run(control_plane, project_image, tmp_path,
     assert "RUNNING" not in result.stdout  # a pod that never ran is never reported as running
 
 
+def watched_job(plane, cleanup, name: str, script: str, resources: dict, backoff_limit: int):
+    """A one-container Job of the project image running ``python -c script`` in a fresh namespace, followed by
+    `xray jobs watch` to its end; returns the watch's CompletedProcess."""
+    ns = fresh_namespace(plane, name)
+    cleanup(ns)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns},
+           "spec": {"backoffLimit": backoff_limit, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+               "name": "worker", "image": f"{IMAGE}:{TAG}", "command": ["python", "-c", script],
+               "resources": resources}]}}}}
+    plane.kubectl("apply", "-f", "-", input=json.dumps(job))
+    return run_xray("jobs", "watch", name, "-n", ns, "--interval", "2", "--stuck-after", "60",
+                    env={"KUBECONFIG": str(plane.kubeconfig)}, check=False, timeout=240)
+
+
 def test_an_oom_killed_worker_is_named_by_jobs_watch(control_plane, project_image, cleanup):
     """A container that outgrows its memory limit: the kernel kills it, `xray jobs watch` says so and exits 4."""
-    ns = fresh_namespace(control_plane, "stuck-oom")
-    cleanup(ns)
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hungry", "namespace": ns},
-           "spec": {"backoffLimit": 3, "template": {"spec": {"restartPolicy": "Never", "containers": [{
-               "name": "worker", "image": f"{IMAGE}:{TAG}",
-               "command": ["python", "-c", "b = bytearray(512 << 20); import time; time.sleep(60)"],
-               "resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": "96Mi"}}}]}}}}
-    control_plane.kubectl("apply", "-f", "-", input=json.dumps(job))
-    result = run_xray("jobs", "watch", "hungry", "-n", ns, "--interval", "2", "--stuck-after", "60",
-                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False, timeout=240)
+    result = watched_job(control_plane, cleanup, "stuck-oom", "b = bytearray(512 << 20); import time; time.sleep(60)",
+                         {"requests": {"memory": "64Mi"}, "limits": {"memory": "96Mi"}}, backoff_limit=3)
     assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
     assert re.search(r"OOMKilled: container worker was killed for memory \(limit 96Mi\)", result.stderr), result.stderr
 
@@ -429,16 +435,9 @@ def test_an_oom_killed_worker_is_named_by_jobs_watch(control_plane, project_imag
 def test_a_failed_job_s_reason_comes_with_jobs_watch(control_plane, project_image, cleanup):
     """A Job whose container exits 2 after saying why: `xray jobs watch` (what every make *-cluster target ends
     with) exits 1 and prints the failed pod's exit status and the last lines of its log."""
-    ns = fresh_namespace(control_plane, "failing")
-    cleanup(ns)
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "failing", "namespace": ns},
-           "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
-               "name": "worker", "image": f"{IMAGE}:{TAG}",
-               "command": ["python", "-c", "print('step one'); print('error: no trained model at /mnt/x'); exit(2)"],
-               "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}]}}}}
-    control_plane.kubectl("apply", "-f", "-", input=json.dumps(job))
-    result = run_xray("jobs", "watch", "failing", "-n", ns, "--interval", "2", "--stuck-after", "60",
-                      env={"KUBECONFIG": str(control_plane.kubeconfig)}, check=False, timeout=240)
+    result = watched_job(control_plane, cleanup, "failing",
+                         "print('step one'); print('error: no trained model at /mnt/x'); exit(2)",
+                         {"requests": {"cpu": "50m", "memory": "64Mi"}}, backoff_limit=0)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert re.search(r"pod failing-\w+ \(exit 2\), the last lines of its log:\n  step one\n  error: no trained model "
                      r"at /mnt/x", result.stderr), result.stderr
