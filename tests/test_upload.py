@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from conftest import run_xray
-from data import upload
+from data import receiver, upload
 
 
 def _tree(root):
@@ -37,7 +37,7 @@ def test_a_zip_like_kaggles_lands_as_the_folder_and_a_rerun_sends_nothing(synth_
     assert json.loads(first.stdout.splitlines()[-1])["sent"] == ["test", "train"]
     assert "train: sending" in first.stderr and "MB/s" in first.stderr
     assert _tree(dest) == _tree(synth_dir)
-    index = json.loads((dest / "train" / upload.INDEX_NAME).read_text())
+    index = json.loads((dest / "train" / receiver.INDEX_NAME).read_text())
     assert len(index) == len(list((synth_dir / "train").rglob("*.jpeg")))
 
     second = run_xray("upload", synth_dir, "--dest", dest, "--local")
@@ -74,7 +74,7 @@ def test_a_stream_that_fails_midway_waits_for_the_receiver_and_changes_nothing(s
     src = tmp_path / "src"
     shutil.copytree(synth_dir, src)
     upload.upload(src, str(dest), upload.local_exec(), out=io.StringIO())
-    before, index_before = _tree(dest), (dest / "train" / upload.INDEX_NAME).read_text()
+    before, index_before = _tree(dest), (dest / "train" / receiver.INDEX_NAME).read_text()
     for path in sorted((src / "train").rglob("*.jpeg"))[:5]:
         path.write_bytes(path.read_bytes() + b"\0")  # five changed films to send
     victim = sorted((src / "train").rglob("*.jpeg"))[3]
@@ -103,7 +103,7 @@ def test_a_stream_that_fails_midway_waits_for_the_receiver_and_changes_nothing(s
     finally:
         upload.member_chunks, upload.file_list = real_chunks, real_list
     assert info.value.code == 1 and victim.name in str(info.value)
-    assert _tree(dest) == before and (dest / "train" / upload.INDEX_NAME).read_text() == index_before
+    assert _tree(dest) == before and (dest / "train" / receiver.INDEX_NAME).read_text() == index_before
     assert not [p for p in dest.iterdir() if p.name.startswith((".partial-", ".old-"))]
 
 

@@ -1,8 +1,8 @@
 """xray upload's sender and receiver in one process: a named shortcut, so that `make mutate` reaches both sides.
 
-The receiver normally runs as `python -m data.upload ...` (a local process, or in the uploader pod through
+The receiver normally runs as `python -m data.receiver ...` (a local process, or in the uploader pod through
 `kubectl exec`; test_upload.py and test_k8s_real_node.py run it that way). Here `subprocess` inside data.upload
-is replaced by ReceiverInProcess, which runs the same entry point (data.upload.main) with the same argv, stdin,
+is replaced by ReceiverInProcess, which runs the same entry point (data.receiver.main) with the same argv, stdin,
 stdout, stderr and exit status in a thread of this process. Transport.run, the tar stream and every check are
 the real ones.
 """
@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from data import upload
+from data import receiver, upload
 from test_upload import _tree
 
 
@@ -30,10 +30,10 @@ class _Stdin:
 
 
 class ReceiverInProcess:
-    """`python -m data.upload ARGS` as a subprocess.Popen / subprocess.run look-alike (argv, pipes, exit status)."""
+    """`python -m data.receiver ARGS` as a subprocess.Popen / subprocess.run look-alike (argv, pipes, exit status)."""
 
     def __init__(self, argv, stdin=None, stdout=None, stderr=None):
-        assert argv[1:3] == ["-m", "data.upload"], argv  # local_exec(): [python, -m, data.upload, ARGS]
+        assert argv[1:3] == ["-m", "data.receiver"], argv  # local_exec(): [python, -m, data.receiver, ARGS]
         self.args = argv[3:]
         self.returncode = None
         self._out, self._err = io.StringIO(), io.StringIO()
@@ -46,7 +46,7 @@ class ReceiverInProcess:
         sys.stdin = _Stdin(reader)
         try:
             with contextlib.redirect_stdout(self._out), contextlib.redirect_stderr(self._err):
-                self.returncode = upload.main(self.args)
+                self.returncode = receiver.main(self.args)
         finally:
             sys.stdin = saved
             reader.close()
@@ -103,12 +103,12 @@ def test_an_upload_lands_whole_with_the_receivers_index_and_a_rerun_sends_nothin
                       "files_removed": 0}
     assert _tree(dest) == FILES
     for split in ("train", "test"):
-        assert json.loads((dest / split / upload.INDEX_NAME).read_text()) == _index(FILES, split)
+        assert json.loads((dest / split / receiver.INDEX_NAME).read_text()) == _index(FILES, split)
     assert "train: sending 2 of 2 files (0.0 MB)\n" in out.getvalue()
     again = upload.upload(src, str(dest), transport, out=(out := io.StringIO()))
     assert again["sent"] == [] and again["skipped"] == ["test", "train"] and again["files_sent"] == 0
     assert "train: up to date on the volume (2 files, 30 bytes), skipped\n" in out.getvalue()
-    assert upload.state(str(dest)) == {"train": _index(FILES, "train"), "test": _index(FILES, "test")}
+    assert receiver.state(str(dest)) == {"train": _index(FILES, "train"), "test": _index(FILES, "test")}
 
 
 def test_a_rerun_sends_what_changed_and_removes_what_is_gone_in_process(tmp_path, transport):
@@ -152,7 +152,7 @@ def test_a_file_that_changes_while_it_is_sent_stops_the_stream_and_changes_nothi
         upload.upload(src, str(dest), transport, out=io.StringIO())
     assert str(caught.value) == (f"train: reading train/NORMAL/a.jpeg failed (it changed while it was being "
                                  f"uploaded); the stream was stopped and {dest}/train on the volume is unchanged")
-    assert _tree(dest) == before and json.loads((dest / "train" / upload.INDEX_NAME).read_text()) == _index(
+    assert _tree(dest) == before and json.loads((dest / "train" / receiver.INDEX_NAME).read_text()) == _index(
         FILES, "train")
 
 
@@ -167,7 +167,7 @@ def _stream(files: dict, listed: dict | None, extra=()) -> io.BytesIO:
             tar.addfile(info)
         if listed is not None:
             body = json.dumps(listed).encode()
-            info = tarfile.TarInfo(upload.LIST_NAME)
+            info = tarfile.TarInfo(receiver.LIST_NAME)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
     buffer.seek(0)
@@ -181,7 +181,7 @@ def _listed(files):
 def test_the_receiver_swaps_in_only_a_verified_split(tmp_path):
     dest = str(tmp_path / "volume")
     files = {"NORMAL/a.jpeg": b"aa", "PNEUMONIA/b.jpeg": b"bbb"}
-    assert upload.receive(dest, "train", _stream(files, _listed(files))) == {"split": "train", "files": 2,
+    assert receiver.receive(dest, "train", _stream(files, _listed(files))) == {"split": "train", "files": 2,
                                                                              "received": 2}
     assert _tree(tmp_path / "volume" / "train") == files
     assert sorted(p.name for p in (tmp_path / "volume").iterdir()) == ["train"]  # no staging or old copy left
@@ -196,21 +196,21 @@ def test_the_receiver_swaps_in_only_a_verified_split(tmp_path):
     }
     for message, stream in cases.items():
         with pytest.raises(upload.UploadError) as caught:
-            upload.receive(dest, "train", stream)
+            receiver.receive(dest, "train", stream)
         assert str(caught.value) == message
         assert _tree(tmp_path / "volume" / "train") == files and sorted(
             p.name for p in (tmp_path / "volume").iterdir()) == ["train"]
     # A file kept from the previous copy (not sent) must match the index the receiver wrote for it.
     kept_wrong = {**_listed(files), "NORMAL/a.jpeg": [2, "1" * 64]}
     with pytest.raises(upload.UploadError, match="NORMAL/a.jpeg was not sent and the volume's copy differs"):
-        upload.receive(dest, "train", _stream({}, kept_wrong))
+        receiver.receive(dest, "train", _stream({}, kept_wrong))
     # Only the changed file is sent; the rest is kept by hard link; a file not listed is dropped.
     changed = {"NORMAL/a.jpeg": b"aa", "PNEUMONIA/b.jpeg": b"BBB"}
     listed = _listed(changed)
     del listed["NORMAL/a.jpeg"]
-    assert upload.receive(dest, "train", _stream({"PNEUMONIA/b.jpeg": b"BBB"}, listed))["received"] == 1
+    assert receiver.receive(dest, "train", _stream({"PNEUMONIA/b.jpeg": b"BBB"}, listed))["received"] == 1
     assert _tree(tmp_path / "volume" / "train") == {"PNEUMONIA/b.jpeg": b"BBB"}
-    assert json.loads((tmp_path / "volume" / "train" / upload.INDEX_NAME).read_text()) == listed
+    assert json.loads((tmp_path / "volume" / "train" / receiver.INDEX_NAME).read_text()) == listed
 
 
 @pytest.mark.parametrize("name, kind, message", [
@@ -222,32 +222,32 @@ def test_the_receiver_refuses_a_member_it_must_not_write(tmp_path, name, kind, m
     info = tarfile.TarInfo(name)
     info.type = kind
     with pytest.raises(upload.UploadError) as caught:
-        upload.receive(str(tmp_path), "train", _stream({}, {}, extra=[info]))
+        receiver.receive(str(tmp_path), "train", _stream({}, {}, extra=[info]))
     assert str(caught.value) == message and not (tmp_path / "train").exists()
 
 
 def test_the_receivers_command_line(tmp_path, capsys, monkeypatch):
-    assert upload.main(["state", str(tmp_path)]) == 0 and json.loads(capsys.readouterr().out) == {}
-    assert upload.main(["bogus"]) == 2
-    assert capsys.readouterr().err == "usage: python -m data.upload state DEST | receive DEST SPLIT | remove DEST SPLIT\n"
-    assert upload.main(["remove", str(tmp_path), "nope"]) == 1
+    assert receiver.main(["state", str(tmp_path)]) == 0 and json.loads(capsys.readouterr().out) == {}
+    assert receiver.main(["bogus"]) == 2
+    assert capsys.readouterr().err == "usage: python -m data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT\n"
+    assert receiver.main(["remove", str(tmp_path), "nope"]) == 1
     assert capsys.readouterr().err == "receiver: unknown split 'nope'\n"
     files = {"a.jpeg": b"a"}
     monkeypatch.setattr(sys, "stdin", _Stdin(_stream(files, _listed(files))))
-    assert upload.main(["receive", str(tmp_path), "val"]) == 0
+    assert receiver.main(["receive", str(tmp_path), "val"]) == 0
     assert json.loads(capsys.readouterr().out) == {"split": "val", "files": 1, "received": 1}
-    assert upload.main(["remove", str(tmp_path), "val"]) == 0 and not (tmp_path / "val").exists()
+    assert receiver.main(["remove", str(tmp_path), "val"]) == 0 and not (tmp_path / "val").exists()
 
 
 def test_a_kill_between_the_two_renames_is_repaired(tmp_path):
     root = tmp_path / "volume"
     (root / ".old-train").mkdir(parents=True)
     (root / ".old-train" / "a.jpeg").write_bytes(b"old")
-    assert upload.state(str(root)) == {"train": None}  # the old copy is back (it had no index: sent again)
+    assert receiver.state(str(root)) == {"train": None}  # the old copy is back (it had no index: sent again)
     assert (root / "train" / "a.jpeg").read_bytes() == b"old" and not (root / ".old-train").exists()
     (root / ".old-train").mkdir()
-    (root / "train" / upload.INDEX_NAME).write_text("{}")  # the new copy made it: the old one goes
-    upload.state(str(root))
+    (root / "train" / receiver.INDEX_NAME).write_text("{}")  # the new copy made it: the old one goes
+    receiver.state(str(root))
     assert not (root / ".old-train").exists() and (root / "train" / "a.jpeg").exists()
 
 

@@ -1,4 +1,4 @@
-"""data/upload.py's smaller rules, in-process: what list_source makes of each kind of archive member, how a member
+"""data/upload.py's and data/receiver.py's smaller rules, in-process: what list_source makes of each kind of archive member, how a member
 that is shorter or longer than declared is stopped, the progress line, the transport's argv and how it waits for
 its receiver, and each one-line refusal of the sender and the receiver, word for word. The whole upload, sender
 and receiver in one process: test_upload_in_process.py; as separate processes: test_upload.py."""
@@ -16,7 +16,7 @@ import zipfile
 
 import pytest
 
-from data import upload
+from data import receiver, upload
 from test_upload_in_process import FILES, _listed, _source, _stream, in_process_transport
 
 
@@ -210,8 +210,8 @@ def test_the_transports_run_the_receiver_module_in_the_pod_or_here():
     here = upload.local_exec()
     assert (here.prefix, here.python) == ([], sys.executable)
     result = upload.Transport(["env", "XRAY_SEEN=1"], sys.executable).run(["bogus"])
-    assert result.returncode == 2 and result.args == ["env", "XRAY_SEEN=1", sys.executable, "-m", "data.upload", "bogus"]
-    assert result.stderr.decode().startswith("usage: python -m data.upload")
+    assert result.returncode == 2 and result.args == ["env", "XRAY_SEEN=1", sys.executable, "-m", "data.receiver", "bogus"]
+    assert result.stderr.decode().startswith("usage: python -m data.receiver")
 
 
 def test_a_stream_the_receiver_stops_reading_ends_quietly_and_a_local_failure_is_raised_after_the_wait(tmp_path):
@@ -287,14 +287,14 @@ def test_what_an_upload_prints_and_reports(tmp_path, transport):
 
 
 def test_the_receiver_refuses_an_unknown_split_and_a_broken_stream(tmp_path):
-    for call in (lambda: upload.receive(str(tmp_path), "extra", io.BytesIO()),
-                 lambda: upload.remove(str(tmp_path), "extra")):
+    for call in (lambda: receiver.receive(str(tmp_path), "extra", io.BytesIO()),
+                 lambda: receiver.remove(str(tmp_path), "extra")):
         with pytest.raises(upload.UploadError) as caught:
             call()
         assert str(caught.value) == "unknown split 'extra'"
     whole = _stream({"a.jpeg": b"a" * 5000}, {"a.jpeg": [5000, hashlib.sha256(b"a" * 5000).hexdigest()]}).getvalue()
     with pytest.raises(upload.UploadError) as caught:
-        upload.receive(str(tmp_path), "train", io.BytesIO(whole[:1500]))
+        receiver.receive(str(tmp_path), "train", io.BytesIO(whole[:1500]))
     assert str(caught.value).startswith("the stream ended early (") and str(caught.value).endswith("): interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no staging folder left, nothing swapped in
 
@@ -302,26 +302,26 @@ def test_the_receiver_refuses_an_unknown_split_and_a_broken_stream(tmp_path):
 def test_the_receiver_sends_again_what_an_unreadable_index_cannot_vouch_for(tmp_path):
     root = tmp_path / "volume"
     files = {"NORMAL/a.jpeg": b"aa"}
-    upload.receive(str(root), "train", _stream(files, _listed(files)))
-    (root / "train" / upload.INDEX_NAME).write_text("{not json")
-    assert upload.state(str(root)) == {"train": None}
+    receiver.receive(str(root), "train", _stream(files, _listed(files)))
+    (root / "train" / receiver.INDEX_NAME).write_text("{not json")
+    assert receiver.state(str(root)) == {"train": None}
     with pytest.raises(upload.UploadError, match="NORMAL/a.jpeg did not arrive"):  # nothing kept without an index
-        upload.receive(str(root), "train", _stream({}, _listed(files)))
-    assert upload.receive(str(root), "train", _stream(files, _listed(files)))["received"] == 1
-    assert json.loads((root / "train" / upload.INDEX_NAME).read_text()) == _listed(files)
+        receiver.receive(str(root), "train", _stream({}, _listed(files)))
+    assert receiver.receive(str(root), "train", _stream(files, _listed(files)))["received"] == 1
+    assert json.loads((root / "train" / receiver.INDEX_NAME).read_text()) == _listed(files)
 
 
 def test_the_kept_copy_is_made_of_hard_links_without_the_old_index(tmp_path):
     root = tmp_path / "volume"
     files = {"NORMAL/a.jpeg": b"aa", "PNEUMONIA/b.jpeg": b"bbb"}
-    upload.receive(str(root), "train", _stream(files, _listed(files)))
+    receiver.receive(str(root), "train", _stream(files, _listed(files)))
     inode = (root / "train/NORMAL/a.jpeg").stat().st_ino
-    upload.link_tree(root / "train", tmp_path / "copy")
+    receiver.link_tree(root / "train", tmp_path / "copy")
     assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file()) \
         == ["NORMAL/a.jpeg", "PNEUMONIA/b.jpeg"]
     assert (tmp_path / "copy/NORMAL/a.jpeg").stat().st_ino == inode
     changed = {"PNEUMONIA/b.jpeg": b"BBB"}
-    upload.receive(str(root), "train", _stream(changed, {**_listed(files), **_listed(changed)}))
+    receiver.receive(str(root), "train", _stream(changed, {**_listed(files), **_listed(changed)}))
     assert (root / "train/NORMAL/a.jpeg").stat().st_ino == inode  # kept, not copied
     assert (tmp_path / "copy/PNEUMONIA/b.jpeg").read_bytes() == b"bbb"  # a replaced file never changes its old links
 
@@ -330,10 +330,10 @@ def test_remove_repairs_an_interrupted_swap_first_and_takes_the_split_away(tmp_p
     root = tmp_path / "volume"
     (root / ".old-val").mkdir(parents=True)
     (root / ".old-val" / "v.jpeg").write_bytes(b"v")
-    upload.remove(str(root), "val")
+    receiver.remove(str(root), "val")
     assert sorted(p.name for p in root.iterdir()) == []
-    upload.remove(str(root), "test")  # nothing there: nothing to do
-    assert upload.main(["receive", str(root)]) == 2 and upload.main(["state"]) == 2 and upload.main([]) == 2
+    receiver.remove(str(root), "test")  # nothing there: nothing to do
+    assert receiver.main(["receive", str(root)]) == 2 and receiver.main(["state"]) == 2 and receiver.main([]) == 2
 
 
 @pytest.mark.parametrize("name, problem", [("train/NORMAL/a b.jpeg", None), ("C:", "an absolute path"),
@@ -356,26 +356,26 @@ def test_a_new_copy_without_its_index_is_not_trusted_and_the_old_one_comes_back(
     (root / ".old-train" / "a.jpeg").write_bytes(b"old")
     (root / "train").mkdir()
     (root / "train" / "half.jpeg").write_bytes(b"new, unverified")
-    assert upload.state(str(root)) == {"train": None}
+    assert receiver.state(str(root)) == {"train": None}
     assert sorted(p.name for p in (root / "train").iterdir()) == ["a.jpeg"] and not (root / ".old-train").exists()
 
 
 def test_the_receiver_makes_a_nested_destination_and_nested_folders(tmp_path):
     dest = tmp_path / "volume" / "team" / "incoming"
-    assert upload.state(str(dest)) == {} and dest.is_dir()
+    assert receiver.state(str(dest)) == {} and dest.is_dir()
     files = {"NORMAL/2024/a.jpeg": b"aa", "PNEUMONIA/b.jpeg": b"b"}
     nested = tmp_path / "other" / "deep"
-    assert upload.receive(str(nested), "test", _stream(files, _listed(files)))["received"] == 2
+    assert receiver.receive(str(nested), "test", _stream(files, _listed(files)))["received"] == 2
     assert (nested / "test" / "NORMAL" / "2024" / "a.jpeg").read_bytes() == b"aa"
 
 
 def test_a_staging_folder_a_killed_receiver_left_is_cleared_first(tmp_path):
     root = tmp_path / "volume"
     files = {"NORMAL/a.jpeg": b"aa"}
-    upload.receive(str(root), "train", _stream(files, _listed(files)))
+    receiver.receive(str(root), "train", _stream(files, _listed(files)))
     (root / ".partial-train" / "NORMAL").mkdir(parents=True)
     (root / ".partial-train" / "NORMAL" / "a.jpeg").write_bytes(b"half")  # where the kept copy's link must go
-    assert upload.receive(str(root), "train", _stream({}, _listed(files)))["received"] == 0
+    assert receiver.receive(str(root), "train", _stream({}, _listed(files)))["received"] == 0
     assert (root / "train" / "NORMAL" / "a.jpeg").read_bytes() == b"aa" and not (root / ".partial-train").exists()
 
 
@@ -395,16 +395,16 @@ def test_the_receiver_reads_each_member_in_chunks(tmp_path, monkeypatch):
         return source
 
     monkeypatch.setattr(tarfile.TarFile, "extractfile", recording)
-    monkeypatch.setattr(upload, "CHUNK", 1000)
+    monkeypatch.setattr(receiver, "CHUNK", 1000)
     files = {"NORMAL/a.jpeg": b"a" * 2500}
-    upload.receive(str(tmp_path), "train", _stream(files, _listed(files)))
+    receiver.receive(str(tmp_path), "train", _stream(files, _listed(files)))
     assert sizes[:4] == [1000, 1000, 1000, 1000]  # the member (3 reads and the empty one), then the list
 
 
 def test_verification_names_the_first_three_problems_and_counts_all(tmp_path):
     listed = {f"NORMAL/{i}.jpeg": [1, "0" * 64] for i in range(4)}
     with pytest.raises(upload.UploadError) as caught:
-        upload.receive(str(tmp_path), "train", _stream({}, listed))
+        receiver.receive(str(tmp_path), "train", _stream({}, listed))
     assert str(caught.value) == ("4 file(s) failed verification: NORMAL/0.jpeg did not arrive; NORMAL/1.jpeg did not "
                                  "arrive; NORMAL/2.jpeg did not arrive")
 
@@ -412,8 +412,8 @@ def test_verification_names_the_first_three_problems_and_counts_all(tmp_path):
 def test_the_receivers_command_line_needs_its_exact_arguments(tmp_path, capsys):
     for argv in (["bogus", str(tmp_path), "train"], ["remove", str(tmp_path)], ["state", str(tmp_path), "x"],
                  ["receive", str(tmp_path), "train", "x"]):
-        assert upload.main(argv) == 2, argv
-        assert capsys.readouterr().err.startswith("usage: python -m data.upload"), argv
+        assert receiver.main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith("usage: python -m data.receiver"), argv
 
 
 def test_appledouble_files_and_paths_outside_the_root_are_left_out_and_the_shallowest_root_wins(tmp_path):
@@ -454,7 +454,7 @@ def test_the_transport_hands_back_the_receivers_argv_output_and_status():
                                  "py")
     result = transport.run(["receive", "/v", "train"], stream=lambda pipe: pipe.write(b"tar bytes"))
     assert result.args == ["sh", "-c", 'cat >/dev/null; echo "{\\"files\\": 1}"; echo warn >&2; exit 3', "sh", "py", "-m",
-                           "data.upload", "receive", "/v", "train"]
+                           "data.receiver", "receive", "/v", "train"]
     assert (result.returncode, result.stdout, result.stderr) == (3, b'{"files": 1}\n', b"warn\n")
 
 
