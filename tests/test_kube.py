@@ -12,7 +12,7 @@ from kubernetes import client
 
 from conftest import REPO, run_xray
 from trainer.config import preset
-from xray import kube, render
+from xray import kube, monitor, preflight, render
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -21,7 +21,7 @@ def _pod(index, phase, restarts=0, node="node-a", minutes=5, waiting=None):
     state = client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=waiting)) if waiting else None
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=f"xray-train-{index}-abcde", creation_timestamp=NOW - dt.timedelta(minutes=minutes),
-                                     annotations={kube.INDEX_ANNOTATION: str(index)}),
+                                     annotations={monitor.INDEX_ANNOTATION: str(index)}),
         spec=client.V1PodSpec(containers=[], node_name=node),
         status=client.V1PodStatus(phase=phase, container_statuses=[client.V1ContainerStatus(
             name="worker", image="x", image_id="", ready=phase == "Running", restart_count=restarts, state=state)]))
@@ -45,16 +45,16 @@ CHIEF_LOG = "\n".join([
 
 def test_rows_are_one_per_worker_in_index_order_with_restarts_and_reasons():
     pods = [_pod(1, "Pending", restarts=3, node=None, waiting="CrashLoopBackOff", minutes=90), _pod(0, "Running", minutes=2)]
-    rows = kube.pod_rows(pods, NOW)
+    rows = monitor.pod_rows(pods, NOW)
     assert [(r["index"], r["phase"], r["restarts"], r["node"], r["age"]) for r in rows] == [
         ("0", "Running", 0, "node-a", "2m"), ("1", "Pending", 3, "-", "1h")]
     assert rows[1]["reason"] == "CrashLoopBackOff"
 
 
 def test_latest_epoch_is_read_from_the_chief_log():
-    epoch = kube.latest_epoch(CHIEF_LOG)
+    epoch = monitor.latest_epoch(CHIEF_LOG)
     assert epoch["epoch"] == 3 and epoch["val_auc"] == 0.91
-    assert kube.latest_epoch("nothing yet") is None
+    assert monitor.latest_epoch("nothing yet") is None
 
 
 @pytest.mark.parametrize("job, state, words", [
@@ -66,7 +66,7 @@ def test_latest_epoch_is_read_from_the_chief_log():
     (_job(), "pending", "no pod running"),
 ])
 def test_job_summary(job, state, words):
-    got_state, explanation = kube.job_summary(job)
+    got_state, explanation = monitor.job_summary(job)
     assert got_state == state and words in explanation
 
 
@@ -74,7 +74,7 @@ def test_status_text_has_rows_epoch_and_warnings():
     event = client.CoreV1Event(metadata=client.V1ObjectMeta(name="e"), type="Warning", reason="BackOff",
                                message="Back-off restarting failed container", last_timestamp=NOW,
                                involved_object=client.V1ObjectReference(kind="Pod", name="xray-train-1-abcde"))
-    text = kube.format_status(_job(active=2), [_pod(0, "Running"), _pod(1, "Running", restarts=1)], [event], CHIEF_LOG, NOW)
+    text = monitor.format_status(_job(active=2), [_pod(0, "Running"), _pod(1, "Running", restarts=1)], [event], CHIEF_LOG, NOW)
     assert text.splitlines()[0] == "job xray/xray-train: RUNNING (2 active, 0 succeeded, 0 failed pod(s))"
     assert "xray-train-1-abcde" in text and "epoch 3 at 2026-11-25T11:55:00Z on 2 worker(s)" in text
     assert "val_auc=0.9100" in text and "Pod/xray-train-1-abcde: BackOff" in text
@@ -86,9 +86,9 @@ def _rendered(out):
 
 
 def test_rendered_cluster_run_sets_workers_image_paths_and_the_run_config(tmp_path):
-    request = kube.RenderRequest("train", "local", "registry.example.com/xray:1.2.3", 4, "gs://bucket/shards",
+    request = render.RenderRequest("train", "local", "registry.example.com/xray:1.2.3", 4, "gs://bucket/shards",
                                  "gs://bucket/runs/r1", overrides=("train.epochs=20",))
-    objects = _rendered(kube.render_kustomization(request, tmp_path / "render"))
+    objects = _rendered(render.render_kustomization(request, tmp_path / "render"))
     (job,) = [o for o in objects if o["kind"] == "Job"]
     maps = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in objects if o["kind"] == "ConfigMap"}
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
@@ -110,18 +110,18 @@ def test_rendered_cluster_run_sets_workers_image_paths_and_the_run_config(tmp_pa
 def test_a_tuned_config_reaches_train_and_tune_pods(tmp_path):
     best = preset("demo").override(["model.dropout1=0.45", "train.learning_rate=0.0003"])
     best.save(str(tmp_path / "best_config.json"))
-    request = kube.RenderRequest("train", "gpu", "r/xray:1-gpu", 4, config_file=str(tmp_path / "best_config.json"),
+    request = render.RenderRequest("train", "gpu", "r/xray:1-gpu", 4, config_file=str(tmp_path / "best_config.json"),
                                  overrides=("train.epochs=7",))
-    objects = _rendered(kube.render_kustomization(request, tmp_path / "train"))
+    objects = _rendered(render.render_kustomization(request, tmp_path / "train"))
     (run,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("xray-train-run")]
     config = json.loads(run["data"]["config.json"])
     # The file's values, the gpu overlay's own overrides, then OVERRIDES.
     assert (config["model"]["dropout1"], config["train"]["learning_rate"], config["train"]["epochs"]) == (0.45, 3e-4, 7)
     assert config["train"]["mixed_precision"] == "float16" and config["train"]["collective"] == "nccl"
     # A config that only exists on the volume goes by path, with the overrides, unvalidated.
-    request = kube.RenderRequest("tune", "local", "r/xray:1", 2, config_file="/mnt/xray/runs/tune/best_config.json",
+    request = render.RenderRequest("tune", "local", "r/xray:1", 2, config_file="/mnt/xray/runs/tune/best_config.json",
                                  overrides=("train.epochs=3",))
-    objects = _rendered(kube.render_kustomization(request, tmp_path / "tune"))
+    objects = _rendered(render.render_kustomization(request, tmp_path / "tune"))
     for job in [o for o in objects if o["kind"] == "Job"]:
         args = job["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[-3:] == ["--config", "/mnt/xray/runs/tune/best_config.json", "train.epochs=3"]
@@ -158,8 +158,8 @@ def _check_kustomization(out):
 
 
 def test_the_train_pods_mount_the_run_config_read_only_and_the_file_is_the_resolved_config(tmp_path):
-    request = kube.RenderRequest("train", image="r/xray", workers=2, deadline_s=3600, overrides=("train.epochs=9",))
-    out = kube.render_kustomization(request, tmp_path / "a" / "b" / "train")  # folders made as needed
+    request = render.RenderRequest("train", image="r/xray", workers=2, deadline_s=3600, overrides=("train.epochs=9",))
+    out = render.render_kustomization(request, tmp_path / "a" / "b" / "train")  # folders made as needed
     doc = _check_kustomization(out)
     assert doc["images"] == [{"name": "xray", "newName": "r/xray"}]  # no tag given: none set (not an empty one)
     assert [p["target"] for p in doc["patches"]][:3] == [{"kind": "Job", "name": "xray-train"}] * 3
@@ -175,21 +175,21 @@ def test_the_train_pods_mount_the_run_config_read_only_and_the_file_is_the_resol
     (run,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("xray-train-run-")]
     assert json.loads(run["data"]["config.json"]) == config.to_dict()
     # Rendered again with the config on the volume: the earlier render's config.json is gone with its generator.
-    kube.render_kustomization(kube.RenderRequest("train", image="r/xray", config_file="/mnt/xray/best.json"), out)
+    render.render_kustomization(render.RenderRequest("train", image="r/xray", config_file="/mnt/xray/best.json"), out)
     assert not (out / "config.json").exists()
     _check_kustomization(out)
     assert [o for o in _rendered(out) if o["kind"] == "ConfigMap" and "-run-" in o["metadata"]["name"]] == []
 
 
 def test_every_component_renders_a_kustomization_with_kustomize_s_own_spellings(tmp_path):
-    requests = [kube.RenderRequest("train", image="r/x:1", workers=4), kube.RenderRequest("tune", image="r/x:1", workers=3,
+    requests = [render.RenderRequest("train", image="r/x:1", workers=4), render.RenderRequest("tune", image="r/x:1", workers=3,
                                                                                      max_trials=5),
-                kube.RenderRequest("serving", image="r/serving:2.21", replicas=3),
-                kube.RenderRequest("storage", storage_class="fast"), kube.RenderRequest("shards", image="r/x:1", src="/s"),
-                kube.RenderRequest("export", image="r/x:1", workdir="/w"),
-                kube.RenderRequest("promote", image="r/x:1", promote=("--label", "stable", "--version", "2"))]
+                render.RenderRequest("serving", image="r/serving:2.21", replicas=3),
+                render.RenderRequest("storage", storage_class="fast"), render.RenderRequest("shards", image="r/x:1", src="/s"),
+                render.RenderRequest("export", image="r/x:1", workdir="/w"),
+                render.RenderRequest("promote", image="r/x:1", promote=("--label", "stable", "--version", "2"))]
     for request in requests:
-        _check_kustomization(kube.render_kustomization(request, tmp_path / request.component))
+        _check_kustomization(render.render_kustomization(request, tmp_path / request.component))
     objects = _rendered(tmp_path / "serving")
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "r/serving:2.21"  # TF Serving's image
@@ -208,13 +208,13 @@ def test_every_component_renders_a_kustomization_with_kustomize_s_own_spellings(
     assert promoted["XRAY_WAIT"] == "600" and promoted.get("XRAY_REPLICA_NAMES") != ""  # not given: the manifest's
     (claim,) = [o for o in _rendered(tmp_path / "storage") if o["kind"] == "PersistentVolumeClaim"]
     assert claim["spec"]["storageClassName"] == "fast"
-    promote = kube.RenderRequest("promote", image="r/x:1", promote=("--label", "canary", "--rollback"), promote_wait_s=120,
+    promote = render.RenderRequest("promote", image="r/x:1", promote=("--label", "canary", "--rollback"), promote_wait_s=120,
                                  replica_names="10.0.0.1=xray-serving-a")
-    data = _data(_rendered(kube.render_kustomization(promote, tmp_path / "promote2")), "xray-promote")
+    data = _data(_rendered(render.render_kustomization(promote, tmp_path / "promote2")), "xray-promote")
     assert (data["XRAY_PROMOTE"], data["XRAY_WAIT"], data["XRAY_REPLICA_NAMES"]) == (
         "--label canary --rollback", "120", "10.0.0.1=xray-serving-a")
-    serving = kube.RenderRequest("serving", replicas=1)
-    (hpa,) = [o for o in _rendered(kube.render_kustomization(serving, tmp_path / "serving1"))
+    serving = render.RenderRequest("serving", replicas=1)
+    (hpa,) = [o for o in _rendered(render.render_kustomization(serving, tmp_path / "serving1"))
               if o["kind"] == "HorizontalPodAutoscaler"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 2)  # room for one more
 
@@ -228,12 +228,12 @@ def _data(objects, prefix):
                                              ("registry.example.com:5000/team/xray:0.1", ("registry.example.com:5000/team/xray", "0.1")),
                                              ("xray:dev", ("xray", "dev")), ("xray", ("xray", ""))])
 def test_an_image_reference_splits_at_the_tag_not_at_the_registry_port(image, expected):
-    assert kube.split_image(image) == expected
+    assert render.split_image(image) == expected
 
 
 def test_an_unknown_overlay_names_the_overlays_and_components_there_are():
-    with pytest.raises(kube.RenderError) as caught:
-        render.overlay_dir(kube.RenderRequest("train", overlay="staging"))
+    with pytest.raises(render.RenderError) as caught:
+        render.overlay_dir(render.RenderRequest("train", overlay="staging"))
     overlays = sorted(p.name for p in (render.MANIFESTS / "overlays").iterdir())
     components = sorted(p.name for p in (render.MANIFESTS / "overlays" / "local").iterdir() if p.name != "namespace")
     assert str(caught.value) == (f"no overlay xray/k8s/overlays/staging/train; overlays: {', '.join(overlays)}; "
@@ -242,28 +242,28 @@ def test_an_unknown_overlay_names_the_overlays_and_components_there_are():
 
 
 @pytest.mark.parametrize("request_, message", [
-    (kube.RenderRequest("train", workers=3, image="r/x:1"), "train.batch_size=16 does not split evenly over 3 workers"),
-    (kube.RenderRequest("train", image="r/x:1", overrides=("train.epochs=0",)), "train.epochs=0 is invalid"),
-    (kube.RenderRequest("train", image="r/x:1", config_file="/nope/best.json"), "CONFIG=/nope/best.json: no such file"),
-    (kube.RenderRequest("train", image=":0.1.0"), "set the project image (got ':0.1.0')"),
-    (kube.RenderRequest("export", image="xray:0.1.0"), "set the project image"),
-    (kube.RenderRequest("train", overlay="staging", image="r/x:1"), "no overlay xray/k8s/overlays/staging/train"),
+    (render.RenderRequest("train", workers=3, image="r/x:1"), "train.batch_size=16 does not split evenly over 3 workers"),
+    (render.RenderRequest("train", image="r/x:1", overrides=("train.epochs=0",)), "train.epochs=0 is invalid"),
+    (render.RenderRequest("train", image="r/x:1", config_file="/nope/best.json"), "CONFIG=/nope/best.json: no such file"),
+    (render.RenderRequest("train", image=":0.1.0"), "set the project image (got ':0.1.0')"),
+    (render.RenderRequest("export", image="xray:0.1.0"), "set the project image"),
+    (render.RenderRequest("train", overlay="staging", image="r/x:1"), "no overlay xray/k8s/overlays/staging/train"),
 ])
 def test_preflight_refuses_what_the_cluster_would_retry_or_reject(tmp_path, request_, message):
     with pytest.raises(kube.ClusterError, match=re.escape(message)):
-        kube.preflight(request_, tmp_path, check_cluster=False)
+        preflight.check_and_render(request_, tmp_path, check_cluster=False)
 
 
 def test_storage_class_and_component_renders(tmp_path):
-    objects = _rendered(kube.render_kustomization(kube.RenderRequest("storage", "gpu", storage_class="filestore-rwx"),
+    objects = _rendered(render.render_kustomization(render.RenderRequest("storage", "gpu", storage_class="filestore-rwx"),
                                                   tmp_path / "storage"))
     (claim,) = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
     assert claim["spec"]["storageClassName"] == "filestore-rwx" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    objects = _rendered(kube.render_kustomization(kube.RenderRequest("shards", image="r/x:1", src="/mnt/xray/incoming/k",
+    objects = _rendered(render.render_kustomization(render.RenderRequest("shards", image="r/x:1", src="/mnt/xray/incoming/k",
                                                                      data="/mnt/xray/shards-k"), tmp_path / "shards"))
     (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
     assert config["data"]["XRAY_SRC"] == "/mnt/xray/incoming/k" and config["data"]["XRAY_DATA"] == "/mnt/xray/shards-k"
-    objects = _rendered(kube.render_kustomization(kube.RenderRequest("export", image="r/x:1", workdir="/mnt/xray/runs/r2"),
+    objects = _rendered(render.render_kustomization(render.RenderRequest("export", image="r/x:1", workdir="/mnt/xray/runs/r2"),
                                                   tmp_path / "export"))
     (job,) = [o for o in objects if o["kind"] == "Job"]
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
@@ -287,11 +287,11 @@ def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_containe
     job = _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from)
     assert overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "seed", [])
     for unset in (_train_job(["train", "--preset", "$(XRAY_PRESET)"]), _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from[:3])):
-        with pytest.raises(kube.RenderError) as caught:
+        with pytest.raises(render.RenderError) as caught:
             overlay_run_args([*maps, unset], "Job", "xray-train", "worker")
         assert str(caught.value) == ("the overlay's Job xray-train passes --preset $(XRAY_PRESET), but no ConfigMap its "
                                      "container reads sets XRAY_PRESET")
-    with pytest.raises(kube.RenderError) as caught:
+    with pytest.raises(render.RenderError) as caught:
         container_of([{"kind": "Deployment", "metadata": {"name": "xray-train"}}, *maps], "Job", "xray-train", "worker")
     assert str(caught.value) == "the overlay has no Job xray-train"
 
@@ -299,7 +299,7 @@ def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_containe
 def test_kustomize_failing_is_one_line_with_kubectl_s_reason(tmp_path):
     from xray.render import kustomize
 
-    with pytest.raises(kube.RenderError) as caught:
+    with pytest.raises(render.RenderError) as caught:
         kustomize(tmp_path / "nothing")
     assert str(caught.value).startswith(f"kubectl kustomize {tmp_path / 'nothing'} failed: must build at directory: ")
     assert str(caught.value).endswith("no such file or directory") and "\n" not in str(caught.value)
@@ -309,13 +309,13 @@ def test_a_config_file_that_is_not_here_nor_on_the_volume_is_refused_with_both_w
     from xray.render import resolve_run_config
 
     objects = [_train_job(["train", "--preset", "demo"])]
-    request = kube.RenderRequest("train", config_file=str(tmp_path / "best_config.json"))
-    with pytest.raises(kube.RenderError) as caught:
+    request = render.RenderRequest("train", config_file=str(tmp_path / "best_config.json"))
+    with pytest.raises(render.RenderError) as caught:
         resolve_run_config(request, objects)
     assert str(caught.value) == (f"CONFIG={tmp_path / 'best_config.json'}: no such file here; give a local config.json "
                                  "(e.g. build/tune/best_config.json) or a path on the volume as the pods see it "
                                  "(/mnt/xray/...)")
-    assert resolve_run_config(kube.RenderRequest("train", config_file="/mnt/xray/runs/t/best_config.json",
+    assert resolve_run_config(render.RenderRequest("train", config_file="/mnt/xray/runs/t/best_config.json",
                                                  overrides=("train.epochs=2",)), objects) == (None, ["train.epochs=2"])
 
 
@@ -324,7 +324,7 @@ def test_pin_claim_keeps_the_existing_claim_as_it_is_and_replaces_an_earlier_pin
     the rendered storage step, pinned to the live values, whichever the request asked for."""
     from xray.render import pin_claim
 
-    out = kube.render_kustomization(kube.RenderRequest("storage", "gpu", storage_class="filestore-rwx"), tmp_path / "s")
+    out = render.render_kustomization(render.RenderRequest("storage", "gpu", storage_class="filestore-rwx"), tmp_path / "s")
     rendered = list(yaml.safe_load((out / "kustomization.yaml").read_text()))
     pin_claim(out, "standard", ("ReadWriteOnce",), "7Gi")
     assert list(yaml.safe_load((out / "kustomization.yaml").read_text())) == rendered  # the file's order kept
@@ -338,7 +338,7 @@ def test_pin_claim_keeps_the_existing_claim_as_it_is_and_replaces_an_earlier_pin
     doc = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert [p["target"] for p in doc["patches"]] == [{"kind": "PersistentVolumeClaim", "name": "xray-data"}]
     # A claim bound without a class (the cluster had no default): none is added, the overlay's stays unset.
-    out = kube.render_kustomization(kube.RenderRequest("storage", "local"), tmp_path / "l")
+    out = render.render_kustomization(render.RenderRequest("storage", "local"), tmp_path / "l")
     pin_claim(out, "", ("ReadWriteOnce",), "5Gi")
     (claim,) = [o for o in _rendered(out) if o["kind"] == "PersistentVolumeClaim"]
     assert "storageClassName" not in claim["spec"] and claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
@@ -395,13 +395,13 @@ def test_make_picks_the_gpu_image_and_refuses_a_missing_image():
 
 def test_preflight_refuses_a_missing_image_and_too_few_shards(tmp_path, shards_dir):
     with pytest.raises(kube.ClusterError, match="set the project image"):
-        kube.preflight(kube.RenderRequest("train", image=""), tmp_path, check_cluster=False)
+        preflight.check_and_render(render.RenderRequest("train", image=""), tmp_path, check_cluster=False)
     manifest = json.loads((shards_dir / "manifest.json").read_text())
     too_many = len(manifest["shards"]["train"]) + 1
     with pytest.raises(kube.ClusterError, match=f"for {too_many} workers"):
-        kube.preflight(kube.RenderRequest("train", image="r/xray:1", workers=too_many, data=str(shards_dir)), tmp_path,
+        preflight.check_and_render(render.RenderRequest("train", image="r/xray:1", workers=too_many, data=str(shards_dir)), tmp_path,
                        check_cluster=False)
-    warnings = kube.preflight(kube.RenderRequest("train", image="r/xray:1", workers=2, data="/mnt/xray/shards"),
+    warnings = preflight.check_and_render(render.RenderRequest("train", image="r/xray:1", workers=2, data="/mnt/xray/shards"),
                               tmp_path, check_cluster=False)
     assert "not readable from here" in warnings[0] and (tmp_path / "kustomization.yaml").exists()
 
@@ -427,12 +427,12 @@ def test_status_shows_the_newest_pod_per_index_with_throughput_and_eta():
     old.status.container_statuses[0].state = client.V1ContainerState(
         terminated=client.V1ContainerStateTerminated(exit_code=75, reason="Error"))
     new = _pod(1, "Running", minutes=2)
-    rows = kube.pod_rows([_pod(0, "Running"), old, new], NOW)
+    rows = monitor.pod_rows([_pod(0, "Running"), old, new], NOW)
     assert [(r["index"], r["pod"], r["phase"], r["restarts"]) for r in rows] == [
         ("0", "xray-train-0-abcde", "Running", 0), ("1", "xray-train-1-abcde", "Running", 1)]
     epoch = {"epoch": 3, "seconds": 120.0, "images": 5216, "epochs": 50}
-    assert kube.progress(epoch) == "43.5 images/s, ETA <= 1h34m for the 47 epoch(s) left of 50"
-    assert kube.progress({"epoch": 50, "seconds": 10, "images": 100, "epochs": 50}) == "10.0 images/s"
+    assert monitor.progress(epoch) == "43.5 images/s, ETA <= 1h34m for the 47 epoch(s) left of 50"
+    assert monitor.progress({"epoch": 50, "seconds": 10, "images": 100, "epochs": 50}) == "10.0 images/s"
 
 
 def test_an_export_refused_by_the_gate_is_a_refusal_not_a_crash():
@@ -440,7 +440,7 @@ def test_an_export_refused_by_the_gate_is_a_refusal_not_a_crash():
                                       "message": "Container export for pod xray/xray-export-x failed with exit code 3 "
                                                  "matching FailJob rule at index 0"}])
     job.metadata.name = "xray-export"
-    state, explanation = kube.job_summary(job)
+    state, explanation = monitor.job_summary(job)
     assert state == "refused" and "export gate refused the model" in explanation
     assert kube.WATCH_EXIT[state] == 3
 
@@ -467,9 +467,9 @@ def _stuck_pod(index, waiting=None, message="", unschedulable=None, terminated=N
 
 def test_active_pods_that_never_started_are_pending_not_running():
     pods = [_stuck_pod(0, waiting="ContainerCreating"), _stuck_pod(1, waiting="ContainerCreating")]
-    state, explanation = kube.job_summary(_job(active=2), pods)
+    state, explanation = monitor.job_summary(_job(active=2), pods)
     assert state == "pending" and "no pod running yet" in explanation
-    assert kube.job_summary(_job(active=2), [_pod(0, "Running"), _stuck_pod(1, waiting="ContainerCreating")])[0] == "running"
+    assert monitor.job_summary(_job(active=2), [_pod(0, "Running"), _stuck_pod(1, waiting="ContainerCreating")])[0] == "running"
 
 
 @pytest.mark.parametrize("pod, reason, words", [
@@ -485,10 +485,10 @@ def test_active_pods_that_never_started_are_pending_not_running():
     (_stuck_pod(0, terminated="OOMKilled", phase="Running"), "OOMKilled", "limit 6Gi"),
 ])
 def test_blockers_name_the_reason(pod, reason, words):
-    (blocker,) = kube.blockers([pod], [])
+    (blocker,) = monitor.blockers([pod], [])
     assert blocker.reason == reason and words in blocker.message
     assert blocker.line().startswith(f"pod {pod.metadata.name}: {reason}: ")
-    text = kube.format_status(_job(active=1), [pod], [], "", NOW)
+    text = monitor.format_status(_job(active=1), [pod], [], "", NOW)
     assert "not running:" in text and reason in text
 
 
@@ -496,9 +496,9 @@ def test_a_failed_mount_event_is_a_blocker_and_ready_pods_have_none():
     event = client.CoreV1Event(metadata=client.V1ObjectMeta(name="e"), type="Warning", reason="FailedMount",
                                message="MountVolume.SetUp failed for volume \"xray-data\"", last_timestamp=NOW,
                                involved_object=client.V1ObjectReference(kind="Pod", name="xray-train-0-abcde"))
-    (blocker,) = kube.blockers([_stuck_pod(0, waiting="ContainerCreating")], [event])
+    (blocker,) = monitor.blockers([_stuck_pod(0, waiting="ContainerCreating")], [event])
     assert blocker.reason == "FailedMount" and "xray-data" in blocker.message
-    assert kube.blockers([_pod(0, "Running"), _pod(1, "Succeeded")], []) == []
+    assert monitor.blockers([_pod(0, "Running"), _pod(1, "Succeeded")], []) == []
 
 
 def test_watch_gives_up_with_exit_4_and_one_line(capsys):
@@ -508,7 +508,7 @@ def test_watch_gives_up_with_exit_4_and_one_line(capsys):
 
     def fake_status(name, namespace):
         calls.append(name)
-        return "pending", "table", kube.blockers([pod], [])
+        return "pending", "table", monitor.blockers([pod], [])
 
     code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
                       limits=kube.WatchLimits(stuck_after_s=0.05, start_timeout_s=60), read=fake_status)

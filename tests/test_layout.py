@@ -33,3 +33,18 @@ def test_no_test_touches_a_private_name_of_the_project():
     found = [f"{where}: {line.strip()}" for where, line in _lines(tests)
              if (attribute.search(line) and "__" not in attribute.search(line).group(0)) or private_import.search(line)]
     assert found == []
+
+
+# The packages each package may import (docs/design.md's picture); xray, the front-end, may import all of them.
+ALLOWED = {"data": set(), "trainer": {"data"}, "tuner": {"data", "trainer"}, "serving": {"data", "trainer", "clients"},
+           "clients": {"data", "serving"}}
+
+
+def test_the_packages_import_only_what_the_design_picture_shows():
+    pattern = re.compile(r"^\s*(?:from|import)\s+(data|trainer|tuner|serving|clients|xray)\b", re.M)
+    found = {}
+    for package in ALLOWED:
+        for path in (REPO / package).rglob("*.py"):
+            found.setdefault(package, set()).update(m for m in pattern.findall(path.read_text()) if m != package)
+    assert {package: found.get(package, set()) - allowed for package, allowed in ALLOWED.items()} == \
+        {package: set() for package in ALLOWED}

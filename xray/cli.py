@@ -569,17 +569,17 @@ def _add_preflight(sub):
 
 
 def _run_preflight(args):
-    from xray import kube
+    from xray import kube, preflight, render
 
     promote = []
     if args.component == "promote":
         promote = (["--label", args.label] if args.label else []) + (["--version", args.version] if args.version else []) \
             + (["--from-label", args.from_label] if args.from_label else []) + (["--rollback"] if args.rollback else [])
-    request = kube.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
-                                 args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
-                                 args.deadline, args.max_trials, args.replicas, tuple(promote), args.wait)
+    request = render.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
+                                   args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
+                                   args.deadline, args.max_trials, args.replicas, tuple(promote), args.wait)
     try:
-        warnings = kube.preflight(request, args.out, check_cluster=not args.offline)
+        warnings = preflight.check_and_render(request, args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
         raise UserError(str(error)) from None
     for warning in warnings:
