@@ -69,6 +69,25 @@ def list_versions(model_base: str) -> list[dict]:
     return sorted(versions, key=lambda v: v["version"])
 
 
+def format_versions(model_base: str) -> str:
+    """`xray export --list`: a line per version (created, AUC, sensitivity, specificity, threshold, its labels)."""
+    from serving import config as serving_config
+
+    versions = list_versions(model_base)
+    if not versions:
+        return f"no versions under {model_base}"
+    labels = serving_config.read_labels(model_base)
+    lines = []
+    for v in versions:
+        card = v["card"] or {}
+        m = {**card.get("metrics", {}), "roc_auc": recorded_auc(card) or float("nan")}
+        tags = ",".join(label for label, version in labels.items() if version == v["version"])
+        lines.append(f"{v['version']:>4d}  {card.get('created', '?'):20s}  auc {m.get('roc_auc', float('nan')):.4f}  "
+                     f"sens {m.get('sensitivity', float('nan')):.3f}  spec {m.get('specificity', float('nan')):.3f}  "
+                     f"threshold {card.get('threshold', float('nan')):.3f}  {tags}")
+    return "\n".join(lines)
+
+
 def recorded_auc(card: dict | None) -> float | None:
     """A version's test AUC as the server computes it (cards before the serving-path check: the training path's)."""
     if not card:

@@ -129,6 +129,30 @@ def _record(model_base: str, move: Move) -> None:
     write_atomic(f"{model_base.rstrip('/')}/{HISTORY_FILE}", json.dumps(entries, indent=1) + "\n")
 
 
+def promote(model_base: str, label: str, replicas, *, version: int | None = None, from_label: str | None = None,
+            rollback: bool = False, name: str = contract.MODEL_NAME, base_path: str | None = None,
+            wait_s: float = 600.0, log: Callable[[str], None] = print) -> Move:
+    """`xray promote` and `make promote`: which version ``label`` should point at (``version``; the one
+    ``from_label`` points at; where it pointed before its last move with ``rollback``; else the newest), then
+    ``move_label``. PromoteError when that version cannot be found or a replica cannot load it."""
+    from serving import config as serving_config
+    from serving import export
+
+    available = {v["version"] for v in export.list_versions(model_base)}
+    if rollback:
+        version = rollback_version(model_base, label)
+    elif from_label:
+        labels = serving_config.read_labels(model_base)
+        if from_label not in labels:
+            raise PromoteError(f"label {from_label} is not set in {model_base}/models.config (labels: "
+                               f"{labels or 'none'})")
+        version = labels[from_label]
+    elif version is None:
+        version = max(available, default=0)
+    return move_label(model_base, label, version, replicas, available=available, name=name,
+                      base_path=base_path or f"/models/{name}", wait_s=wait_s, log=log)
+
+
 def move_label(model_base: str, label: str, version: int, replicas, *, base_path: str, available: set[int],
                name: str = contract.MODEL_NAME, wait_s: float = 600.0, poll_s: float = 1.0,
                log: Callable[[str], None] = print, connect=ReplicaClient) -> Move:

@@ -1,0 +1,117 @@
+"""`xray preflight`, `xray jobs`."""
+
+from __future__ import annotations
+
+import sys
+
+from xray.commands import UserError
+
+
+def _add_preflight(sub):
+    from xray.render import WORKLOADS
+
+    p = sub.add_parser("preflight", help="check a cluster step before applying it, and render its kustomization",
+                       description="Checks the kube context, the namespace and volume claim (made by the storage step, "
+                       "make volume), the image, that there are at least as many train shards as workers (when DATA is "
+                       "readable from here), the run config (train/tune: the overlay's preset, or --config, with the "
+                       "overrides; the batch must split over the workers) and that no job of the same name is still "
+                       "running; then writes OUT/kustomization.yaml on top of xray/k8s/overlays/OVERLAY/COMPONENT "
+                       "(apply it with kubectl apply -k OUT).",
+                       epilog="overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5")
+    p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
+    p.add_argument("--overlay", default="local", help="xray/k8s/overlays/<overlay> (local, gpu)")
+    p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving and storage); serving: a "
+                   "TF Serving image in place of the overlay's tensorflow/serving:2.21.0")
+    p.add_argument("--workers", type=int, default=2, help="training workers / tuning trial workers")
+    p.add_argument("--data", default="/mnt/xray/shards", help="shards URI as the pods see it")
+    p.add_argument("--workdir", default="", help="run directory as the pods see it (default: the overlay's)")
+    p.add_argument("--config", default="", help="train/tune: a config.json to start from: a local file (sent in a "
+                   "ConfigMap) or a path on the volume as the pods see it (/mnt/xray/runs/tune/best_config.json)")
+    p.add_argument("--storage-class", default="", help="storage: the claim's storage class (default: the cluster's)")
+    p.add_argument("--src", default="", help="shards: the image folder on the volume (default: the overlay's)")
+    p.add_argument("--deadline", type=int, default=0, help="train: activeDeadlineSeconds (default: the manifest's, 3 days)")
+    p.add_argument("--max-trials", type=int, default=0, help="tune: the number of trials (default: the overlay's)")
+    p.add_argument("--replicas", type=int, default=0, help="serving: the autoscaler's minimum (default: the overlay's)")
+    p.add_argument("--label", default="", help="promote: the label to move (stable, canary)")
+    p.add_argument("--version", default="", help="promote: the version to point it at")
+    p.add_argument("--from-label", default="", help="promote: the version another label points at")
+    p.add_argument("--rollback", action="store_true", help="promote: back to where the label pointed before")
+    p.add_argument("--wait", type=int, default=0, help="promote: seconds for every replica to load the version")
+    p.add_argument("--namespace", default="xray")
+    p.add_argument("--out", required=True, help="directory for the rendered kustomization")
+    p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
+    p.add_argument("overrides", nargs="*", help="train/tune config overrides, key=value")
+    p.set_defaults(run=_run_preflight)
+
+
+def _run_preflight(args):
+    from xray import kube, preflight, render
+
+    promote = []
+    if args.component == "promote":
+        promote = (["--label", args.label] if args.label else []) + (["--version", args.version] if args.version else []) \
+            + (["--from-label", args.from_label] if args.from_label else []) + (["--rollback"] if args.rollback else [])
+    request = render.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
+                                   args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
+                                   args.deadline, args.max_trials, args.replicas, tuple(promote), args.wait)
+    try:
+        warnings = preflight.check_and_render(request, args.out, check_cluster=not args.offline)
+    except kube.ClusterError as error:
+        raise UserError(str(error)) from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
+
+
+def _add_jobs(sub):
+    p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: status, watch, logs, delete",
+                       epilog="watch exits 0 when the job succeeded, 1 when it failed, 3 when the export gate refused "
+                       "the model, 4 when a pod cannot start or run (the reason in one line: image pull errors, "
+                       "unschedulable, an unbound claim, OOMKilled, a crash loop) or none started in time. "
+                       "watch deployment/NAME follows a Deployment's rollout the same way, watch pod/NAME a pod until "
+                       "it is Ready.",
+                       description="Like kubectl, for our jobs: one row per worker pod (index, phase, restarts, node, age), "
+                       "the latest epoch and metrics from the chief's log, recent warning events, and a summary.")
+    p.add_argument("action", choices=("status", "watch", "logs", "delete"))
+    p.add_argument("name", nargs="?", default="xray-train", help="job name (default: xray-train)")
+    p.add_argument("-n", "--namespace", default="xray")
+    p.add_argument("--index", type=int, default=0, help="logs: the worker index (0 is the chief)")
+    p.add_argument("-f", "--follow", action="store_true", help="logs: stream")
+    p.add_argument("--tail", type=int, default=None, help="logs: last N lines")
+    p.add_argument("--interval", type=float, default=10.0, help="watch: seconds between refreshes")
+    p.add_argument("--stuck-after", type=float, default=45.0, help="watch: give up (exit 4) when a pod has been unable "
+                   "to start or run this many seconds: image pull errors, unschedulable, a volume that does not mount, "
+                   "a crash loop (an OOM kill or an image name that can never be pulled: at once)")
+    p.add_argument("--start-timeout", type=float, default=900.0, help="watch: give up (exit 4) when no pod has "
+                   "started running after this many seconds")
+    p.set_defaults(run=_run_jobs)
+
+
+def _run_jobs(args):
+    from xray import kube
+
+    try:
+        if args.action == "status":
+            state, text = kube.status(args.name, args.namespace)
+            print(text)
+            return kube.WATCH_EXIT.get(state, 0)
+        if args.action == "watch" and args.name.startswith(("deployment/", "pod/")):
+            follow = kube.rollout if args.name.startswith("deployment/") else kube.pod_ready
+            return follow(args.name.split("/", 1)[1], args.namespace, min(args.interval, 2),
+                          limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
+        if args.action == "watch":
+            return kube.watch(args.name, args.namespace, args.interval,
+                              limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
+        if args.action == "logs":
+            kube.logs(args.name, args.namespace, args.index, args.follow, args.tail)
+            return 0
+        kube.delete(args.name, args.namespace)
+        print(f"deleted job {args.namespace}/{args.name} and its pods")
+    except kube.ClusterError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
+def register(sub) -> None:
+    for add in (_add_preflight, _add_jobs,):
+        add(sub)
