@@ -48,3 +48,10 @@ def test_the_packages_import_only_what_the_design_picture_shows():
             found.setdefault(package, set()).update(m for m in pattern.findall(path.read_text()) if m != package)
     assert {package: found.get(package, set()) - allowed for package, allowed in ALLOWED.items()} == \
         {package: set() for package in ALLOWED}
+
+
+def test_no_module_of_the_project_is_over_400_lines():
+    """Issue 24's bound: a module that long is doing several jobs; split it at its seam."""
+    long = {str(p.relative_to(REPO)): n for package in PACKAGES for p in (REPO / package).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

@@ -22,7 +22,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -351,60 +350,3 @@ class ControlPlane:
         if name in self._processes:
             self._processes.pop(name).wait()  # reap our own child
         return alive
-
-
-USAGE = """usage: python -m xray.localcluster COMMAND
-  up [--no-node]        start the cluster under $XRAY_CLUSTER_ROOT (default build/cluster); --no-node: KWOK only
-  down                  stop it, take back what the node added to the host, remove its data (logs stay)
-  build                 build (or find in the cache) the binaries; prints their folder
-  image NAME[:TAG]...   build the project image from the Dockerfile (cached by content) and load it into the
-                        node's containerd under each NAME
-  image-archive         build the project image's archive only (no cluster needed); prints its path
-  derived NAME:TAG DIR  build DIR/Dockerfile FROM the project image (build argument PROJECT_IMAGE; cached by
-                        content) and load it into the node under NAME:TAG"""
-
-
-def main(argv: list[str]) -> int:
-    from xray.localcluster import images
-
-    if not argv or argv[0] not in ("up", "down", "build", "image", "image-archive", "derived") \
-            or argv[0] != "up" and "--no-node" in argv or argv[0] == "image" and len(argv) < 2 \
-            or argv[0] == "derived" and (len(argv) != 3 or ":" not in argv[1]) \
-            or argv[0] in ("down", "build", "image-archive") and len(argv) > 1:
-        print(USAGE, file=sys.stderr)
-        return 2
-    root = Path(os.environ.get("XRAY_CLUSTER_ROOT", DEFAULT_ROOT))
-    plane = ControlPlane(root)
-    try:
-        if argv[0] == "build":
-            print(build())
-        elif argv[0] == "up":
-            node = "--no-node" not in argv
-            kubeconfig = plane.up(node=node)
-            what = "control plane, node xray-node and 2 KWOK nodes" if node else "control plane and 2 KWOK nodes"
-            print(f"{what} up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
-        elif argv[0] == "image-archive":
-            print(images.project_archive(log=lambda line: print(line, file=sys.stderr)))
-        elif argv[0] == "derived":
-            if not plane.running():
-                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
-            context = Path(argv[2])
-            if not (context / "Dockerfile").is_file():
-                raise ControlPlaneError(f"{context} has no Dockerfile")
-            name = argv[1].split(":", 1)[0].rsplit("/", 1)[-1]
-            archive = images.derived_archive(name, context, log=lambda line: print(line, file=sys.stderr))
-            plane.load_image(archive, argv[1])
-            print(f"loaded {argv[1]} into node xray-node ({archive.name})")
-        elif argv[0] == "image":
-            if not plane.running():
-                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
-            archive = images.project_archive(log=lambda line: print(line, file=sys.stderr))
-            plane.load_image(archive, *argv[1:])
-            print(f"loaded {', '.join(argv[1:])} into node xray-node ({archive.name})")
-        else:
-            stopped = plane.down()
-            print(f"stopped {', '.join(stopped) or 'nothing (not running)'}; data removed, logs kept in {plane.logs}")
-    except (ControlPlaneError, host.HostError, images.ImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
