@@ -19,6 +19,16 @@ import pytest
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
+
+def _project_packages() -> tuple[str, ...]:
+    """The top-level packages the wheel installs: pyproject.toml's [tool.setuptools.packages.find] include."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    return tuple(pattern.rstrip("*") for pattern in include)
+
+
+PACKAGES = _project_packages()
 # The modules whose tests use the machine's one real node (marked `cluster`), and test_promote, whose Docker engine
 # shares the runtime's fixed paths with the node (/run/containerd: each removes it when it made it): under xdist
 # they run one after the other on one worker.

@@ -3,9 +3,8 @@ test may touch."""
 
 import re
 
-from conftest import REPO
+from conftest import PACKAGES, REPO
 
-PACKAGES = ("data", "trainer", "tuner", "serving", "clients", "xray")
 FRONT_ENDS = {"xray/cli.py", "xray/__main__.py", "xray/__init__.py"}  # and xray/commands/, the subcommands
 
 

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO
-
-PACKAGES = ("data", "trainer", "tuner", "serving", "clients", "xray")
+from conftest import PACKAGES, REPO
 
 
 def test_an_installed_xray_renders_the_manifests_it_ships_from_another_directory(tmp_path):

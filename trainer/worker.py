@@ -49,25 +49,33 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def module_main(argv: list[str], module: str, command: str, run_job, errors: tuple[type[BaseException], ...]) -> int:
+    """`python -m MODULE JOB_JSON` (this module, tuner.session): ``run_job(job_json)`` gives the exit status. The
+    same exits as `xray COMMAND`: ``errors`` are one line and exit 2, Ctrl-C exit 130."""
+    if len(argv) != 1:
+        print(f"usage: python -m {module} JOB_JSON (started by xray {command})", file=sys.stderr)
+        return 2
+    configure_logging()
+    try:
+        return run_job(argv[0])
+    except errors as error:
+        print(f"xray {command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xray {command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str]) -> int:
     """`python -m trainer.worker JOB_JSON`: prints the summary as one JSON line; a config or data problem is one
     line and exit 2, as from `xray train`."""
     from trainer.config import ConfigError
 
-    if len(argv) != 1:
-        print("usage: python -m trainer.worker JOB_JSON (started by xray train --workers N)", file=sys.stderr)
-        return 2
-    configure_logging()
-    try:
-        summary = run(TrainJob.from_json(argv[0]))
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"xray train: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xray train: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(summary))
-    return 0
+    def run_and_print(text: str) -> int:
+        print(json.dumps(run(TrainJob.from_json(text))))
+        return 0
+
+    return module_main(argv, "trainer.worker", "train", run_and_print, (ConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -70,10 +70,11 @@ def run_parallel(job: TuneJob, processes: int, sink=None) -> int:
     if processes < 1:
         raise ValueError(f"{processes} tuning processes: there must be at least 1")
     threads = str(max(1, (os.cpu_count() or 1) // processes))
+    command = job.command()
     with Reservation(1) as (port,):  # held until the chief and the workers are gone
         oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-        members = [("chief", job.command(), {**oracle, "KERASTUNER_TUNER_ID": "chief", "CUDA_VISIBLE_DEVICES": ""})]
-        members += [(f"tuner{i}", job.command(), {**oracle, "KERASTUNER_TUNER_ID": f"tuner{i}", "XRAY_THREADS": threads})
+        members = [("chief", command, {**oracle, "KERASTUNER_TUNER_ID": "chief", "CUDA_VISIBLE_DEVICES": ""})]
+        members += [(f"tuner{i}", command, {**oracle, "KERASTUNER_TUNER_ID": f"tuner{i}", "XRAY_THREADS": threads})
                     for i in range(processes)]
         code = launch.run_group(members, sink)
     if code:
@@ -86,13 +87,14 @@ def report_and_retrain(job: TuneJob, rows: list[dict] | None, sink=None) -> int:
     """Prints the trial table and where the best config is; with ``retrain_workers``, trains it in WORKDIR/best
     and prints its evaluation."""
     from tuner.reports import format_table
+    from tuner.space import SearchOptions
 
     sink = sink or sys.stdout
     workdir = job.workdir.rstrip("/")
     if rows is None:
         with open(f"{workdir}/trials.json") as f:
             rows = json.load(f)
-    print(format_table(rows, job.options.get("objective", "val_loss")), file=sink)
+    print(format_table(rows, SearchOptions(**job.options).objective), file=sink)
     print(f"best config: {workdir}/best_config.json  (xray train --config {workdir}/best_config.json ...)", file=sink)
     if not job.retrain_workers:
         return 0
@@ -111,20 +113,10 @@ def report_and_retrain(job: TuneJob, rows: list[dict] | None, sink=None) -> int:
 def main(argv: list[str]) -> int:
     """`python -m tuner.session JOB_JSON`; a bad setting or a missing chief is one line and exit 2, as from
     `xray tune`."""
-    from trainer.worker import configure_logging
+    from trainer.worker import module_main
 
-    if len(argv) != 1:
-        print("usage: python -m tuner.session JOB_JSON (started by xray tune)", file=sys.stderr)
-        return 2
-    configure_logging()
-    try:
-        return run(TuneJob.from_json(argv[0]))
-    except (ValueError, TimeoutError, FileNotFoundError) as error:
-        print(f"xray tune: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xray tune: interrupted", file=sys.stderr)
-        return 130
+    return module_main(argv, "tuner.session", "tune", lambda text: run(TuneJob.from_json(text)),
+                       (ValueError, TimeoutError, FileNotFoundError))
 
 
 if __name__ == "__main__":
