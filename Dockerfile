@@ -20,11 +20,6 @@ RUN if [ -s .pip-cert.pem ]; then export PIP_CERT=/src/.pip-cert.pem; fi \
  && if [ "$VARIANT" = "gpu" ]; then lock=requirements-gpu.lock; else lock=requirements.lock; fi \
  && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r "$lock"
 COPY pyproject.toml README.md ./
-COPY data ./data
-COPY trainer ./trainer
-COPY tuner ./tuner
-COPY serving ./serving
-COPY clients ./clients
 COPY xray ./xray
 RUN if [ -s .pip-cert.pem ]; then export PIP_CERT=/src/.pip-cert.pem; fi \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps .

@@ -35,7 +35,6 @@ CLUSTER_TUNE_DIR ?= /mnt/xray/runs/tune
 SRC ?=
 DATASET ?= chest_xray
 UPLOAD_DEST ?= /mnt/xray/incoming/$(DATASET)
-UPLOAD_ARGS ?=
 STORAGE_CLASS ?=
 # train-cluster / tune-cluster: a config file (local, or a path on the volume) and key=value overrides.
 CONFIG ?=
@@ -168,74 +167,44 @@ push: ## push the project image: make push IMAGE=registry/xray TAG=0.1.0
 image-set:
 	@test -n "$(IMAGE)" || { echo "set IMAGE to the project image you pushed (make image push IMAGE=registry.example.com/xray TAG=$(TAG)), e.g. make $(MAKECMDGOALS) IMAGE=registry.example.com/xray TAG=$(TAG)" >&2; exit 2; }
 
+# Every cluster target is one `xray cluster STEP` (xray/cluster/steps.py): pre-flight and render into build/k8s/STEP,
+# the step's previous Job replaced, kubectl apply -k, then followed like xray jobs watch until it ends.
+STEP = $(XRAY) cluster --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+STEP_IMAGE = --image $(IMAGE):$(CLUSTER_TAG)
+
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
-	$(XRAY) preflight --component storage --overlay $(OVERLAY) --namespace $(NAMESPACE) --storage-class "$(STORAGE_CLASS)" \
-	  --out $(BUILD)/k8s/storage
-	kubectl apply -k $(BUILD)/k8s/storage
+	$(STEP) storage --storage-class "$(STORAGE_CLASS)" --out $(BUILD)/k8s/storage
 
 data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) onto the volume, then shard it there (a Job)
 	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
-	$(XRAY) preflight --component upload --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
-	  --out $(BUILD)/k8s/upload
-	kubectl apply -k $(BUILD)/k8s/upload
-	$(XRAY) jobs watch pod/xray-upload -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
-	$(XRAY) upload "$(SRC)" --namespace $(NAMESPACE) --dest $(UPLOAD_DEST) $(UPLOAD_ARGS)
-	kubectl -n $(NAMESPACE) delete pod xray-upload --wait=false
-	$(XRAY) preflight --component shards --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
-	  --src /mnt/xray/incoming/$(DATASET) --data $(CLUSTER_DATA) --out $(BUILD)/k8s/shards
-	kubectl -n $(NAMESPACE) delete job xray-shards --ignore-not-found --wait=true
-	kubectl apply -k $(BUILD)/k8s/shards
-	$(XRAY) jobs watch xray-shards -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+	$(STEP) data $(STEP_IMAGE) --upload "$(SRC)" --dest $(UPLOAD_DEST) --data $(CLUSTER_DATA) --out $(BUILD)/k8s
 
 train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CONFIG, OVERRIDES), follow it
-	$(XRAY) preflight --component train --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(WORKERS) \
-	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --config "$(CONFIG)" \
+	$(STEP) train $(STEP_IMAGE) --workers $(WORKERS) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --config "$(CONFIG)" \
 	  --deadline $(DEADLINE) --out $(BUILD)/k8s/train $(OVERRIDES)
-	kubectl -n $(NAMESPACE) delete job xray-train --ignore-not-found --wait=true
-	kubectl apply -k $(BUILD)/k8s/train
-	$(XRAY) jobs watch xray-train -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 
 tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES, TRIALS), follow the workers
-	$(XRAY) preflight --component tune --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --workers $(PARALLEL) \
-	  --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --namespace $(NAMESPACE) --config "$(CONFIG)" \
+	$(STEP) tune $(STEP_IMAGE) --workers $(PARALLEL) --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --config "$(CONFIG)" \
 	  --out $(BUILD)/k8s/tune $(if $(filter command line,$(origin TRIALS)),--max-trials $(TRIALS)) $(OVERRIDES)
-	kubectl -n $(NAMESPACE) delete job xray-tune-chief xray-tune-workers --ignore-not-found --wait=true
-	kubectl apply -k $(BUILD)/k8s/tune
-	$(XRAY) jobs watch xray-tune-workers -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 	@echo "best config on the volume: $(CLUSTER_TUNE_DIR)/best_config.json; train it with:"
 	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 
 export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it (gated) to models/ on the volume (a Job)
-	$(XRAY) preflight --component export --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --data $(CLUSTER_DATA) \
-	  --workdir $(CLUSTER_WORKDIR) --namespace $(NAMESPACE) --out $(BUILD)/k8s/export
-	kubectl -n $(NAMESPACE) delete job xray-export --ignore-not-found --wait=true
-	kubectl apply -k $(BUILD)/k8s/export
-	$(XRAY) jobs watch xray-export -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+	$(STEP) export $(STEP_IMAGE) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --out $(BUILD)/k8s/export
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from xray/k8s/overlays/$(OVERLAY)/serving
-	$(XRAY) preflight --component serving --overlay $(OVERLAY) --namespace $(NAMESPACE) --out $(BUILD)/k8s/serving \
-	  $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
-	kubectl apply -k $(BUILD)/k8s/serving
-	$(XRAY) jobs watch deployment/xray-serving -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+	$(STEP) serving --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 promote: image-set ## move a version label on the running TF Serving replicas (a Job): make promote LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
-	$(XRAY) preflight --component promote --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
-	  --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) $(if $(FROM),--from-label $(FROM)) \
-	  $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
-	kubectl -n $(NAMESPACE) delete job xray-promote --ignore-not-found --wait=true
-	kubectl apply -k $(BUILD)/k8s/promote
-	@status=0; $(XRAY) jobs watch xray-promote -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER) || status=$$?; \
-	  kubectl -n $(NAMESPACE) logs job/xray-promote --tail=60 || true; exit $$status
+	$(STEP) promote $(STEP_IMAGE) --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
+	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
 
 promote-local: $(VENV)/.installed ## the same on make serve's server: make promote-local LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
 	$(XRAY) promote --model-base $(MODEL_BASE) --grpc localhost:$(GRPC_PORT) --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
 	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
 
 tensorboard: image-set volume ## TensorBoard over the runs on the volume; then: kubectl -n NAMESPACE port-forward svc/xray-tensorboard 6006
-	$(XRAY) preflight --component tensorboard --overlay $(OVERLAY) --image $(IMAGE):$(CLUSTER_TAG) --namespace $(NAMESPACE) \
-	  --out $(BUILD)/k8s/tensorboard
-	kubectl apply -k $(BUILD)/k8s/tensorboard
-	$(XRAY) jobs watch deployment/xray-tensorboard -n $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+	$(STEP) tensorboard $(STEP_IMAGE) --out $(BUILD)/k8s/tensorboard
 	@echo "open it: kubectl -n $(NAMESPACE) port-forward svc/xray-tensorboard 6006:6006, then http://localhost:6006"
 
 status: $(VENV)/.installed ## worker table, latest epoch and warnings of JOB (default xray-train)
@@ -257,7 +226,7 @@ test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process t
 	$(BIN)/python -m xray.localcluster image-archive >/dev/null
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
-# make mutate MODULES="data.split trainer.config": those modules only (default: all of [tool.mutmut] only_mutate).
+# make mutate MODULES="xray.data.split xray.trainer.config": those modules only (default: all of [tool.mutmut] only_mutate).
 MODULES ?=
 mutate: $(VENV)/.installed ## mutation testing (mutmut) of the modules with fast tests; the score per module, >= 85% each
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-mutate.lock

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _epoch_timer():
-    from trainer.kerasapi import keras
+    from xray.trainer.kerasapi import keras
 
     class EpochTimes(keras.callbacks.Callback):
         def __init__(self):
@@ -37,12 +37,12 @@ def _epoch_timer():
 def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int, summary) -> dict:
     import numpy as np
 
-    from data import manifest as manifests
-    from data import reader
-    from trainer import feature_cache
-    from trainer.config import preset
-    from trainer.kerasapi import keras
-    from trainer.model import build_model, compile_model
+    from xray.data import manifest as manifests
+    from xray.data import reader
+    from xray.trainer import feature_cache
+    from xray.trainer.config import preset
+    from xray.trainer.kerasapi import keras
+    from xray.trainer.model import build_model, compile_model
 
     config = preset("seed")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
@@ -110,8 +110,8 @@ def _adam_update_seconds(shapes, repeats: int = 10) -> dict:
     """One optimizer update of the trained variables: Keras' Adam (element-wise ops) vs FusedAdam (one kernel)."""
     import tensorflow as tf
 
-    from trainer.kerasapi import keras
-    from trainer.model import FusedAdam
+    from xray.trainer.kerasapi import keras
+    from xray.trainer.model import FusedAdam
 
     variables = [tf.Variable(tf.random.normal(shape, stddev=0.01)) for shape in shapes]
     gradients = [tf.random.normal(shape, stddev=0.001) for shape in shapes]

@@ -4,7 +4,7 @@
 
 Trains the documented model (seed preset, random backbone weights) on the real TFRecord pipeline at
 global batch 16 and writes the median step time (the first steps, with tracing, left out). EXCHANGE:
-``optimizer`` (Keras' own float32 all-reduce), ``factored`` (the trainer's default, trainer/allreduce.py)
+``optimizer`` (Keras' own float32 all-reduce), ``factored`` (the trainer's default, xray/trainer/allreduce.py)
 ``factored16`` (the same with the values sent as bfloat16, not exact) or ``none``: every worker applies its own gradients, nothing crosses between workers. ``none`` is not
 training anyone should run; it measures what two workers cost on this machine before any communication.
 """
@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-import trainer  # noqa: F401  (tf-keras before TensorFlow)
+from xray import trainer  # noqa: F401  (tf-keras before TensorFlow)
 
 WARMUP_STEPS = 4
 
@@ -28,24 +28,24 @@ def main(argv: list[str]) -> int:
 
     import tensorflow as tf
 
-    from data import manifest as manifests
-    from data import reader
-    from trainer import cluster
+    from xray.data import manifest as manifests
+    from xray.data import reader
+    from xray.trainer import tfconfig
 
     workers = 1
     if len(argv) > 4:
         index, ports = int(argv[4]), argv[5].split(",")
         workers = len(ports)
-        os.environ["TF_CONFIG"] = json.dumps(cluster.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
-    from trainer.allreduce import with_gradient_exchange
-    from trainer.config import preset
-    from trainer.kerasapi import keras
-    from trainer.model import build_model, compile_model
+        os.environ["TF_CONFIG"] = json.dumps(tfconfig.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
+    from xray.trainer.allreduce import with_gradient_exchange
+    from xray.trainer.config import preset
+    from xray.trainer.kerasapi import keras
+    from xray.trainer.model import build_model, compile_model
 
     config = preset("seed")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
-    spec = cluster.resolve()
-    strategy = cluster.make_strategy(spec, collective_timeout_s=0)
+    spec = tfconfig.resolve()
+    strategy = tfconfig.make_strategy(spec, collective_timeout_s=0)
     batch = config.train.batch_size
 
     class LocalGradientsModel(keras.Model):

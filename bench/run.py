@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-import trainer  # noqa: F401  (tf-keras before TensorFlow)
+from xray import trainer  # noqa: F401  (tf-keras before TensorFlow)
 from bench import cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +64,10 @@ def prepare_data(patients: int) -> tuple[Path, Path]:
 def p1_pipeline_vs_memory(shards: Path, repeats: int, steps: int) -> dict:
     import tensorflow as tf
 
-    from data import manifest as manifests
-    from data import reader
-    from trainer.config import preset
-    from trainer.model import build_model, compile_model
+    from xray.data import manifest as manifests
+    from xray.data import reader
+    from xray.trainer.config import preset
+    from xray.trainer.model import build_model, compile_model
 
     config = preset("demo")
     batch, size = config.train.batch_size, config.model.image_size
@@ -113,9 +113,9 @@ def p2_reader_vs_keras(count: int, repeats: int) -> dict:
     shards' train split leaves the validation patients out)."""
     import tensorflow as tf
 
-    from data import manifest as manifests
-    from data import reader
-    from trainer.kerasapi import keras
+    from xray.data import manifest as manifests
+    from xray.data import reader
+    from xray.trainer.kerasapi import keras
 
     size, batch = 64, 16
     films = _films(WORK / f"p2-films-{count}", count, width=P2_SOURCE_WIDTH, noise=2)
@@ -174,7 +174,7 @@ def _films(out: Path, count: int, width: int = 2000, noise: float = 12) -> Path:
     import numpy as np
     from PIL import Image
 
-    from trainer.synth import render_chest
+    from xray.trainer.synth import render_chest
 
     if (out / "test" / "PNEUMONIA").exists():
         return out
@@ -195,7 +195,7 @@ def _films(out: Path, count: int, width: int = 2000, noise: float = 12) -> Path:
 def p9_shards_parallel(count: int, repeats: int) -> dict:
     import hashlib
 
-    from data import convert, pixels
+    from xray.data import convert, pixels
 
     source = _films(WORK / f"p9-films-{count}", count)
     files = sorted(source.rglob("*.jpeg"))
@@ -245,7 +245,7 @@ def p9_shards_parallel(count: int, repeats: int) -> dict:
             "images_per_second": {name: _summary([len(files) / v for v in values]) for name, values in times.items()},
             "inputs": {"images": len(files), "width": 2000, "megabytes": _summary(megabytes), "image_size": 224,
                        "cores": os.cpu_count(), "shards_includes": "writing TFRecords and the manifest",
-                       "loop": "PIL full-size decode, data.pixels.resize_gray, PIL JPEG encode (quality 95)",
+                       "loop": "PIL full-size decode, xray.data.pixels.resize_gray, PIL JPEG encode (quality 95)",
                        "one_thread": "xray shards' per-image check (read, hash, DCT-scaled decode, resize, encode), "
                                      "one thread, no writing"}}
 
@@ -277,7 +277,7 @@ def _train(shards: Path, workdir: Path, workers: int, preset: str, overrides: li
 
 
 def _images_per_second(shards: Path, run: dict) -> list[float]:
-    from data import manifest as manifests
+    from xray.data import manifest as manifests
 
     images_per_epoch = manifests.read(str(shards)).steps("train", 16) * 16
     # Epoch 1 includes graph tracing and the first collective set-up: left out of throughput.
@@ -286,7 +286,7 @@ def _images_per_second(shards: Path, run: dict) -> list[float]:
 
 def _steps(exchange: str, workers: int, shards: Path, steps: int) -> float:
     """Median step time of bench/p3_steps.py run as ``workers`` processes side by side."""
-    from trainer.ports import Reservation
+    from xray.trainer.ports import Reservation
 
     cores = os.cpu_count() or 1
     env = {**os.environ, "XRAY_THREADS": str(max(1, cores // workers))}
@@ -372,10 +372,10 @@ def _time(function, repeats: int) -> list[float]:
 def p4_client_overhead(synth: Path, version_dir: Path, repeats: int) -> dict:
     import tensorflow as tf
 
-    from clients.grpc import GrpcClient
-    from clients.predict import LocalModel
-    from clients.rest import RestClient
-    from serving import contract
+    from xray.clients.grpc import GrpcClient
+    from xray.clients.predict import LocalModel
+    from xray.clients.rest import RestClient
+    from xray.serving import contract
 
     images = [p.read_bytes() for p in sorted(synth.glob("test/*/*.jpeg"))[:32]]
     model = LocalModel(str(version_dir))
@@ -418,7 +418,7 @@ def p4_client_overhead(synth: Path, version_dir: Path, repeats: int) -> dict:
 def p5_serving_vs_parts(synth: Path, version_dir: Path, repeats: int) -> dict:
     import tensorflow as tf
 
-    from data import pixels
+    from xray.data import pixels
 
     loaded = tf.saved_model.load(str(version_dir))
     size = json.loads((version_dir / "assets.extra" / "model.json").read_text())["image_size"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
+from xray import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def _made_once(tmp_path_factory, name: str, make) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    from trainer.synth import synthesize
+    from xray.trainer.synth import synthesize
 
     return _made_once(tmp_path_factory, "synth",
                       lambda out: synthesize(out, num_patients=40, seed=1, image_size=64))
@@ -110,10 +110,10 @@ def trained_workdir(shards_dir, tmp_path_factory):
 def _finished_run(workdir: Path, shards_dir: Path) -> None:
     import json
 
-    from trainer.config import preset
-    from trainer.kerasapi import keras
-    from trainer.model import build_model
-    from trainer.workdir import Workdir
+    from xray.trainer.config import preset
+    from xray.trainer.kerasapi import keras
+    from xray.trainer.model import build_model
+    from xray.trainer.workdir import Workdir
 
     config = preset("tiny")
     paths = Workdir(str(workdir))
@@ -126,7 +126,7 @@ def _finished_run(workdir: Path, shards_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def model_base(trained_workdir, tmp_path_factory):
     """Two exported versions (1 and 2) of that run, as `xray export` writes them."""
-    from serving import export
+    from xray.serving import export
 
     def make(base):
         export.export(export.ExportRequest(str(trained_workdir), str(base)), log=lambda *_: None)
@@ -150,9 +150,9 @@ def wait_for(what: str, predicate, timeout_s: float = 120, interval_s: float = 0
 
 @pytest.fixture
 def reserved_ports():
-    """``take(n)``: n 127.0.0.1 ports that no other process can be given until this test ends (trainer.ports:
+    """``take(n)``: n 127.0.0.1 ports that no other process can be given until this test ends (xray.trainer.ports:
     below the ephemeral range, each held by a lock), for servers that are told their port on the command line."""
-    from trainer.ports import Reservation
+    from xray.trainer.ports import Reservation
 
     held = []
 

@@ -13,18 +13,18 @@ import sys
 
 import numpy as np
 
-import trainer  # noqa: F401  (tf-keras before TensorFlow)
+from xray import trainer  # noqa: F401  (tf-keras before TensorFlow)
 import tensorflow as tf
 
-from trainer import cluster
-from trainer.allreduce import with_gradient_exchange
-from trainer.config import ModelConfig
-from trainer.kerasapi import keras
-from trainer.model import build_model
+from xray.trainer import tfconfig
+from xray.trainer.allreduce import with_gradient_exchange
+from xray.trainer.config import ModelConfig
+from xray.trainer.kerasapi import keras
+from xray.trainer.model import build_model
 
 index, ports, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
 # Read when the strategy is made, below.
-os.environ["TF_CONFIG"] = json.dumps(cluster.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
+os.environ["TF_CONFIG"] = json.dumps(tfconfig.tf_config_for([f"127.0.0.1:{p}" for p in ports], index))
 os.environ["XRAY_THREADS"] = "1"
 
 PER_WORKER = (3, 1)
@@ -32,7 +32,7 @@ GLOBAL_BATCH = sum(PER_WORKER)
 config = ModelConfig(image_size=32, weights="none", trainable_layers="3", train_batchnorm=False,
                      dense1_units=64, dense2_units=8, dropout1=0.0, dropout2=0.0, l2=1e-2)
 
-strategy = cluster.make_strategy(cluster.resolve(), collective_timeout_s=0)
+strategy = tfconfig.make_strategy(tfconfig.resolve(), collective_timeout_s=0)
 
 
 def dataset(context):

@@ -12,7 +12,7 @@ score; one listed in tests/mutation_equivalents.txt (a mutant name and why no te
 is left out of it. Where SCOPE names functions, only their mutants count: the module's other functions are
 tested through training (tests that take minutes), not the fast tests `make mutate` runs.
 
-    python tests/mutation_report.py [--recheck] [data.split trainer.config ...]   (exit 1 when a module is under 85%)
+    python tests/mutation_report.py [--recheck] [xray.data.split xray.trainer.config ...]   (exit 1 when a module is under 85%)
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.85
 RECHECK_LIMIT_S = 300
-SCOPE = {"trainer.feature_cache": ("why_not", "cache_dir", "cache_key")}
+SCOPE = {"xray.trainer.feature_cache": ("why_not", "cache_dir", "cache_key")}
 # Functions left out of a module's score, with where they are tested instead. LocalModel runs TensorFlow, whose
 # thread pools do not survive mutmut's fork: tests/test_local_model.py and test_serving.py, in ordinary processes.
-LEFT_OUT = {"clients.predict": ("LocalModel",)}
+LEFT_OUT = {"xray.clients.predict": ("LocalModel",)}
 UNDECIDED = ("timeout", "exit ")  # statuses a fresh process must confirm: a hang, or a crash by a signal
 STATUS = {0: "survived", 1: "killed", 33: "no tests", 34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout",
           152: "timeout", 255: "timeout"}

@@ -10,9 +10,9 @@ from conftest import REPO
 SCRIPT = """
 import os, sys
 import numpy as np
-import trainer
-from trainer.callbacks import AtomicModelCheckpoint
-from trainer.kerasapi import keras
+from xray import trainer
+from xray.trainer.callbacks import AtomicModelCheckpoint
+from xray.trainer.kerasapi import keras
 
 path, mode = sys.argv[1], sys.argv[2]
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -68,9 +68,9 @@ def _resumed(tmp_path, saved_epochs):
     ``saved_epochs`` (a save lost with a worker leaves an epoch out), resumed at epoch 4."""
     import json
 
-    import trainer  # noqa: F401 - selects tf-keras
-    from trainer.callbacks import AtomicModelCheckpoint, RestoreSelectionState
-    from trainer.kerasapi import keras
+    from xray import trainer  # noqa: F401 - selects tf-keras
+    from xray.trainer.callbacks import AtomicModelCheckpoint, RestoreSelectionState
+    from xray.trainer.kerasapi import keras
 
     losses = {1: 0.5, 2: 0.3, 3: 0.4}
     history = tmp_path / "history.jsonl"
@@ -94,7 +94,7 @@ def _resumed(tmp_path, saved_epochs):
 def test_a_resumed_run_remembers_its_best_epoch_and_does_not_overwrite_a_better_model(tmp_path):
     """Resume at epoch 4 after val_loss 0.5, 0.3, 0.4: the checkpoint and early stopping start from 0.3 (epoch 2),
     so a worse epoch 4 (0.35) does not replace the best weights, and patience counts from epoch 2."""
-    from trainer.callbacks import saved_best
+    from xray.trainer.callbacks import saved_best
 
     best, checkpoint, stopping = _resumed(tmp_path, saved_epochs=(1, 2))
     assert saved_best(str(best)) == {"epoch": 2, "monitor": "val_loss", "value": 0.3}
@@ -113,7 +113,7 @@ def test_a_best_epoch_whose_weights_were_lost_does_not_stop_a_better_one_from_be
     what the file holds; early stopping still counts from epoch 2. With no file at all, the first epoch writes."""
     import math
 
-    from trainer.callbacks import saved_best
+    from xray.trainer.callbacks import saved_best
 
     best, checkpoint, stopping = _resumed(tmp_path, saved_epochs=(1,))
     assert checkpoint.best == 0.5 and stopping.best == 0.3

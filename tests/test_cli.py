@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from conftest import REPO, run_xray
-import tuner
-from trainer.config import ConfigError, preset
+from xray import tuner
+from xray.trainer.config import ConfigError, preset
 
 
 def test_help_lists_every_command_and_each_has_its_own_help():
@@ -89,8 +89,8 @@ def test_synth_then_shards_print_summaries_and_write_the_manifest(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    from trainer.train import check_or_write_config
-    from trainer.workdir import Workdir
+    from xray.trainer.train import check_or_write_config
+    from xray.trainer.workdir import Workdir
 
     paths = Workdir(str(tmp_path))
     check_or_write_config(paths, preset("tiny"), is_chief=True)

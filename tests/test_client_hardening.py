@@ -15,9 +15,9 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from clients import ServingError
-from clients.grpc import GrpcClient
-from clients.rest import RestClient
+from xray.clients import ServingError
+from xray.clients.grpc import GrpcClient
+from xray.clients.rest import RestClient
 from conftest import run_xray
 
 PREDICTION = {"predictions": [{"probability": 0.25, "label": "NORMAL"}]}

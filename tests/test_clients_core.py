@@ -4,8 +4,8 @@ stand-in: test_serving_clients.py. The retry policy: test_retry.py."""
 
 import pytest
 
-from clients import ServingError, parse_metadata, parse_status
-from serving import contract
+from xray.clients import ServingError, parse_metadata, parse_status
+from xray.serving import contract
 
 
 def check_batch_bounds(predict, nothing_sent):

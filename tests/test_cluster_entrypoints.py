@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO
 from kubelet_standin import container_env, expand
-from trainer.config import preset
-from xray import render
+from xray.trainer.config import preset
+from xray.cluster import render
 
 pytestmark = pytest.mark.slow
 

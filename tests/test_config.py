@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from trainer import config as cfg
-from trainer.config import Config, ConfigError
+from xray.trainer import config as cfg
+from xray.trainer.config import Config, ConfigError
 
 
 def test_seed_preset_is_the_documented_design():

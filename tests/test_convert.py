@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import convert as records
-from data import manifest as manifests
-from data import schema
-from data.convert import ShardOptions, SourceLayoutError, convert
+from xray.data import convert as records
+from xray.data import manifest as manifests
+from xray.data import schema
+from xray.data.convert import ShardOptions, SourceLayoutError, convert
 
 
 def _read_all(out):
@@ -186,7 +186,7 @@ def test_crash_mid_conversion_leaves_no_shard_under_a_final_name(synth_dir, tmp_
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(records, "encode_example", failing)  # data.convert's own name for it
+    monkeypatch.setattr(records, "encode_example", failing)  # xray.data.convert's own name for it
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert(synth_dir, str(out), ShardOptions(num_shards=2), show_progress=False)
@@ -304,7 +304,7 @@ def test_a_rerun_deletes_only_the_shards_its_manifest_listed(synth_dir, tmp_path
 def test_a_second_conversion_into_the_same_folder_is_one_line(synth_dir, tmp_path):
     """Two processes: this one holds --out (as a running xray shards does), the command is refused at once."""
     from conftest import run_xray
-    from data.lock import FolderLock
+    from xray.data.lock import FolderLock
 
     out = tmp_path / "out"
     with FolderLock(str(out), f"xray shards --out {out}"):
@@ -339,7 +339,7 @@ def test_a_second_training_into_a_running_workdir_is_one_line(shards_dir, tmp_pa
 
 def test_training_reads_the_manifest_list_and_names_a_missing_or_changed_shard(shards_dir, tmp_path):
     from conftest import run_xray
-    from data import reader
+    from xray.data import reader
 
     data = tmp_path / "data"
     shutil.copytree(shards_dir, data)
@@ -372,7 +372,7 @@ def test_training_reads_the_manifest_list_and_names_a_missing_or_changed_shard(s
 def test_kaggle_file_names_map_to_their_patient(tmp_path):
     """Kaggle's three naming schemes: IM-0117-0001.jpeg, NORMAL2-IM-0381-0001.jpeg, person12_bacteria_3.jpeg.
     Each image of one patient must map to that patient (else a patient leaks across train and val)."""
-    from data.convert import DEFAULT_PATIENT_PATTERN, find_source_images
+    from xray.data.convert import DEFAULT_PATIENT_PATTERN, find_source_images
 
     names = {"train/NORMAL": ["IM-0117-0001.jpeg", "IM-0117-0002.jpeg", "NORMAL2-IM-0381-0001.jpeg",
                               "NORMAL2-IM-0381-0002.jpeg", "NORMAL2-IM-0117-0001.jpeg"],

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from data import convert, pixels, reader, schema
-from data import manifest as manifests
-from trainer.kerasapi import keras
+from xray.data import convert, pixels, reader, schema
+from xray.data import manifest as manifests
+from xray.trainer.kerasapi import keras
 
 
 def _first_record(shards_dir):
@@ -117,12 +117,12 @@ def test_a_full_size_film_gives_the_same_tensor_through_shards_and_through_the_s
 
 
 def test_class_names_and_the_pixel_rule_are_defined_once():
-    """The contract clients import, the synthesiser and the records share data.schema's names; the serving
-    signature and the reader share data.pixels' preprocessing (no second copy in the trainer)."""
-    import trainer
-    from data import schema
-    from serving import contract
-    from trainer import synth
+    """The contract clients import, the synthesiser and the records share xray.data.schema's names; the serving
+    signature and the reader share xray.data.pixels' preprocessing (no second copy in the trainer)."""
+    from xray import trainer
+    from xray.data import schema
+    from xray.serving import contract
+    from xray.trainer import synth
 
     assert contract.CLASS_NAMES is schema.CLASS_NAMES and synth.CLASS_NAMES is schema.CLASS_NAMES
     assert reader.preprocess_image is pixels.preprocess_image

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainer.config import EvalConfig
-from trainer import evaluate
-from trainer.evaluate import bootstrap_intervals, choose_threshold, point_metrics, summarize
+from xray.trainer.config import EvalConfig
+from xray.trainer import evaluate
+from xray.trainer.evaluate import bootstrap_intervals, choose_threshold, point_metrics, summarize
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 PROBS = np.array([0.1, 0.3, 0.35, 0.8, 0.4, 0.55, 0.6, 0.7, 0.9, 0.95])
@@ -62,7 +62,7 @@ def test_summary_confusion_matrix_rows_are_truth():
 
 
 def test_plots_mark_the_operating_point_calibration_and_the_learning_curve(tmp_path):
-    from trainer.config import EvalConfig
+    from xray.trainer.config import EvalConfig
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
@@ -85,8 +85,8 @@ def test_xray_evaluate_threshold_flags_and_json(trained_workdir, shards_dir, tmp
     import shutil
 
     from conftest import run_xray
-    from trainer.model import load_trained
-    from trainer.config import Config
+    from xray.trainer.model import load_trained
+    from xray.trainer.config import Config
 
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir, workdir)

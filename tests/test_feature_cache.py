@@ -7,11 +7,11 @@ import json
 import numpy as np
 
 from conftest import run_xray
-from data import reader
-from trainer import feature_cache
-from trainer.config import Config, ModelConfig, TrainConfig
-from trainer.kerasapi import keras
-from trainer.model import build_model, compile_model, load_trained
+from xray.data import reader
+from xray.trainer import feature_cache
+from xray.trainer.config import Config, ModelConfig, TrainConfig
+from xray.trainer.kerasapi import keras
+from xray.trainer.model import build_model, compile_model, load_trained
 
 SMALL = ModelConfig(image_size=32, weights="none", trainable_layers="10", train_batchnorm=False,
                     dense1_units=16, dense2_units=8)
@@ -109,7 +109,7 @@ def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
 
 
 def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, monkeypatch):
-    from data import manifest as manifests
+    from xray.data import manifest as manifests
 
     monkeypatch.setenv("XRAY_FEATURE_CACHE", str(tmp_path))
     config = Config(model=SMALL, train=TrainConfig())
@@ -128,10 +128,10 @@ def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, 
 
 def test_features_for_stores_the_trunks_own_outputs_under_a_key_that_follows_its_weights(shards_dir, tmp_path,
                                                                                        monkeypatch):
-    """Through the path training takes (features_for on the manifest's shards, read by data.reader): the cached
+    """Through the path training takes (features_for on the manifest's shards, read by xray.data.reader): the cached
     arrays are the frozen trunk's float32 outputs on the reader's images, and another trunk (other weights, same
     data) gets its own entry instead of the first one's features."""
-    from data import manifest as manifests
+    from xray.data import manifest as manifests
 
     monkeypatch.setenv("XRAY_FEATURE_CACHE", str(tmp_path))
     manifest = manifests.read(str(shards_dir))

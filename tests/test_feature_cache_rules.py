@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data.manifest import Manifest, Shard
-from trainer import feature_cache
-from trainer.config import Config, ModelConfig, TrainConfig, preset
+from xray.data.manifest import Manifest, Shard
+from xray.trainer import feature_cache
+from xray.trainer.config import Config, ModelConfig, TrainConfig, preset
 
 SMALL = ModelConfig(image_size=32, weights="none", trainable_layers="10", train_batchnorm=False)
 

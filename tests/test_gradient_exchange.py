@@ -12,14 +12,14 @@ from conftest import REPO
 
 
 def _model(**fields):
-    from trainer.config import ModelConfig
-    from trainer.model import build_model
+    from xray.trainer.config import ModelConfig
+    from xray.trainer.model import build_model
 
     return build_model(ModelConfig(weights="none", **fields))
 
 
 def test_the_documented_heads_kernel_is_factored_at_224_px():
-    from trainer.allreduce import factorable_dense
+    from xray.trainer.allreduce import factorable_dense
 
     dense = factorable_dense(_model(image_size=224), global_batch=16)
     assert dense is not None and dense.name == "dense1"
@@ -30,7 +30,7 @@ def test_the_documented_heads_kernel_is_factored_at_224_px():
 
 
 def test_factoring_is_skipped_where_it_saves_little():
-    from trainer.allreduce import factorable_dense
+    from xray.trainer.allreduce import factorable_dense
 
     # 32 px: Flatten gives 2048 features; a 16-unit layer at batch 4 would save less than MIN_SAVING.
     assert factorable_dense(_model(image_size=32, dense1_units=16, dense2_units=8), global_batch=4) is None
@@ -39,8 +39,8 @@ def test_factoring_is_skipped_where_it_saves_little():
 
 
 def test_float16_loss_scaling_keeps_the_optimizers_own_aggregation():
-    from trainer.config import ConfigError, TrainConfig
-    from trainer.train import exchange_gradients
+    from xray.trainer.config import ConfigError, TrainConfig
+    from xray.trainer.train import exchange_gradients
 
     model = _model(image_size=64)
     assert exchange_gradients(model, TrainConfig(mixed_precision="float16")) is model

@@ -1,4 +1,4 @@
-"""clients/grpc.py against an in-process gRPC server on a unix socket: what each call puts on the wire (model spec,
+"""xray/clients/grpc.py against an in-process gRPC server on a unix socket: what each call puts on the wire (model spec,
 signature, the DT_STRING tensor, call metadata, the deadline), how answers are read (packed and unpacked floats),
 and how each status code comes back. A named shortcut: the servicer here is ours, not TF Serving; the client
 against the TF Serving stand-in over TCP is test_serving_clients.py, TLS is test_client_hardening.py.
@@ -18,9 +18,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from clients import ServingError
-from clients.grpc import GrpcClient
-from serving import contract
+from xray.clients import ServingError
+from xray.clients.grpc import GrpcClient
+from xray.serving import contract
 from test_clients_core import check_batch_bounds
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from serving import config as serving_config
-from trainer import cluster
+from xray.serving import config as serving_config
+from xray.trainer import tfconfig
 
 K8S = REPO / "xray" / "k8s"
 OVERLAYS = sorted(str(p.relative_to(REPO)) for p in K8S.glob("overlays/*/*") if p.name != "namespace")
@@ -139,13 +139,13 @@ def test_the_train_job_env_yields_the_tf_config_the_trainer_builds(overlay):
     assert str(port) == env["XRAY_WORKER_PORT"]
     hosts = [f"{job['metadata']['name']}-{i}.{pod['subdomain']}:{port}" for i in range(workers)]
     for index in range(workers):
-        spec_for_pod = cluster.resolve({**env, "JOB_COMPLETION_INDEX": str(index)})
-        assert spec_for_pod.tf_config == cluster.tf_config_for(hosts, index)
+        spec_for_pod = tfconfig.resolve({**env, "JOB_COMPLETION_INDEX": str(index)})
+        assert spec_for_pod.tf_config == tfconfig.tf_config_for(hosts, index)
         assert spec_for_pod.is_chief == (index == 0)
 
 
 def test_train_job_failure_policy_deadline_and_threads():
-    from trainer.train import EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET, EXIT_PEER_LOST
+    from xray.trainer.train import EXIT_CONFIG_ERROR, EXIT_PEER_LOSS_BUDGET, EXIT_PEER_LOST
 
     for overlay in ("local", "gpu"):
         (job,) = [o for o in render(f"xray/k8s/overlays/{overlay}/train") if o["kind"] == "Job"]
@@ -189,7 +189,7 @@ def test_the_volume_is_a_step_of_its_own():
 
 
 def test_tune_workers_get_unique_ids_and_point_at_the_oracle_service():
-    from tuner.roles import complete_tuner_id
+    from xray.tuner.roles import complete_tuner_id
 
     objects = render("xray/k8s/overlays/local/tune")
     (oracle,) = [o for o in objects if o["kind"] == "Service"]

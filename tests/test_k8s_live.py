@@ -198,7 +198,7 @@ def test_a_lost_peer_exit_replaces_the_pod_and_the_job_goes_on(control_plane, tm
     wait_for("worker 1 running", lambda: [p for p in job_pods(control_plane, ns, "xray-train")
                                           if p["spec"]["hostname"] == "xray-train-1" and p["status"]["phase"] == "Running"])
     (first,) = [p["metadata"]["name"] for p in job_pods(control_plane, ns, "xray-train") if p["spec"]["hostname"] == "xray-train-1"]
-    # The survivor of a lost peer exits on its own with the peer-lost status (trainer.train.EXIT_PEER_LOST).
+    # The survivor of a lost peer exits on its own with the peer-lost status (xray.trainer.train.EXIT_PEER_LOST).
     control_plane.kubectl("annotate", "pod", first, "-n", ns, f"{CHAOS}/exit-code=75", f"{CHAOS}/delay=0s")
     control_plane.kubectl("label", "pod", first, "-n", ns, f"{CHAOS}=true")
     wait_for("a replacement for worker 1", lambda: len([p for p in job_pods(control_plane, ns, "xray-train")
@@ -345,3 +345,33 @@ def test_make_cluster_up_and_down_beside_another_control_plane(control_plane, tm
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1][:3]
     assert not (build / "cluster" / "data").exists() and (build / "cluster" / "logs" / "kube-apiserver.log").exists()
     assert control_plane.running()  # the session's control plane is untouched
+
+
+def test_a_cluster_step_from_python_replaces_the_last_run_applies_and_follows(control_plane, tmp_path, monkeypatch):
+    """xray.cluster.steps.run, as a script calls it (the same function `xray cluster train` and make train-cluster
+    run): the finished Job of the last run is replaced by the new one, and the follow ends with the watch's status.
+    The new Job's pods ask for the test image, which no registry here serves: the follow names that and gives up
+    with 4 (WATCH_STUCK), the status a user's make target would end with."""
+    from xray.cluster import kube, steps
+    from xray.cluster.render import RenderRequest
+
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    ns = namespace(control_plane, "steps", tmp_path)
+    objects = render(control_plane, tmp_path, "train", ns=ns)
+    hold_running(train_job(objects), 1)
+    apply(control_plane, objects)
+    wait_for("the last run to finish", lambda: job_state(control_plane, ns, "xray-train") == "Complete")
+    last = get(control_plane, "job", "xray-train", "-n", ns)["metadata"]["uid"]
+
+    lines, warnings = [], []
+    status = steps.run(RenderRequest("train", image=IMAGE, namespace=ns), tmp_path / "step",
+                       steps.Follow(interval_s=1, stuck_after_s=5, start_timeout_s=120),
+                       out=lambda *a, **k: lines.append(" ".join(map(str, a))), warn=warnings.append)
+    assert status == kube.WATCH_STUCK, lines
+    assert get(control_plane, "job", "xray-train", "-n", ns)["metadata"]["uid"] != last
+    assert any(line.startswith("pre-flight passed") for line in lines)
+    assert any("job xray-train (succeeded) will be replaced" in line for line in warnings)  # pre-flight's
+
+    refused = RenderRequest("train", image=IMAGE, namespace=ns, workers=3)
+    with pytest.raises(kube.ClusterError, match="does not split evenly over 3 workers"):
+        steps.run(refused, tmp_path / "refused")

@@ -153,8 +153,8 @@ def test_the_kubelet_gives_each_train_pod_its_identity_env_and_args(control_plan
     be what tests/kubelet_standin.py (used where a Job's command runs on this machine's files) makes of the same
     objects."""
     from kubelet_standin import container_env, expand
-    from trainer import cluster
-    from xray import render
+    from xray.trainer import tfconfig
+    from xray.cluster import render
 
     ns = fresh_namespace(control_plane, "kubelet-env")
     cleanup(ns)
@@ -180,7 +180,7 @@ def test_the_kubelet_gives_each_train_pod_its_identity_env_and_args(control_plan
         assert env["JOB_COMPLETION_INDEX"] == str(index)
         limit = container["resources"]["limits"]["cpu"]
         assert env["XRAY_THREADS"] == limit  # limits.cpu through resourceFieldRef (a whole number here)
-        spec = cluster.resolve(env)
+        spec = tfconfig.resolve(env)
         workers = [f"{name}-{i}.xray-train-workers:2222" for i in range(2)]
         assert spec.tf_config == {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         assert spec.is_chief == (index == 0)
@@ -277,8 +277,8 @@ def promote_on_two_replicas(plane, ns: str, common: list[str], step, volume: Pat
     volume from the node's disk (no user command makes a broken SavedModel)."""
     import threading
 
-    from clients import ServingError
-    from clients.rest import RestClient
+    from xray.clients import ServingError
+    from xray.clients.rest import RestClient
 
     export = step("export-cluster")
     assert "SUCCEEDED" in export.stdout and (volume / "models" / "2" / "saved_model.pb").exists()
@@ -455,10 +455,10 @@ def test_the_volume_step_keeps_an_existing_claim(control_plane, tmp_path, cleanu
     assert f"claim xray-data in namespace keep exists (class {localnode.STORAGE_CLASS}, ReadWriteOnce, 5Gi" in again.stderr
     assert "immutable" not in again.stderr
     other = make(control_plane, "volume", *common, "STORAGE_CLASS=standard-rwx")
-    (line,) = [line for line in other.stderr.splitlines() if line.startswith("xray preflight: error:")]
+    (line,) = [line for line in other.stderr.splitlines() if line.startswith("xray cluster: error:")]
     assert other.returncode != 0 and "a claim's class cannot change (STORAGE_CLASS=standard-rwx)" in line
     assert "kubectl -n keep delete pvc xray-data" in line
     gpu = make(control_plane, "volume", *common, "OVERLAY=gpu")
-    (line,) = [line for line in gpu.stderr.splitlines() if line.startswith("xray preflight: error:")]
+    (line,) = [line for line in gpu.stderr.splitlines() if line.startswith("xray cluster: error:")]
     assert gpu.returncode != 0 and "overlay gpu needs ReadWriteMany" in line
     assert get(control_plane, "pvc", "xray-data", "-n", "keep")["spec"]["storageClassName"] == localnode.STORAGE_CLASS

@@ -11,8 +11,8 @@ import yaml
 from kubernetes import client
 
 from conftest import REPO, run_xray
-from trainer.config import preset
-from xray import kube, monitor, preflight, render
+from xray.trainer.config import preset
+from xray.cluster import kube, monitor, preflight, render
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -275,7 +275,7 @@ def _train_job(args, env_from=None):
 
 
 def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_container_reads():
-    from xray.render import container_of, overlay_run_args
+    from xray.cluster.render import container_of, overlay_run_args
 
     args = ["-m", "xray", "train", "--preset", "demo", "--max-trials", "4", "--flag=x", "train.epochs=3", "model.l2=0"]
     assert overlay_run_args([_train_job(args)], "Job", "xray-train", "worker") == (
@@ -297,7 +297,7 @@ def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_containe
 
 
 def test_kustomize_failing_is_one_line_with_kubectl_s_reason(tmp_path):
-    from xray.render import kustomize
+    from xray.cluster.render import kustomize
 
     with pytest.raises(render.RenderError) as caught:
         kustomize(tmp_path / "nothing")
@@ -306,7 +306,7 @@ def test_kustomize_failing_is_one_line_with_kubectl_s_reason(tmp_path):
 
 
 def test_a_config_file_that_is_not_here_nor_on_the_volume_is_refused_with_both_ways_to_give_it(tmp_path):
-    from xray.render import resolve_run_config
+    from xray.cluster.render import resolve_run_config
 
     objects = [_train_job(["train", "--preset", "demo"])]
     request = render.RenderRequest("train", config_file=str(tmp_path / "best_config.json"))
@@ -322,7 +322,7 @@ def test_a_config_file_that_is_not_here_nor_on_the_volume_is_refused_with_both_w
 def test_pin_claim_keeps_the_existing_claim_as_it_is_and_replaces_an_earlier_pin(tmp_path):
     """What `make volume` applies when the claim already exists (a claim's class, modes and size cannot change):
     the rendered storage step, pinned to the live values, whichever the request asked for."""
-    from xray.render import pin_claim
+    from xray.cluster.render import pin_claim
 
     out = render.render_kustomization(render.RenderRequest("storage", "gpu", storage_class="filestore-rwx"), tmp_path / "s")
     rendered = list(yaml.safe_load((out / "kustomization.yaml").read_text()))
@@ -390,7 +390,7 @@ def test_make_picks_the_gpu_image_and_refuses_a_missing_image():
     assert "--image r/xray:0.2.0 " in dry and '--config "b.json"' in dry and "train.epochs=2 model.weights=/mnt/xray/w.h5" in dry
     missing = subprocess.run(["make", "train-cluster"], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode != 0 and "set IMAGE to the project image you pushed" in missing.stderr
-    assert "preflight" not in missing.stdout  # refused before anything ran
+    assert "xray cluster" not in missing.stdout  # refused before anything ran
 
 
 def test_preflight_refuses_a_missing_image_and_too_few_shards(tmp_path, shards_dir):

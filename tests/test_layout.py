@@ -15,8 +15,8 @@ def _lines(paths):
 
 
 def test_no_library_starts_the_command_line():
-    """Worker and tuner processes are started as their own modules with the resolved job (trainer.worker,
-    tuner.session), never as `python -m xray ...`; only the command line's own files name it."""
+    """Worker and tuner processes are started as their own modules with the resolved job (xray.trainer.worker,
+    xray.tuner.session), never as `python -m xray ...`; only the command line's own files name it."""
     pattern = re.compile(r"""["']-m["'],\s*["']xray["']|-m xray(?![.\w])|\bxray\.cli\b|from xray import cli""")
     sources = [p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))
                if str(p.relative_to(REPO)) not in FRONT_ENDS and p.parent != REPO / "xray" / "commands"]
@@ -34,19 +34,33 @@ def test_no_test_touches_a_private_name_of_the_project():
     assert found == []
 
 
-# The packages each package may import (docs/design.md's picture); xray, the front-end, may import all of them.
+# The packages each package of xray may import (docs/design.md's picture). The front-end (xray/cli.py and
+# xray/commands/) may import all of them; the modules at xray/'s top (__init__, __main__, cli) are front-end too.
 ALLOWED = {"data": set(), "trainer": {"data"}, "tuner": {"data", "trainer"}, "serving": {"data", "trainer", "clients"},
-           "clients": {"data", "serving"}}
+           "clients": {"data", "serving"}, "cluster": {"data", "trainer"}, "localcluster": {"trainer"}}
 
 
 def test_the_packages_import_only_what_the_design_picture_shows():
-    pattern = re.compile(r"^\s*(?:from|import)\s+(data|trainer|tuner|serving|clients|xray)\b", re.M)
+    pattern = re.compile(r"^\s*(?:from\s+xray\.(\w+)|from\s+xray\s+import\s+(\w+)|import\s+xray\.(\w+))", re.M)
     found = {}
     for package in ALLOWED:
-        for path in (REPO / package).rglob("*.py"):
-            found.setdefault(package, set()).update(m for m in pattern.findall(path.read_text()) if m != package)
+        for path in (REPO / "xray" / package).rglob("*.py"):
+            names = {next(g for g in groups if g) for groups in pattern.findall(path.read_text())}
+            found.setdefault(package, set()).update(names - {package})
     assert {package: found.get(package, set()) - allowed for package, allowed in ALLOWED.items()} == \
         {package: set() for package in ALLOWED}
+
+
+def test_every_package_of_xray_has_its_place_in_the_picture():
+    """A new package under xray/ is placed in the picture (ALLOWED, docs/design.md) before it is used."""
+    packages = {p.parent.name for p in (REPO / "xray").glob("*/__init__.py")}
+    assert packages - {"commands"} == set(ALLOWED)
+
+
+def test_the_project_installs_one_top_level_name():
+    """Everything lives under xray: no generic top-level package (trainer, serving, ...) in a user's site-packages."""
+    assert PACKAGES == ("xray",)
+    assert sorted(p.parent.name for p in REPO.glob("*/__init__.py")) == ["bench", "xray"]  # bench is not installed
 
 
 def test_no_module_of_the_project_is_over_400_lines():

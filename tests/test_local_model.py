@@ -1,4 +1,4 @@
-"""`make predict`'s in-process model (clients.predict.LocalModel) on a tiny SavedModel with the contract's signatures:
+"""`make predict`'s in-process model (xray.clients.predict.LocalModel) on a tiny SavedModel with the contract's signatures:
 which version it takes, what it answers, and how it names a missing model or a bad image. Outside `make mutate`'s
 selection: TensorFlow's thread pools do not survive the fork mutmut runs each mutant in (a forked child waits
 forever on a pool thread that was not copied), so these run in ordinary pytest processes only. The exported model
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from clients import ServingError
-from clients.predict import LocalModel
-from serving import contract
+from xray.clients import ServingError
+from xray.clients.predict import LocalModel
+from xray.serving import contract
 from test_predict_in_process import png
 
 

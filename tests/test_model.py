@@ -3,9 +3,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from trainer.config import ConfigError, TrainConfig, preset
-from trainer.kerasapi import keras
-from trainer.model import build_model, compile_model
+from xray.trainer.config import ConfigError, TrainConfig, preset
+from xray.trainer.kerasapi import keras
+from xray.trainer.model import build_model, compile_model
 
 SMALL = dataclasses.replace(preset("seed").model, image_size=32, weights="none")
 
@@ -86,9 +86,9 @@ def test_compiled_with_adam_cosine_restarts_and_bce():
 def test_model_module_has_no_device_or_distribution_code():
     import inspect
 
-    import trainer.model
+    import xray.trainer.model
 
-    source = inspect.getsource(trainer.model)
+    source = inspect.getsource(xray.trainer.model)
     for word in ("strategy", "tf.distribute", "TF_CONFIG", "device(", "worker"):
         assert word not in source, word
 
@@ -116,7 +116,7 @@ def test_fused_adam_matches_keras_adam(distributed):
     """The fused kernel does Keras' Adam arithmetic: same weights and slots after steps with a decaying rate."""
     import tensorflow as tf
 
-    from trainer.model import FusedAdam
+    from xray.trainer.model import FusedAdam
 
     rng = np.random.default_rng(0)
     shapes = [(300, 17), (3, 3, 4, 5), (17,)]

@@ -1,4 +1,4 @@
-"""The one pixel rule (data.pixels, data.formats) for every depth and format, bounded memory, and DICOM: each
+"""The one pixel rule (xray.data.pixels, xray.data.formats) for every depth and format, bounded memory, and DICOM: each
 input goes through `xray shards` + the training reader and through the exported serving signature (or the
 clients' conversion + the signature's own preprocessing) and must reach the model as the same tensor."""
 
@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clients.predict import read_image
+from xray.clients.predict import read_image
 from conftest import run_xray
-from data import convert, formats, pixels, reader
-from data import manifest as manifests
-from serving import contract
+from xray.data import convert, formats, pixels, reader
+from xray.data import manifest as manifests
+from xray.serving import contract
 
 
 def _film(size=(1600, 2000), seed=0):
@@ -53,7 +53,7 @@ def _tree(root: Path, films: dict[str, bytes]) -> Path:
 
 
 def _through_shards(tmp_path, films: dict[str, bytes], image_size: int | None) -> dict[str, np.ndarray]:
-    """{source path: model input} for the test split, via xray shards (the command) and data.reader."""
+    """{source path: model input} for the test split, via xray shards (the command) and xray.data.reader."""
     src = _tree(tmp_path / "src", films)
     args = ["shards", "--src", src, "--out", tmp_path / "shards", "--num-shards", 1, "--val-fraction", 0]
     run_xray(*args, *(["--image-size", image_size] if image_size else []))

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from conftest import REPO
-from trainer import ports
+from xray.trainer import ports
 
 HOLDER = """
 import sys
-from trainer.ports import Reservation
+from xray.trainer.ports import Reservation
 with Reservation(int(sys.argv[1]), first=int(sys.argv[2])) as numbers:
     print(" ".join(map(str, numbers)), flush=True)
     sys.stdin.read()  # held until the test closes our stdin (or kills us)

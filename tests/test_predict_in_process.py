@@ -1,4 +1,4 @@
-"""clients/predict.py in-process: which files `xray predict` finds, what it sends for each, how it batches, how
+"""xray/clients/predict.py in-process: which files `xray predict` finds, what it sends for each, how it batches, how
 one bad image in a batch gets its own error line while the others get answers, and how results are written.
 A named shortcut: the client here is a recording one, not a server; `xray predict` against the TF Serving
 stand-in is test_serving.py. In-process and fast, so `make mutate` runs it; LocalModel, which runs TensorFlow, is
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import ServingError
-from clients.predict import (tf_error_line, collect_files, format_jsonl, format_table, predict_files,
+from xray.clients import ServingError
+from xray.clients.predict import (tf_error_line, collect_files, format_jsonl, format_table, predict_files,
                              read_image, save_overlay)
-from serving import contract
+from xray.serving import contract
 
 
 def png(path, size=(8, 8), value=128) -> bytes:
@@ -59,7 +59,7 @@ def test_what_is_sent_for_each_kind_of_file_and_why_one_is_refused(tmp_path):
             read_image(str(tmp_path / name))
         assert str(caught.value) == message
     # A TIFF is converted as xray shards converts it, and a broken one is refused with the converter's reason.
-    from data import formats
+    from xray.data import formats
 
     with pytest.raises(formats.ImageRefused) as reason:
         formats.to_decodable(b"II*\x00 not really")

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from conftest import REPO, run_xray, wait_for
-from serving import config as serving_config
+from xray.serving import config as serving_config
 from tfserving_stub import deployment_args
 
 TESTS = Path(__file__).parent
@@ -29,7 +29,7 @@ class Replica:
     """One stand-in `tensorflow_model_server` process on its own ports."""
 
     def __init__(self, config: Path, batching: Path):
-        from trainer.ports import Reservation
+        from xray.trainer.ports import Reservation
 
         self._ports = Reservation(2)  # until stop(): no other process is given these numbers meanwhile
         self.grpc_port, self.rest_port = self._ports.ports
@@ -79,8 +79,8 @@ class Traffic(threading.Thread):
         self.sent, self.failures = 0, []
 
     def run(self):
-        from clients import ServingError
-        from clients.rest import RestClient
+        from xray.clients import ServingError
+        from xray.clients.rest import RestClient
 
         while not self.stop_event.is_set():
             for replica in self.replicas:

@@ -1,4 +1,4 @@
-"""clients/rest.py through `requests` with an in-process transport adapter in place of the socket: the URLs, the
+"""xray/clients/rest.py through `requests` with an in-process transport adapter in place of the socket: the URLs, the
 body, the options each request carries (deadline, streaming, TLS), how answers and errors are read, and the
 size cap. A named shortcut: the adapter answers what each test tells it, it is not TF Serving; the client
 against the TF Serving stand-in over TCP is test_serving_clients.py, and against servers that trickle, flood
@@ -15,9 +15,9 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from clients import ServingError
-from clients.rest import RestClient
-from serving import contract
+from xray.clients import ServingError
+from xray.clients.rest import RestClient
+from xray.serving import contract
 from test_clients_core import check_batch_bounds
 
 GAVE_UP = " (gave up after 1 attempt(s) to TF Serving at http://serving:8501)"  # retryable codes, retries=0
@@ -342,8 +342,8 @@ def test_a_request_that_never_answers_does_not_keep_the_program_from_exiting():
     script = """
 import threading, requests
 from requests.adapters import BaseAdapter
-from clients import ServingError
-from clients.rest import RestClient
+from xray.clients import ServingError
+from xray.clients.rest import RestClient
 class Never(BaseAdapter):
     def send(self, request, **options):
         threading.Event().wait()

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from clients import RETRYABLE, Retry, ServingError
+from xray.clients import RETRYABLE, Retry, ServingError
 
 ALL_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
              "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",

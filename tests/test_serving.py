@@ -12,15 +12,15 @@ import pytest
 import requests
 import tensorflow as tf
 
-from clients import ServingError
-from clients.grpc import GrpcClient
-from clients.predict import LocalModel, predict_files
-from clients.rest import RestClient
+from xray.clients import ServingError
+from xray.clients.grpc import GrpcClient
+from xray.clients.predict import LocalModel, predict_files
+from xray.clients.rest import RestClient
 from conftest import REPO, run_xray
-from serving import config as serving_config
-from serving import contract, export
+from xray.serving import config as serving_config
+from xray.serving import contract, export
 from tfserving_stub import deployment_server
-from data import pixels, schema
+from xray.data import pixels, schema
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_config_files_parse_with_the_serving_protos(tmp_path):
 
 
 def test_labels_point_only_at_existing_versions(tmp_path):
-    from serving import promote
+    from xray.serving import promote
 
     base = str(tmp_path)
     move = promote.move_label(base, "canary", 2, [], base_path="/models/xray", available={1, 2}, log=lambda _: None)
@@ -306,7 +306,7 @@ def test_a_bad_file_in_a_batch_does_not_cost_the_others_their_answers(server, sy
 
 
 def test_rest_client_does_not_import_tensorflow():
-    code = "import clients.rest, sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import xray.clients.rest, sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -411,9 +411,9 @@ def _negated(workdir, dest):
     one minus the original's. With the original it makes a pair of real models, one better than the other."""
     import shutil
 
-    from trainer.config import Config
-    from trainer.model import OUTPUT_NAME, load_trained
-    from trainer.workdir import Workdir
+    from xray.trainer.config import Config
+    from xray.trainer.model import OUTPUT_NAME, load_trained
+    from xray.trainer.workdir import Workdir
 
     shutil.copytree(workdir, dest)
     paths = Workdir(str(dest))

@@ -13,12 +13,12 @@ import os
 
 import pytest
 
-from clients import ServingError
-from clients.grpc import GrpcClient
-from clients.predict import predict_files
-from clients.rest import RestClient
+from xray.clients import ServingError
+from xray.clients.grpc import GrpcClient
+from xray.clients.predict import predict_files
+from xray.clients.rest import RestClient
 from conftest import run_xray
-from serving import contract
+from xray.serving import contract
 from tfserving_stub import deployment_server
 
 REAL = {"rest": os.environ.get("XRAY_TFSERVING_URL"), "grpc": os.environ.get("XRAY_TFSERVING_GRPC")}

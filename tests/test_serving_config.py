@@ -7,7 +7,7 @@ import uuid
 import pytest
 from google.protobuf import text_format
 
-from serving import config as serving_config
+from xray.serving import config as serving_config
 
 
 def _text(message) -> str:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from data.split import DEFAULT_PATIENT_PATTERN, leaked_test_patients, patient_id, split_by_patient
+from xray.data.split import DEFAULT_PATIENT_PATTERN, leaked_test_patients, patient_id, split_by_patient
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.synth import synthesize
+from xray.trainer.synth import synthesize
 
 
 def _digest(root):

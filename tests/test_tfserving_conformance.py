@@ -26,7 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as serving_config
+from xray.serving import config as serving_config
 from pathlib import Path
 
 from tfserving_stub import HTTP_STATUS, Options, Status, StubModelServer, request_tensors

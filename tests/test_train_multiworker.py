@@ -91,7 +91,7 @@ def _kill_a_worker_after_epochs(process, workdir, num_epochs, worker_index=1, ti
         pids = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\[launcher\] worker (\d+) pid (\d+)", "".join(lines))}
         if len(_history(workdir)) >= num_epochs and worker_index in pids:
             # The launcher starts the worker module with the resolved job, not the command line again.
-            assert psutil.Process(pids[worker_index]).cmdline()[1:3] == ["-m", "trainer.worker"]
+            assert psutil.Process(pids[worker_index]).cmdline()[1:3] == ["-m", "xray.trainer.worker"]
             os.kill(pids[worker_index], signal.SIGKILL)
             break
         if process.poll() is not None:
@@ -132,12 +132,12 @@ def test_killed_worker_resumes_from_backup_without_repeating_epochs(shards_dir, 
 
 def _pod_like_workers(shards_dir, workdir, extra, ports):
     """Two workers started like two pods (TF_CONFIG each, no launcher watching them), on reserved ports."""
-    from trainer import cluster
+    from xray.trainer import tfconfig
 
     hosts = [f"127.0.0.1:{port}" for port in ports]
     processes = []
     for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps(cluster.tf_config_for(hosts, index)), "XRAY_THREADS": "1",
+        env = {**os.environ, "TF_CONFIG": json.dumps(tfconfig.tf_config_for(hosts, index)), "XRAY_THREADS": "1",
                "PYTHONUNBUFFERED": "1"}
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "xray", "train", "--data", str(shards_dir), "--workdir", str(workdir), *TINY, *extra],
@@ -162,7 +162,7 @@ def test_a_survivor_exits_with_the_peer_lost_code_on_its_own_until_the_budget_is
     extra = ["train.epochs=200", "train.early_stopping_patience=200", "train.max_peer_losses=1"]
     workers = _pod_like_workers(shards_dir, workdir, extra, reserved_ports(2))
     code, output = _kill_worker_1_after_one_more_epoch(workers, workdir)
-    assert code == 75, output[-3000:]  # trainer.train.EXIT_PEER_LOST: the Job ignores it and replaces the pods
+    assert code == 75, output[-3000:]  # xray.trainer.train.EXIT_PEER_LOST: the Job ignores it and replaces the pods
     assert "lost contact with a peer" in output and "exiting with 75" in output
     assert json.loads((workdir / "peer_losses.json").read_text())["count"] == 1
     # The replacement group resumes; a second loss spends the budget (1): exit 76, which fails the Job.

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_xray
-from trainer.config import Config, preset
+from xray.trainer.config import Config, preset
 
 pytestmark = pytest.mark.slow
 TINY = ["--preset", "tiny", "--epochs-per-trial", 1]
@@ -135,7 +135,7 @@ def test_a_bad_restart_setting_is_one_line_before_any_trial(shards_dir, tmp_path
 
 
 def test_the_default_memory_budget_is_half_of_the_smaller_limit(monkeypatch):
-    from tuner import restart
+    from xray.tuner import restart
 
     monkeypatch.delenv("XRAY_TUNE_MEMORY_MB", raising=False)
     machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
@@ -147,8 +147,8 @@ def test_the_default_memory_budget_is_half_of_the_smaller_limit(monkeypatch):
 
 
 def test_the_library_refuses_hyperband_as_the_command_does():
-    """tuner.space.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
-    from tuner import space
+    """xray.tuner.space.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
+    from xray.tuner import space
 
     with pytest.raises(ValueError, match="--algorithm hyperband is refused: its later rounds would start from fresh"):
         space.SearchOptions(algorithm="hyperband")
@@ -157,7 +157,7 @@ def test_the_library_refuses_hyperband_as_the_command_does():
     assert space.SearchOptions(algorithm="random").algorithm == "random"
 
 
-# The KerasTuner privates tuner.search relies on (tuner/kt.py says why), with the sha256 of their source in the
+# The KerasTuner privates xray.tuner.search relies on (tuner/kt.py says why), with the sha256 of their source in the
 # pinned KerasTuner. A new KerasTuner that changes any of them fails here, before a search misbehaves.
 KERASTUNER = "1.4.8"
 PRIVATES = {"Tuner._populate_initial_space": "972f3defbc2e9f45", "Tuner._build_and_fit_model": "1be221e987732a41",
@@ -169,7 +169,7 @@ def test_the_kerastuner_privates_the_tuner_relies_on_are_the_pinned_ones():
     import hashlib
     import inspect
 
-    from tuner.kt import kt, tuner_utils
+    from xray.tuner.kt import kt, tuner_utils
 
     assert kt.__version__ == KERASTUNER
     owners = {"Tuner": kt.Tuner, "tuner_utils": tuner_utils}

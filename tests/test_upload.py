@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from conftest import run_xray
-from data import receiver, upload
+from xray.data import receiver, upload
 
 
 def _tree(root):

@@ -1,8 +1,8 @@
 """xray upload's sender and receiver in one process: a named shortcut, so that `make mutate` reaches both sides.
 
-The receiver normally runs as `python -m data.receiver ...` (a local process, or in the uploader pod through
-`kubectl exec`; test_upload.py and test_k8s_real_node.py run it that way). Here `subprocess` inside data.upload
-is replaced by ReceiverInProcess, which runs the same entry point (data.receiver.main) with the same argv, stdin,
+The receiver normally runs as `python -m xray.data.receiver ...` (a local process, or in the uploader pod through
+`kubectl exec`; test_upload.py and test_k8s_real_node.py run it that way). Here `subprocess` inside xray.data.upload
+is replaced by ReceiverInProcess, which runs the same entry point (xray.data.receiver.main) with the same argv, stdin,
 stdout, stderr and exit status in a thread of this process. Transport.run, the tar stream and every check are
 the real ones.
 """
@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from data import receiver, upload
+from xray.data import receiver, upload
 from test_upload import _tree
 
 
@@ -30,10 +30,10 @@ class _Stdin:
 
 
 class ReceiverInProcess:
-    """`python -m data.receiver ARGS` as a subprocess.Popen / subprocess.run look-alike (argv, pipes, exit status)."""
+    """`python -m xray.data.receiver ARGS` as a subprocess.Popen / subprocess.run look-alike (argv, pipes, exit status)."""
 
     def __init__(self, argv, stdin=None, stdout=None, stderr=None):
-        assert argv[1:3] == ["-m", "data.receiver"], argv  # local_exec(): [python, -m, data.receiver, ARGS]
+        assert argv[1:3] == ["-m", "xray.data.receiver"], argv  # local_exec(): [python, -m, xray.data.receiver, ARGS]
         self.args = argv[3:]
         self.returncode = None
         self._out, self._err = io.StringIO(), io.StringIO()
@@ -229,7 +229,7 @@ def test_the_receiver_refuses_a_member_it_must_not_write(tmp_path, name, kind, m
 def test_the_receivers_command_line(tmp_path, capsys, monkeypatch):
     assert receiver.main(["state", str(tmp_path)]) == 0 and json.loads(capsys.readouterr().out) == {}
     assert receiver.main(["bogus"]) == 2
-    assert capsys.readouterr().err == "usage: python -m data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT\n"
+    assert capsys.readouterr().err == "usage: python -m xray.data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT\n"
     assert receiver.main(["remove", str(tmp_path), "nope"]) == 1
     assert capsys.readouterr().err == "receiver: unknown split 'nope'\n"
     files = {"a.jpeg": b"a"}

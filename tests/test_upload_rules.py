@@ -1,4 +1,4 @@
-"""data/upload.py's and data/receiver.py's smaller rules, in-process: what list_source makes of each kind of archive member, how a member
+"""xray/data/upload.py's and xray/data/receiver.py's smaller rules, in-process: what list_source makes of each kind of archive member, how a member
 that is shorter or longer than declared is stopped, the progress line, the transport's argv and how it waits for
 its receiver, and each one-line refusal of the sender and the receiver, word for word. The whole upload, sender
 and receiver in one process: test_upload_in_process.py; as separate processes: test_upload.py."""
@@ -16,7 +16,7 @@ import zipfile
 
 import pytest
 
-from data import receiver, upload
+from xray.data import receiver, upload
 from test_upload_in_process import FILES, _listed, _source, _stream, in_process_transport
 
 
@@ -210,8 +210,8 @@ def test_the_transports_run_the_receiver_module_in_the_pod_or_here():
     here = upload.local_exec()
     assert (here.prefix, here.python) == ([], sys.executable)
     result = upload.Transport(["env", "XRAY_SEEN=1"], sys.executable).run(["bogus"])
-    assert result.returncode == 2 and result.args == ["env", "XRAY_SEEN=1", sys.executable, "-m", "data.receiver", "bogus"]
-    assert result.stderr.decode().startswith("usage: python -m data.receiver")
+    assert result.returncode == 2 and result.args == ["env", "XRAY_SEEN=1", sys.executable, "-m", "xray.data.receiver", "bogus"]
+    assert result.stderr.decode().startswith("usage: python -m xray.data.receiver")
 
 
 def test_a_stream_the_receiver_stops_reading_ends_quietly_and_a_local_failure_is_raised_after_the_wait(tmp_path):
@@ -413,7 +413,7 @@ def test_the_receivers_command_line_needs_its_exact_arguments(tmp_path, capsys):
     for argv in (["bogus", str(tmp_path), "train"], ["remove", str(tmp_path)], ["state", str(tmp_path), "x"],
                  ["receive", str(tmp_path), "train", "x"]):
         assert receiver.main(argv) == 2, argv
-        assert capsys.readouterr().err.startswith("usage: python -m data.receiver"), argv
+        assert capsys.readouterr().err.startswith("usage: python -m xray.data.receiver"), argv
 
 
 def test_appledouble_files_and_paths_outside_the_root_are_left_out_and_the_shallowest_root_wins(tmp_path):
@@ -454,7 +454,7 @@ def test_the_transport_hands_back_the_receivers_argv_output_and_status():
                                  "py")
     result = transport.run(["receive", "/v", "train"], stream=lambda pipe: pipe.write(b"tar bytes"))
     assert result.args == ["sh", "-c", 'cat >/dev/null; echo "{\\"files\\": 1}"; echo warn >&2; exit 3', "sh", "py", "-m",
-                           "data.receiver", "receive", "/v", "train"]
+                           "xray.data.receiver", "receive", "/v", "train"]
     assert (result.returncode, result.stdout, result.stderr) == (3, b'{"files": 1}\n', b"warn\n")
 
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.worker import configure_logging  # the same format in the worker processes
+    from xray.trainer.worker import configure_logging  # the same format in the worker processes
 
     configure_logging(args.verbose)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving import contract
+from xray.serving import contract
 from tfserving_stub.grpc_services import ModelService, PredictionService
 from tfserving_stub.http_rest import rest_handler
 from tfserving_stub.options import Options
@@ -124,7 +124,7 @@ class StubModelServer:
 def _max_batch_size(path: str) -> int:
     if not path:
         return 1000  # BatchingParameters default max_batch_size (session_bundle_config.proto)
-    from serving import config as serving_config
+    from xray.serving import config as serving_config
 
     return serving_config.parse_text("BatchingParameters", Path(path).read_text()).max_batch_size.value or 1000
 
@@ -144,7 +144,7 @@ def deployment_args() -> list[str]:
 def deployment_server(model_base: str, labels: dict[str, int] | None = None, config_dir: str | None = None,
                       **overrides) -> StubModelServer:
     """The stand-in run with our Deployment's flags over a models.config written for ``model_base``."""
-    from serving import config as serving_config
+    from xray.serving import config as serving_config
 
     config_dir = Path(config_dir or model_base)
     config_path = config_dir / "models.config"

@@ -11,7 +11,7 @@ class UserError(Exception):
 
 def config_from_args(args):
     """The preset (or --config file) with the key=value overrides; a bad one is a one-line UserError."""
-    from trainer.config import Config, ConfigError, preset
+    from xray.trainer.config import Config, ConfigError, preset
 
     try:
         config = Config.load(args.config) if args.config else preset(args.preset)

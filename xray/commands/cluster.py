@@ -7,18 +7,16 @@ import sys
 from xray.commands import UserError
 
 
-def _add_preflight(sub):
-    from xray.render import WORKLOADS
+STEP_HELP = ("Checks the kube context, the namespace and volume claim (made by the storage step, make volume), the "
+             "image, that there are at least as many train shards as workers (when DATA is readable from here), the run "
+             "config (train/tune: the overlay's preset, or --config, with the overrides; the batch must split over the "
+             "workers) and that no job of the same name is still running; then writes OUT/kustomization.yaml on top of "
+             "xray/k8s/overlays/OVERLAY/COMPONENT")
+OVERRIDES_EPILOG = "overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5"
 
-    p = sub.add_parser("preflight", help="check a cluster step before applying it, and render its kustomization",
-                       description="Checks the kube context, the namespace and volume claim (made by the storage step, "
-                       "make volume), the image, that there are at least as many train shards as workers (when DATA is "
-                       "readable from here), the run config (train/tune: the overlay's preset, or --config, with the "
-                       "overrides; the batch must split over the workers) and that no job of the same name is still "
-                       "running; then writes OUT/kustomization.yaml on top of xray/k8s/overlays/OVERLAY/COMPONENT "
-                       "(apply it with kubectl apply -k OUT).",
-                       epilog="overrides (train/tune): key=value, e.g. train.epochs=20 model.weights=/mnt/xray/weights/w.h5")
-    p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
+
+def _step_arguments(p) -> None:
+    """What a step is rendered from: shared by xray preflight and xray cluster."""
     p.add_argument("--overlay", default="local", help="xray/k8s/overlays/<overlay> (local, gpu)")
     p.add_argument("--image", default="", help="project image registry/name:tag (every component but serving and storage); serving: a "
                    "TF Serving image in place of the overlay's tensorflow/serving:2.21.0")
@@ -37,30 +35,96 @@ def _add_preflight(sub):
     p.add_argument("--from-label", default="", help="promote: the version another label points at")
     p.add_argument("--rollback", action="store_true", help="promote: back to where the label pointed before")
     p.add_argument("--wait", type=int, default=0, help="promote: seconds for every replica to load the version")
-    p.add_argument("--namespace", default="xray")
+    p.add_argument("--namespace", "-n", default="xray")
+    p.add_argument("overrides", nargs="*", help="train/tune config overrides, key=value")
+
+
+def _request(args, component: str, **changes):
+    from xray.cluster import render
+
+    promote = []
+    if component == "promote":
+        promote = (["--label", args.label] if args.label else []) + (["--version", args.version] if args.version else []) \
+            + (["--from-label", args.from_label] if args.from_label else []) + (["--rollback"] if args.rollback else [])
+    values = dict(component=component, overlay=args.overlay, image=args.image, workers=args.workers, data=args.data,
+                  workdir=args.workdir, namespace=args.namespace, config_file=args.config,
+                  overrides=tuple(args.overrides), storage_class=args.storage_class, src=args.src,
+                  deadline_s=args.deadline, max_trials=args.max_trials, replicas=args.replicas, promote=tuple(promote),
+                  promote_wait_s=args.wait)
+    return render.RenderRequest(**{**values, **changes})
+
+
+def _add_preflight(sub):
+    from xray.cluster.render import WORKLOADS
+
+    p = sub.add_parser("preflight", help="check a cluster step before applying it, and render its kustomization",
+                       description=STEP_HELP + " (apply it with kubectl apply -k OUT; xray cluster STEP does both).",
+                       epilog=OVERRIDES_EPILOG)
+    p.add_argument("--component", choices=sorted(WORKLOADS), default="train")
+    _step_arguments(p)
     p.add_argument("--out", required=True, help="directory for the rendered kustomization")
     p.add_argument("--offline", action="store_true", help="skip the cluster checks (render only)")
-    p.add_argument("overrides", nargs="*", help="train/tune config overrides, key=value")
     p.set_defaults(run=_run_preflight)
 
 
 def _run_preflight(args):
-    from xray import kube, preflight, render
+    from xray.cluster import kube, preflight
 
-    promote = []
-    if args.component == "promote":
-        promote = (["--label", args.label] if args.label else []) + (["--version", args.version] if args.version else []) \
-            + (["--from-label", args.from_label] if args.from_label else []) + (["--rollback"] if args.rollback else [])
-    request = render.RenderRequest(args.component, args.overlay, args.image, args.workers, args.data, args.workdir,
-                                   args.namespace, args.config, tuple(args.overrides), args.storage_class, args.src,
-                                   args.deadline, args.max_trials, args.replicas, tuple(promote), args.wait)
     try:
-        warnings = preflight.check_and_render(request, args.out, check_cluster=not args.offline)
+        warnings = preflight.check_and_render(_request(args, args.component), args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
         raise UserError(str(error)) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
+
+
+def _add_step(sub):
+    from xray.cluster.steps import STEPS
+
+    p = sub.add_parser("cluster", help="one cluster step: pre-flight, render, replace, apply, follow (make *-cluster)",
+                       description=STEP_HELP + "; then deletes the step's previous Job (the workdir on the volume keeps "
+                       "its backup), applies it with kubectl apply -k and follows it like xray jobs watch until it ends. "
+                       "data: SRC (--upload) is copied onto the volume through the uploader pod, then sharded by a Job.",
+                       epilog="exit status: xray jobs watch's (0 succeeded, 1 failed, 3 the export gate refused the "
+                       "model, 4 a pod cannot start or run); 2: refused before anything was applied. " + OVERRIDES_EPILOG)
+    p.add_argument("step", choices=(*STEPS[:1], "data", *STEPS[2:]), help="storage (make volume), data (make "
+                   "data-cluster: upload, then shards), shards (a folder already on the volume), train, tune, export, "
+                   "serving (make deploy-serving), tensorboard, promote")
+    _step_arguments(p)
+    p.add_argument("--out", default="", help="directory for the rendered kustomization (default: build/k8s/STEP)")
+    p.add_argument("--upload", default="", help="data: a local image folder (Kaggle chest_xray layout), .zip or .tar")
+    p.add_argument("--dest", default="/mnt/xray/incoming/chest_xray", help="data: where it lands on the volume "
+                   "(the folder the shards Job reads)")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes while following")
+    p.add_argument("--stuck-after", type=float, default=45.0, help="give up (exit 4) when a pod has been unable to "
+                   "start or run this many seconds")
+    p.add_argument("--start-timeout", type=float, default=900.0, help="give up (exit 4) when no pod has started "
+                   "running after this many seconds")
+    p.set_defaults(run=_run_step)
+
+
+def _run_step(args):
+    from xray.cluster import kube, steps
+    from xray.data.upload import UploadError
+
+    out = args.out or f"build/k8s/{args.step}"
+    how = steps.Follow(args.interval, args.stuck_after, args.start_timeout)
+    try:
+        if args.step != "data":
+            return steps.run(_request(args, args.step), out, how)
+        if not args.upload:
+            raise UserError("set the images to upload: xray cluster data --upload ~/chest_xray "
+                            "(make data-cluster SRC=~/chest_xray)")
+        return steps.data(args.upload, args.dest, _request(args, "upload"), _request(args, "shards", src=args.dest),
+                          out, how)
+    except kube.ClusterError as error:
+        raise UserError(str(error)) from None
+    except UploadError as error:
+        if error.code == 2:
+            raise UserError(str(error)) from None
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 def _add_jobs(sub):
@@ -88,7 +152,7 @@ def _add_jobs(sub):
 
 
 def _run_jobs(args):
-    from xray import kube
+    from xray.cluster import kube
 
     try:
         if args.action == "status":
@@ -113,5 +177,5 @@ def _run_jobs(args):
 
 
 def register(sub) -> None:
-    for add in (_add_preflight, _add_jobs,):
+    for add in (_add_preflight, _add_step, _add_jobs,):
         add(sub)

@@ -27,7 +27,7 @@ def _add_synth(sub):
 def _run_synth(args):
     from tqdm import tqdm
 
-    from trainer import synth
+    from xray.trainer import synth
 
     started = time.monotonic()
     with tqdm(desc="synth", unit="img", dynamic_ncols=True) as bar:
@@ -40,7 +40,7 @@ def _run_synth(args):
 
 
 def _add_shards(sub):
-    from data.split import DEFAULT_PATIENT_PATTERN
+    from xray.data.split import DEFAULT_PATIENT_PATTERN
 
     p = sub.add_parser("shards", help="convert image folders to sharded TFRecords + manifest.json",
                        description="Reads SRC/{train,test[,val]}/{NORMAL,PNEUMONIA}/ (Kaggle chest_xray layout), "
@@ -62,9 +62,9 @@ def _add_shards(sub):
 
 
 def _run_shards(args):
-    from data import convert
-    from data.lock import LockedError
-    from data.schema import SPLITS
+    from xray.data import convert
+    from xray.data.lock import LockedError
+    from xray.data.schema import SPLITS
 
     try:
         options = convert.ShardOptions(args.num_shards, args.val_fraction, args.seed, args.image_size, args.patient_pattern,
@@ -118,7 +118,7 @@ def _add_upload(sub):
 
 
 def _run_upload(args):
-    from data import upload
+    from xray.data import upload
 
     transport = upload.local_exec() if args.local else upload.kubectl_exec(args.namespace, args.pod)
     try:

@@ -37,8 +37,8 @@ def _add_export(sub):
 
 
 def _run_export(args):
-    from serving import config as serving_config
-    from serving import contract, export
+    from xray.serving import config as serving_config
+    from xray.serving import contract, export
 
     name = args.name or contract.MODEL_NAME
     base = args.model_base.rstrip("/")
@@ -117,7 +117,7 @@ def _add_promote(sub):
 
 
 def _run_promote(args):
-    from serving import contract, promote
+    from xray.serving import contract, promote
 
     name = args.name or contract.MODEL_NAME
     if args.service:
@@ -133,8 +133,8 @@ def _run_promote(args):
 
 
 def _promote(base: str, label: str, replicas, **options) -> int:
-    """serving.promote.promote, its refusal as one line and exit 1 (the label stays where it was)."""
-    from serving import promote
+    """xray.serving.promote.promote, its refusal as one line and exit 1 (the label stays where it was)."""
+    from xray.serving import promote
 
     try:
         move = promote.promote(base, label, replicas, log=lambda line: print(line, flush=True), **options)
@@ -177,9 +177,9 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
-    from clients import ServingError
-    from clients import predict as predicting
-    from serving import contract
+    from xray.clients import ServingError
+    from xray.clients import predict as predicting
+    from xray.serving import contract
 
     name = args.name or contract.MODEL_NAME
     if args.explain and not args.model:
@@ -189,11 +189,11 @@ def _run_predict(args):
         raise UserError(f"no image files found in {' '.join(args.images)}")
     try:
         if args.rest:
-            from clients.rest import RestClient
+            from xray.clients.rest import RestClient
 
             client = RestClient(args.rest, name, args.version, args.label, timeout=args.timeout, **_transport(args))
         elif args.grpc:
-            from clients.grpc import GrpcClient
+            from xray.clients.grpc import GrpcClient
 
             client = GrpcClient(args.grpc, name, args.version, args.label, timeout=args.timeout, **_transport(args))
         else:

@@ -10,7 +10,7 @@ from xray.commands import UserError, config_from_args
 
 
 def _add_train(sub):
-    from trainer.config import PRESETS
+    from xray.trainer.config import PRESETS
 
     p = sub.add_parser("train", help="train (or resume) the classifier; --workers N runs N local processes",
                        description="Trains the ResNet50V2 classifier with MultiWorkerMirroredStrategy. Without "
@@ -30,12 +30,12 @@ def _add_train(sub):
 
 
 def _run_train(args):
-    from trainer import worker
-    from trainer.config import ConfigError
+    from xray.trainer import worker
+    from xray.trainer.config import ConfigError
 
     job = worker.TrainJob(args.data, args.workdir, config_from_args(args).to_dict(), args.verify_shards)
     if args.workers is not None:
-        from trainer import launch
+        from xray.trainer import launch
 
         if args.workers < 1:
             raise UserError(f"--workers {args.workers} must be at least 1")
@@ -65,8 +65,8 @@ def _add_evaluate(sub):
 
 
 def _run_evaluate(args):
-    from trainer import evaluate
-    from trainer.config import ConfigError
+    from xray.trainer import evaluate
+    from xray.trainer.config import ConfigError
 
     overrides = []
     if args.threshold_method:
@@ -84,8 +84,8 @@ def _run_evaluate(args):
 
 
 def _add_tune(sub):
-    import tuner
-    from trainer.config import PRESETS
+    from xray import tuner
+    from xray.trainer.config import PRESETS
 
     p = sub.add_parser("tune", help="KerasTuner search of dropout, L2 and learning rate around the defaults",
                        description="Searches dropout1, dropout2, l2 and learning_rate around the preset's values (the "
@@ -113,7 +113,7 @@ def _add_tune(sub):
 
 
 def _run_tune(args):
-    import tuner
+    from xray import tuner
 
     try:
         tuner.check_algorithm(args.algorithm)  # before --parallel starts any process
@@ -122,7 +122,7 @@ def _run_tune(args):
     if args.parallel is not None and args.parallel < 1:
         raise UserError(f"--parallel {args.parallel} must be at least 1")
     base = config_from_args(args)
-    from tuner import session, space
+    from xray.tuner import session, space
 
     try:
         options = space.SearchOptions(args.algorithm, args.objective, args.max_trials, args.epochs_per_trial,

@@ -66,8 +66,8 @@ def ensure_packages(commands: dict[str, str] = PACKAGES) -> list[str]:
 
 def reserve_ports(*names: str):
     """``({name: port}, reservation)``: 127.0.0.1 ports for components that are told theirs on their command line,
-    which no other program can be given before they bind (trainer.ports). Release once they listen."""
-    from trainer.ports import Reservation
+    which no other program can be given before they bind (xray.trainer.ports). Release once they listen."""
+    from xray.trainer.ports import Reservation
 
     held = Reservation(len(names))
     return dict(zip(names, held.ports)), held

@@ -36,7 +36,7 @@ BASE_IMAGE = "xray.local/python-base:bookworm"
 BUILD_CGROUP = "xray-image-build"  # the build containers' cgroup parent, removed after the build
 # What the Dockerfile copies (and so what the project image's key covers).
 CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements.lock", "requirements-gpu.lock",
-           "data", "trainer", "tuner", "serving", "clients", "xray")
+           "xray")
 # The base: Debian bookworm's Python 3.11 with venv, and CA certificates for pip (python:3.11-slim's role).
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 

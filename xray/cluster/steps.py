@@ -1,0 +1,115 @@
+"""The cluster steps as one library: each is pre-flight and render (preflight.check_and_render), the previous run of
+the same Job replaced, `kubectl apply -k` of the rendered kustomization, and the workload followed until it ends
+(kube.watch / rollout / pod_ready). `xray cluster STEP` and every make *-cluster target call ``run``; a script or CI
+system can call it the same way:
+
+    from xray.cluster import steps
+    from xray.cluster.render import RenderRequest
+    status = steps.run(RenderRequest("train", image="registry.example.com/xray:0.1.0", workers=2), "build/k8s/train")
+
+``run`` returns the follow's exit status (kube.WATCH_EXIT: 0 succeeded, 1 failed, 3 gate refused, 4 cannot start);
+a refusal before anything is applied raises kube.ClusterError with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+from xray.cluster import kube
+from xray.cluster.preflight import check_and_render
+from xray.cluster.render import WORKLOADS, RenderRequest
+
+ClusterError = kube.ClusterError
+
+# What each step follows once applied: a Job (kube.watch), deployment/NAME (its rollout) or pod/NAME (until Ready).
+# The tuner's chief serves the oracle until every worker is done, so the workers' Job decides how tuning ended.
+FOLLOW = {"storage": None, "upload": "pod/xray-upload", "shards": "xray-shards", "train": "xray-train",
+          "tune": "xray-tune-workers", "export": "xray-export", "serving": "deployment/xray-serving",
+          "tensorboard": "deployment/xray-tensorboard", "promote": "xray-promote"}
+STEPS = tuple(FOLLOW)
+# A finished Job cannot be re-applied (its pod template is immutable): these steps delete the last run's Jobs first.
+# The workdir on the volume keeps the run's backup and results.
+REPLACED = {component: tuple(name for kind, name, _ in WORKLOADS[component] if kind == "Job") for component in FOLLOW}
+
+
+@dataclasses.dataclass(frozen=True)
+class Follow:
+    """How a step is followed (xray jobs watch's --interval, --stuck-after and --start-timeout)."""
+    interval_s: float = 10.0
+    stuck_after_s: float = 45.0
+    start_timeout_s: float = 900.0
+
+    def limits(self) -> kube.WatchLimits:
+        return kube.WatchLimits(self.stuck_after_s, self.start_timeout_s)
+
+
+def kubectl(*args: str, namespace: str | None = None) -> None:
+    """One kubectl command with its output on this terminal; a failure is a ClusterError naming the command."""
+    command = ["kubectl", *(["-n", namespace] if namespace else []), *args]
+    try:
+        result = subprocess.run(command)
+    except FileNotFoundError:
+        raise ClusterError("kubectl is not installed here (https://kubernetes.io/docs/tasks/tools/)") from None
+    if result.returncode != 0:
+        raise ClusterError(f"{' '.join(command)} exited {result.returncode} (its message is above)")
+
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def apply(request: RenderRequest, out_dir: str | Path, say=print, warn=_stderr) -> None:
+    """Pre-flight, render into out_dir, replace the step's previous Jobs, apply. Raises ClusterError on a refusal."""
+    for warning in check_and_render(request, out_dir, check_cluster=True):
+        warn(f"warning: {warning}")
+    say(f"pre-flight passed; rendered {out_dir}/kustomization.yaml")
+    for name in REPLACED[request.component]:
+        kubectl("delete", "job", name, "--ignore-not-found", "--wait=true", namespace=request.namespace)
+    kubectl("apply", "-k", str(out_dir))
+
+
+def follow(component: str, namespace: str, how: Follow = Follow(), out=print) -> int:
+    """Follows what the step runs until it ends; its exit status (0 for a step with nothing to follow)."""
+    target = FOLLOW[component]
+    if target is None:
+        return 0
+    if target.startswith("deployment/"):
+        return kube.rollout(target.split("/", 1)[1], namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+    if target.startswith("pod/"):
+        return kube.pod_ready(target.split("/", 1)[1], namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+    status = kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits())
+    if component == "promote":  # what the label move did, replica by replica, is in the Job's log
+        try:
+            kube.logs(target, namespace, tail=60, out=out)
+        except (ClusterError, OSError) as error:
+            out(f"(no log of job {target}: {error})")
+    return status
+
+
+def run(request: RenderRequest, out_dir: str | Path, how: Follow = Follow(), out=print, warn=_stderr) -> int:
+    """One cluster step: apply (pre-flight, render, replace, kubectl apply -k), then follow it to its end. Progress
+    goes to out, pre-flight's warnings to warn (standard error by default)."""
+    apply(request, out_dir, say=out, warn=warn)
+    return follow(request.component, request.namespace, how, out=out)
+
+
+def data(src: str, dest: str, upload: RenderRequest, shards: RenderRequest, out_dir: str | Path,
+         how: Follow = Follow(), out=print) -> int:
+    """make data-cluster: the uploader pod, SRC copied through it onto the volume at DEST (xray.data.upload), the pod
+    removed, then the shards Job over DEST. A refused SRC raises UploadError before the pod starts."""
+    from xray.data import upload as sender
+
+    sender.list_source(src)  # layout and member names: refused here, before the pod starts
+    status = run(upload, Path(out_dir) / "upload", how, out=out)
+    if status != 0:
+        return status
+    try:
+        report = sender.upload(src, dest, sender.kubectl_exec(upload.namespace, "xray-upload"))
+    finally:
+        kubectl("delete", "pod", "xray-upload", "--wait=false", namespace=upload.namespace)
+    out(f"uploaded: {report}")
+    return run(shards, Path(out_dir) / "shards", how, out=out)
