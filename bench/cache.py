@@ -1,9 +1,9 @@
 """Bench P7 and P8: the frozen trunk's feature cache (trainer/feature_cache.py), measured side by side.
 
-P7: the documented model (seed preset, 224 px, random backbone weights: step time does not depend on weight
+P7: the documented model (team preset, 224 px, random backbone weights: step time does not depend on weight
 values) trained one epoch over the train split without the cache and with it; per-epoch ratio, and a 10-epoch
 total with the cache build included.
-P8: `xray tune` (seed preset, the same trials) with and without the shared cache: trials per hour of wall time,
+P8: `xray tune` (team preset, the same trials) with and without the shared cache: trials per hour of wall time,
 the whole command timed (process start, the cache build, the report).
 """
 
@@ -44,7 +44,7 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
     from xray.trainer.kerasapi import keras
     from xray.trainer.model import build_model, compile_model
 
-    config = preset("seed")
+    config = preset("team")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
     batch, size = config.train.batch_size, config.model.image_size
     manifest = manifests.read(str(shards))
@@ -89,7 +89,7 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
     per_epoch = statistics.median(full) / statistics.median(with_cache)
     ten = 10 * statistics.median(full) / (build + 10 * statistics.median(with_cache))
     images_per_epoch = steps * batch
-    return {"id": "P7", "measure": "seed preset epoch time at 224 px, without / with the feature cache; 10 epochs with "
+    return {"id": "P7", "measure": "team preset epoch time at 224 px, without / with the feature cache; 10 epochs with "
                                    "the cache build included", "target": ">= 4 per epoch; >= 3 over 10 epochs",
             "ratio": per_epoch, "ten_epoch_ratio": ten, "met": per_epoch >= 4 and ten >= 3,
             "epoch_seconds": {"without_cache": summary(full), "with_cache": summary(with_cache),
@@ -102,7 +102,7 @@ def p7_epoch_time(shards: Path, work: Path, full_epochs: int, cached_epochs: int
                             "float16": sum(int(half[name].nbytes) for name in names)},
             "float16_max_relative_error": error,
             "adam_update_seconds": adam,
-            "inputs": {"preset": "seed", "image_size": size, "weights": "none (random)", "batch": batch,
+            "inputs": {"preset": "team", "image_size": size, "weights": "none (random)", "batch": batch,
                        "train_images": len(arrays["labels"]), "steps_per_epoch": steps}}
 
 
@@ -132,7 +132,7 @@ def p8_tune_trials(shards: Path, work: Path, trials: int, epochs: int, xray) -> 
     runs = {}
     for name, overrides, env in (
         ("with_cache", [], {"XRAY_FEATURE_CACHE": str(work / "p8-features")}),
-        ("without_cache", ["train.feature_cache=off"], {"XRAY_FEATURE_CACHE": str(work / "p8-unused")}),
+        ("without_cache", ["runtime.feature_cache=off"], {"XRAY_FEATURE_CACHE": str(work / "p8-unused")}),
     ):
         directory = work / f"p8-tune-{name}"
         import shutil
@@ -141,7 +141,7 @@ def p8_tune_trials(shards: Path, work: Path, trials: int, epochs: int, xray) -> 
         shutil.rmtree(work / "p8-features", ignore_errors=True) if name == "with_cache" else None
         started = time.perf_counter()
         # --patience above the trial length: every trial runs all its epochs on both sides.
-        output = xray("tune", "--data", shards, "--workdir", directory, "--preset", "seed", "--max-trials", trials,
+        output = xray("tune", "--data", shards, "--workdir", directory, "--preset", "team", "--max-trials", trials,
                       "--epochs-per-trial", epochs, "--patience", epochs, "--objective", "val_loss", "--algorithm",
                       "random", "model.weights=none", *overrides, env=env)
         wall = time.perf_counter() - started
@@ -157,10 +157,10 @@ def p8_tune_trials(shards: Path, work: Path, trials: int, epochs: int, xray) -> 
         statistics.median(runs["with_cache"]["fit_seconds_per_trial"])
     overhead = {name: (run["wall_seconds"] - sum(run["fit_seconds_per_trial"])) / max(run["trials"], 1)
                 for name, run in runs.items()}
-    return {"id": "P8", "measure": "xray tune trials per hour (seed preset), with / without the shared feature cache",
+    return {"id": "P8", "measure": "xray tune trials per hour (team preset), with / without the shared feature cache",
             "target": ">= 4", "ratio": ratio, "met": ratio >= 4, "fit_time_ratio": fit_ratio,
             "per_trial_outside_fit_seconds": overhead, "runs": runs,
-            "inputs": {"preset": "seed", "weights": "none (random)", "trials": trials, "epochs_per_trial": epochs,
+            "inputs": {"preset": "team", "weights": "none (random)", "trials": trials, "epochs_per_trial": epochs,
                        "process": "one xray tune per side, its default restart policy (a fresh process only when the "
                                   "memory budget would be passed)", "wall_includes": "process start, the search, "
                                   "the report; with the cache also the one cache build"}}

@@ -2,7 +2,7 @@
 
     python -m bench.p3_steps EXCHANGE STEPS SHARDS OUT.json [INDEX PORT0,PORT1]
 
-Trains the documented model (seed preset, random backbone weights) on the real TFRecord pipeline at
+Trains the documented model (team preset, random backbone weights) on the real TFRecord pipeline at
 global batch 16 and writes the median step time (the first steps, with tracing, left out). EXCHANGE:
 ``optimizer`` (Keras' own float32 all-reduce), ``factored`` (the trainer's default, xray/trainer/allreduce.py)
 ``factored16`` (the same with the values sent as bfloat16, not exact) or ``none``: every worker applies its own gradients, nothing crosses between workers. ``none`` is not
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     from xray.trainer.kerasapi import keras
     from xray.trainer.model import build_model, compile_model
 
-    config = preset("seed")
+    config = preset("team")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
     spec = tfconfig.resolve()
     strategy = tfconfig.make_strategy(spec, collective_timeout_s=0)

@@ -8,8 +8,8 @@
 | P3 | exchange efficiency, 2 workers: step time with no exchange / with the trainer's exchange (documented model, 224 px); also the raw 2-vs-1 ratio and the demo's test AUC difference | >= 0.95 |
 | P4 | client request build + response parse / in-process model latency, batch 1 and 32 | <= 0.02 |
 | P5 | serving_default on encoded images / (decode + model measured apart) | <= 1.10 |
-| P7 | seed preset epoch time without / with the feature cache (224 px); 10 epochs, cache build included | >= 4; >= 3 |
-| P8 | xray tune trials per hour with / without the shared feature cache (seed preset) | >= 4 |
+| P7 | team preset epoch time without / with the feature cache (224 px); 10 epochs, cache build included | >= 4; >= 3 |
+| P8 | xray tune trials per hour with / without the shared feature cache (team preset) | >= 4 |
 | P9 | xray shards on 2000 px JPEGs, images/s on all cores / one-process decode+resize+encode loop | >= 1.8 |
 
 Every figure is written with its inputs, repetitions, median and spread (min, max).
@@ -307,7 +307,7 @@ def _steps(exchange: str, workers: int, shards: Path, steps: int) -> float:
 def p3_two_workers_vs_one(demo_shards: Path, seed_shards: Path, demo_epochs: int, seed_steps: int) -> dict:
     """1 worker (all cores) vs 2 workers (half the cores each), same global batch 16, two configurations:
 
-    * the documented model (seed preset: 224 px, backbone frozen but its last 10 layers, Flatten head;
+    * the documented model (team preset: 224 px, backbone frozen but its last 10 layers, Flatten head;
       random backbone weights, since ImageNet's cannot be downloaded here: step time does not depend on
       weight values): training-step time on the real TFRecord pipeline, with the trainer's gradient
       exchange (judged), with Keras' own float32 all-reduce, and with no exchange at all (the ceiling
@@ -340,7 +340,7 @@ def p3_two_workers_vs_one(demo_shards: Path, seed_shards: Path, demo_epochs: int
             "target": ">= 0.95", "ratio": ratio, "met": ratio >= 0.95, "efficiency": efficiency,
             "two_vs_one_ratio": seed_ratios["factored"], "auc_difference": auc_difference,
             "seed": {"ratio": seed_ratios, "median_step_seconds": step,
-                     "inputs": {"preset": "seed", "image_size": P3_SEED_SIZE, "weights": "none (random)",
+                     "inputs": {"preset": "team", "image_size": P3_SEED_SIZE, "weights": "none (random)",
                                 "global_batch": 16, "measured_steps": seed_steps}},
             "demo": {"ratio": demo_ratio, "auc_difference": auc_difference, "test_auc": auc,
                      "images_per_second": {k: _summary(v) for k, v in rates.items()},

@@ -117,9 +117,9 @@ def test_errors_a_retry_cannot_fix_end_with_exit_2(shards_dir, tmp_path):
 
 
 def test_the_batch_split_is_checked_by_the_config():
-    preset("seed").train.check_split(4)
+    preset("team").train.check_split(4)
     with pytest.raises(ConfigError, match="train.batch_size=16 does not split evenly over 3 workers: use 1, 2, 4, 8, 16"):
-        preset("seed").train.check_split(3)
+        preset("team").train.check_split(3)
 
 
 @pytest.mark.parametrize("variables, workers", [([], "2"), (["TEST_WORKERS=0"], "0")])

@@ -85,8 +85,8 @@ def test_xray_train_on_two_workers_caches_each_workers_shards_and_a_second_run_r
     assert {f: f.stat().st_mtime_ns for f in cache.glob("*.npz")} == stamps
 
     off = run_xray("train", "--data", shards_dir, "--workdir", tmp_path / "run3", "--preset", "tiny",
-                   *overrides, "train.feature_cache=off", env=env)
-    assert "feature cache: off (train.feature_cache=off)" in off.stdout + off.stderr
+                   *overrides, "runtime.feature_cache=off", env=env)
+    assert "feature cache: off (runtime.feature_cache=off)" in off.stdout + off.stderr
 
 
 def test_cached_batches_keep_each_example_whole_and_shuffle_per_epoch():
@@ -116,7 +116,7 @@ def test_an_incomplete_cache_entry_is_rebuilt_not_trusted(shards_dir, tmp_path, 
     manifest = manifests.read(str(shards_dir))
     split = feature_cache.Split(build_model(SMALL))
     key = feature_cache.cache_key(manifest, "val", (0, 1), SMALL.image_size, split.cut, split.trunk_digest(),
-                                  config.train.feature_cache_dtype)
+                                  config.runtime.feature_cache_dtype)
     planted = tmp_path / f"{key}.npz"
     np.savez(planted, labels=np.zeros((1, 1), np.float32), weights=np.ones(1, np.float32))  # no features
     arrays = feature_cache.features_for(split, manifest, "val", config)

@@ -9,25 +9,26 @@ import pytest
 
 from xray.data.manifest import Manifest, Shard
 from xray.trainer import feature_cache
-from xray.trainer.config import Config, ModelConfig, TrainConfig, preset
+from xray.trainer.config import Config, ModelConfig, RuntimeConfig, TrainConfig, preset
 
 SMALL = ModelConfig(image_size=32, weights="none", trainable_layers="10", train_batchnorm=False)
 
 
 @pytest.mark.parametrize("model, train, reason", [
     (SMALL, TrainConfig(), None),
-    (SMALL, TrainConfig(feature_cache="off"), "train.feature_cache=off"),
+    (SMALL, RuntimeConfig(feature_cache="off"), "runtime.feature_cache=off"),
     (SMALL, TrainConfig(augment=True), "train.augment=true (every epoch sees different pixels)"),
     (dataclasses.replace(SMALL, trainable_layers="all"), TrainConfig(), "model.trainable_layers=all (nothing is frozen)"),
     (dataclasses.replace(SMALL, train_batchnorm=True), TrainConfig(),
      "model.train_batchnorm=true (frozen layers would still update their statistics)"),
 ])
 def test_the_cache_is_used_only_where_it_is_exact(model, train, reason):
-    assert feature_cache.why_not(Config(model=model, train=train)) == reason
+    section = "runtime" if isinstance(train, RuntimeConfig) else "train"
+    assert feature_cache.why_not(Config(model=model, **{section: train})) == reason
 
 
 def test_the_documented_fine_tuning_uses_it_and_the_demo_does_not():
-    assert feature_cache.why_not(preset("seed")) is None  # no augmentation, frozen BatchNorm
+    assert feature_cache.why_not(preset("team")) is None  # no augmentation, frozen BatchNorm
     assert feature_cache.why_not(preset("demo")) is not None
 
 

@@ -39,14 +39,15 @@ def test_factoring_is_skipped_where_it_saves_little():
 
 
 def test_float16_loss_scaling_keeps_the_optimizers_own_aggregation():
-    from xray.trainer.config import ConfigError, TrainConfig
+    from xray.trainer.config import Config, ConfigError, RuntimeConfig, TrainConfig
     from xray.trainer.train import exchange_gradients
 
     model = _model(image_size=64)
-    assert exchange_gradients(model, TrainConfig(mixed_precision="float16")) is model
+    float16 = Config(train=TrainConfig(mixed_precision="float16"))
+    assert exchange_gradients(model, float16) is model
     with pytest.raises(ConfigError, match="gradient_allreduce=bfloat16 does not combine with mixed_precision=float16"):
-        exchange_gradients(model, TrainConfig(mixed_precision="float16", gradient_allreduce="bfloat16"))
-    wrapped = exchange_gradients(model, TrainConfig())
+        exchange_gradients(model, Config(train=float16.train, runtime=RuntimeConfig(gradient_allreduce="bfloat16")))
+    wrapped = exchange_gradients(model, Config())
     assert wrapped is not model and wrapped.exchange.factored_layer == "dense1"
     # The view that exposes the head's input/output shares the layers and is not tracked twice.
     assert len(wrapped.weights) == len(model.weights)

@@ -171,7 +171,7 @@ def test_the_gpu_overlay_uses_nccl_and_opens_the_workers_to_each_other():
     objects = render("xray/k8s/overlays/gpu/train")
     (job,) = [o for o in objects if o["kind"] == "Job"]
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert "train.collective=nccl" in container["args"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "runtime.collective=nccl" in container["args"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
     (rule,) = policy["spec"]["ingress"]
     assert "ports" not in rule and rule["from"] == [{"podSelector": {"matchLabels": {

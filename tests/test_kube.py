@@ -117,7 +117,7 @@ def test_a_tuned_config_reaches_train_and_tune_pods(tmp_path):
     config = json.loads(run["data"]["config.json"])
     # The file's values, the gpu overlay's own overrides, then OVERRIDES.
     assert (config["model"]["dropout1"], config["train"]["learning_rate"], config["train"]["epochs"]) == (0.45, 3e-4, 7)
-    assert config["train"]["mixed_precision"] == "float16" and config["train"]["collective"] == "nccl"
+    assert config["train"]["mixed_precision"] == "float16" and config["runtime"]["collective"] == "nccl"
     # A config that only exists on the volume goes by path, with the overrides, unvalidated.
     request = render.RenderRequest("tune", "local", "r/xray:1", 2, config_file="/mnt/xray/runs/tune/best_config.json",
                                  overrides=("train.epochs=3",))
@@ -281,11 +281,11 @@ def test_the_overlay_s_preset_comes_from_the_args_or_the_config_map_the_containe
     assert overlay_run_args([_train_job(args)], "Job", "xray-train", "worker") == (
         ["-m", "xray", "train", "--max-trials", "4", "--flag=x"], "demo", ["train.epochs=3", "model.l2=0"])
     maps = [{"kind": "ConfigMap", "metadata": {"name": "empty"}},
-            {"kind": "ConfigMap", "metadata": {"name": "xray-train"}, "data": {"XRAY_PRESET": "seed"}}]
+            {"kind": "ConfigMap", "metadata": {"name": "xray-train"}, "data": {"XRAY_PRESET": "team"}}]
     env_from = [{"secretRef": {"name": "token"}}, {"configMapRef": {"name": "made-elsewhere"}},
                 {"configMapRef": {"name": "empty"}}, {"configMapRef": {"name": "xray-train"}}]
     job = _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from)
-    assert overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "seed", [])
+    assert overlay_run_args([*maps, job], "Job", "xray-train", "worker") == (["train"], "team", [])
     for unset in (_train_job(["train", "--preset", "$(XRAY_PRESET)"]), _train_job(["train", "--preset", "$(XRAY_PRESET)"], env_from[:3])):
         with pytest.raises(render.RenderError) as caught:
             overlay_run_args([*maps, unset], "Job", "xray-train", "worker")

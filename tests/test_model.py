@@ -7,7 +7,7 @@ from xray.trainer.config import ConfigError, TrainConfig, preset
 from xray.trainer.kerasapi import keras
 from xray.trainer.model import build_model, compile_model
 
-SMALL = dataclasses.replace(preset("seed").model, image_size=32, weights="none")
+SMALL = dataclasses.replace(preset("team").model, image_size=32, weights="none")
 
 
 def _backbone(model):

@@ -40,7 +40,7 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     workdir = tmp_path / "run"
     # bfloat16 all-reduce and the factored head gradient: the custom train step keeps both workers in lockstep too.
     result = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
-                      "train.gradient_allreduce=bfloat16", FACTORED)
+                      "runtime.gradient_allreduce=bfloat16", FACTORED)
     assert "gradients between replicas: all-reduce in bfloat16, dense1's kernel gradient as gathered factors" in result.stdout
     summaries = _worker_summaries(result.stdout)
     assert set(summaries) == {0, 1}, result.stdout[-3000:]
@@ -58,7 +58,7 @@ def test_two_processes_train_agree_and_only_the_chief_writes(shards_dir, tmp_pat
     assert "[worker 1] xray-epoch" not in result.stdout
 
     again = run_xray("train", "--data", shards_dir, "--workdir", workdir, *TINY, "--workers", 2, "train.epochs=2",
-                     "train.gradient_allreduce=bfloat16", FACTORED)
+                     "runtime.gradient_allreduce=bfloat16", FACTORED)
     assert "already finished training" in again.stdout
     assert _history(workdir) == history
 
@@ -159,7 +159,7 @@ def _kill_worker_1_after_one_more_epoch(processes, workdir, timeout=300):
 
 def test_a_survivor_exits_with_the_peer_lost_code_on_its_own_until_the_budget_is_spent(shards_dir, tmp_path, reserved_ports):
     workdir = tmp_path / "run"
-    extra = ["train.epochs=200", "train.early_stopping_patience=200", "train.max_peer_losses=1"]
+    extra = ["train.epochs=200", "train.early_stopping_patience=200", "runtime.max_peer_losses=1"]
     workers = _pod_like_workers(shards_dir, workdir, extra, reserved_ports(2))
     code, output = _kill_worker_1_after_one_more_epoch(workers, workdir)
     assert code == 75, output[-3000:]  # xray.trainer.train.EXIT_PEER_LOST: the Job ignores it and replaces the pods
@@ -169,5 +169,5 @@ def test_a_survivor_exits_with_the_peer_lost_code_on_its_own_until_the_budget_is
     workers = _pod_like_workers(shards_dir, workdir, extra, reserved_ports(2))
     code, output = _kill_worker_1_after_one_more_epoch(workers, workdir)
     assert code == 76, output[-3000:]
-    assert "lost a peer 2 times in this run (train.max_peer_losses=1); giving up with exit 76" in output
+    assert "lost a peer 2 times in this run (runtime.max_peer_losses=1); giving up with exit 76" in output
     assert json.loads((workdir / "peer_losses.json").read_text())["count"] == 2

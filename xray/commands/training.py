@@ -10,7 +10,7 @@ from xray.commands import UserError, config_from_args
 
 
 def _add_train(sub):
-    from xray.trainer.config import PRESETS
+    from xray.trainer.config import EARLIER_NAMES, PRESETS
 
     p = sub.add_parser("train", help="train (or resume) the classifier; --workers N runs N local processes",
                        description="Trains the ResNet50V2 classifier with MultiWorkerMirroredStrategy. Without "
@@ -20,7 +20,8 @@ def _add_train(sub):
                        epilog="overrides: key=value, e.g. train.epochs=5 model.dropout1=0.4 learning_rate=3e-4")
     p.add_argument("--data", required=True, help="shards directory/URI written by xray shards")
     p.add_argument("--workdir", required=True, help="run directory/URI (shared by all workers)")
-    p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="named config (default: seed)")
+    p.add_argument("--preset", default="team", choices=sorted([*PRESETS, *EARLIER_NAMES]),
+                   help="named config (default: team, the design document's settings; seed is its earlier name)")
     p.add_argument("--config", help="a config.json to start from instead of a preset (e.g. the tuner's best_config.json)")
     p.add_argument("--workers", type=int, help="start N local worker processes on 127.0.0.1 (the pod entry point without it)")
     p.add_argument("--verify-shards", action="store_true",

@@ -2,14 +2,14 @@
 
 Two independent savings, both measured on 2 local workers of a 2-core machine (bench P3):
 
-* **Factored dense gradient** (``train.factor_dense_gradient``, on by default; exact). The gradient of
+* **Factored dense gradient** (``runtime.factor_dense_gradient``, on by default; exact). The gradient of
   a Dense kernel is ``X^T dZ``: X the layer's inputs [batch, in], dZ the loss gradient at its
   pre-activation [batch, out]. Summed over workers it is ``X_all^T dZ_all`` of the rows gathered from
   every worker, so the workers exchange ``batch * (in + out)`` numbers instead of ``in * out``
   ("sufficient factors"). For the documented head at 224 px (Flatten of 7x7x2048 -> Dense 256) that is
   16 * 100,608 = 1.6M values instead of 25.7M, and the head kernel is 88% of the trainable gradient.
   The kernel's own regularization gradient (L2) is identical on every worker and added locally.
-* **bfloat16 all-reduce** (``train.gradient_allreduce=bfloat16``; approximate): the remaining gradients
+* **bfloat16 all-reduce** (``runtime.gradient_allreduce=bfloat16``; approximate): the remaining gradients
   are summed in bfloat16, half the bytes, then applied in float32. One float32 all-reduce of the demo
   model's 25.6M values took 0.42 s, longer than a whole single-worker 64 px step (0.27 s); bfloat16: 0.12 s.
 

@@ -74,12 +74,36 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the train split
     # The design document applies no augmentation; the demo preset turns it on (a from-scratch model on 64 px).
     augment: bool = False
+    seed: int = 0
+    mixed_precision: str = "off"  # for GPU nodes; the sigmoid output stays float32
+
+    def __post_init__(self):
+        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
+        _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive float, e.g. 1e-4")
+        _check(self.first_decay_steps > 0, "train.first_decay_steps", self.first_decay_steps, "a positive integer")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience, ">= 0")
+        _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", self.steps_per_epoch, "0 (auto) or a positive integer")
+        _check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
+
+    def check_split(self, num_replicas: int, what: str = "workers") -> None:
+        """The global batch must split evenly: every replica computes the same number of examples."""
+        if self.batch_size % num_replicas:
+            divisors = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} does not split evenly over {num_replicas} {what}: use "
+                f"{', '.join(map(str, divisors))} {what}, or set train.batch_size to a multiple of {num_replicas}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How a run executes, apart from what it learns: the cache, the exchange between workers, the compiler, and
+    what to do when a peer is lost. Earlier runs saved these under train: their config.json still loads, and an
+    override spelled train.<name> still sets runtime.<name> (MOVED_TO_RUNTIME)."""
     # "auto": compute the frozen part of the backbone once per image and train the tail and head on the
     # cached output when that is exact (trainer/feature_cache.py); "off": always run the whole model.
     feature_cache: str = "auto"
     feature_cache_dtype: str = "float32"  # or "float16": half the memory, not exact
-    seed: int = 0
-    mixed_precision: str = "off"  # for GPU nodes; the sigmoid output stays float32
     xla: bool = False
     # Gradients between workers: "float32" (exact, the optimizer's own aggregation) or "bfloat16"
     # (half the bytes; see xray/trainer/allreduce.py). Only matters with more than one replica.
@@ -100,29 +124,14 @@ class TrainConfig:
     collective: str = "auto"
 
     def __post_init__(self):
-        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
-        _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
-        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive float, e.g. 1e-4")
-        _check(self.first_decay_steps > 0, "train.first_decay_steps", self.first_decay_steps, "a positive integer")
-        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience, ">= 0")
-        _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", self.steps_per_epoch, "0 (auto) or a positive integer")
-        _check(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
-        _check(self.gradient_allreduce in ALLREDUCE_DTYPES, "train.gradient_allreduce", self.gradient_allreduce,
+        _check(self.gradient_allreduce in ALLREDUCE_DTYPES, "runtime.gradient_allreduce", self.gradient_allreduce,
                f"one of {', '.join(ALLREDUCE_DTYPES)}")
-        _check(self.collective_timeout_s >= 0, "train.collective_timeout_s", self.collective_timeout_s, "0 (off) or a number of seconds")
-        _check(self.collective in COLLECTIVES, "train.collective", self.collective, f"one of {', '.join(COLLECTIVES)}")
-        _check(self.feature_cache in ("auto", "off"), "train.feature_cache", self.feature_cache, "auto or off")
-        _check(self.feature_cache_dtype in ("float32", "float16"), "train.feature_cache_dtype", self.feature_cache_dtype,
+        _check(self.collective_timeout_s >= 0, "runtime.collective_timeout_s", self.collective_timeout_s, "0 (off) or a number of seconds")
+        _check(self.collective in COLLECTIVES, "runtime.collective", self.collective, f"one of {', '.join(COLLECTIVES)}")
+        _check(self.feature_cache in ("auto", "off"), "runtime.feature_cache", self.feature_cache, "auto or off")
+        _check(self.feature_cache_dtype in ("float32", "float16"), "runtime.feature_cache_dtype", self.feature_cache_dtype,
                "float32 or float16")
-        _check(self.max_peer_losses >= 0, "train.max_peer_losses", self.max_peer_losses, "0 or a positive integer")
-
-    def check_split(self, num_replicas: int, what: str = "workers") -> None:
-        """The global batch must split evenly: every replica computes the same number of examples."""
-        if self.batch_size % num_replicas:
-            divisors = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
-            raise ConfigError(
-                f"train.batch_size={self.batch_size} does not split evenly over {num_replicas} {what}: use "
-                f"{', '.join(map(str, divisors))} {what}, or set train.batch_size to a multiple of {num_replicas}")
+        _check(self.max_peer_losses >= 0, "runtime.max_peer_losses", self.max_peer_losses, "0 or a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +152,14 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
+        data = _moved_keys(data)
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(data) - set(sections)
         if unknown:
@@ -194,12 +205,27 @@ class Config:
         return cls.from_dict(data)
 
 
-_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig, "runtime": RuntimeConfig}
+# Keys that were train.* before the runtime section existed: a config.json of an earlier run, and an override
+# spelled the old way, still mean the same setting.
+MOVED_TO_RUNTIME = frozenset(f.name for f in dataclasses.fields(RuntimeConfig))
+
+
+def _moved_keys(data: dict) -> dict:
+    train = data.get("train")
+    if not isinstance(train, dict) or not MOVED_TO_RUNTIME & set(train):
+        return data
+    runtime = dict(data.get("runtime") or {})
+    for name in MOVED_TO_RUNTIME & set(train):
+        runtime.setdefault(name, train[name])
+    return {**data, "train": {k: v for k, v in train.items() if k not in MOVED_TO_RUNTIME}, "runtime": runtime}
 
 
 def _resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
+        if section == "train" and name in MOVED_TO_RUNTIME:
+            return "runtime", name
         if section not in _SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in {key!r}; sections: {', '.join(_SECTIONS)}")
         if name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
@@ -249,8 +275,8 @@ def _coerce(section_cls, name: str, value):
 # ----------------------------------------------------------------------------------------------------
 
 
-def seed() -> Config:
-    """xray train --data /mnt/data/shards --workdir /mnt/runs/seed --preset seed
+def team() -> Config:
+    """xray train --data /mnt/data/shards --workdir /mnt/runs/team --preset team
 
     The team's documented settings: ResNet50V2 on ImageNet weights at 224x224, last 10 backbone
     layers fine-tuned, head 256(L2 1e-4)/0.3/128/0.2, Adam 1e-4 with CosineDecayRestarts(5000, 2,
@@ -272,8 +298,8 @@ def demo() -> Config:
     """
     return Config(
         model=ModelConfig(image_size=64, weights="none", trainable_layers="all", train_batchnorm=True, batchnorm_momentum=0.9),
-        train=TrainConfig(epochs=15, learning_rate=5e-4, first_decay_steps=200, gradient_allreduce="bfloat16",
-                          augment=True),  # early stopping after 10 epochs, as in seed
+        train=TrainConfig(epochs=15, learning_rate=5e-4, first_decay_steps=200, augment=True),  # patience 10, as in team
+        runtime=RuntimeConfig(gradient_allreduce="bfloat16"),
     )
 
 
@@ -290,10 +316,13 @@ def tiny() -> Config:
     )
 
 
-PRESETS = {"seed": seed, "demo": demo, "tiny": tiny}
+PRESETS = {"team": team, "demo": demo, "tiny": tiny}
+# Earlier names that still work: "seed" was the team preset's name, and collided with the seed fields.
+EARLIER_NAMES = {"seed": "team"}
 
 
 def preset(name: str) -> Config:
+    name = EARLIER_NAMES.get(name, name)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -1,9 +1,9 @@
 """Feature cache for the frozen trunk: compute the frozen part of the backbone once per image, train the rest.
 
 The documented fine-tuning trains only the last ``model.trainable_layers`` backbone layers and the head,
-with BatchNormalization frozen in inference mode, and applies no augmentation (the ``seed`` preset). For a
+with BatchNormalization frozen in inference mode, and applies no augmentation (the ``team`` preset). For a
 given image everything below the trainable tail then computes the same output in every epoch and every tuner
-trial. With ``train.feature_cache=auto`` (the default) and those conditions met, a first pass runs each image
+trial. With ``runtime.feature_cache=auto`` (the default) and those conditions met, a first pass runs each image
 of this worker's shards through the frozen trunk once and keeps the output; every epoch then runs only the
 tail and the head on the cached tensors. It is exact: the same layers, weights and ops run on the same values
 (``tests/test_feature_cache.py`` trains both ways and compares the weights). The exported model is the full
@@ -17,7 +17,7 @@ model, whose layers are the very objects trained here.
   the trunk's weights (sha256 of their bytes) and the storage dtype. A resumed run and every tuner trial on
   the same data and trunk find the same key; anything else misses and rebuilds.
 - Where: ``$XRAY_FEATURE_CACHE`` or ``~/.cache/xray/features`` (local disk of the worker), one ``.npz`` per
-  key written to a temporary name and renamed. ``train.feature_cache_dtype=float16`` halves the size (ResNet50V2
+  key written to a temporary name and renamed. ``runtime.feature_cache_dtype=float16`` halves the size (ResNet50V2
   at 224 px: 7x7x(2048+512) values per image, 490 KiB as float32) at the cost of exactness (measured in bench P7).
 """
 
@@ -45,8 +45,8 @@ HEAD_LAYERS = ("flatten", "avg_pool", "dense1", "dropout1", "dense2", "dropout2"
 
 def why_not(config: Config) -> str | None:
     """None when the cache is exact for this config; otherwise the reason it is not used."""
-    if config.train.feature_cache == "off":
-        return "train.feature_cache=off"
+    if config.runtime.feature_cache == "off":
+        return "runtime.feature_cache=off"
     if config.model.trainable_layers == "all":
         return "model.trainable_layers=all (nothing is frozen)"
     if config.model.train_batchnorm:
@@ -142,7 +142,7 @@ def features_for(split_model: Split, manifest: Manifest, split: str, config: Con
                  input_context: tf.distribute.InputContext | None = None) -> dict[str, np.ndarray]:
     """This worker's ``{"features_0", ..., "labels", "weights"}`` for a split: from the cache, or computed and
     stored. ``source(split_model, manifest, config)`` is the form xray.data.reader.dataset takes."""
-    dtype = config.train.feature_cache_dtype
+    dtype = config.runtime.feature_cache_dtype
     pipeline = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
     key = cache_key(manifest, split, pipeline, config.model.image_size, split_model.cut, split_model.trunk_digest(), dtype)
     path = cache_dir() / f"{key}.npz"

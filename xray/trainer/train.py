@@ -1,4 +1,5 @@
-"""Training entry point: config -> cluster/strategy -> data -> model -> fit -> artifacts.
+"""Training entry point, one small function per stage: build_strategy -> plan_data -> build_models ->
+build_datasets -> build_callbacks -> fit -> record.
 
     xray train --data build/shards --workdir build/run --preset demo --workers 2
 
@@ -15,6 +16,7 @@ starts N of these as local processes. Workdir layout (only the chief writes it):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ import tensorflow as tf
 
 from xray.trainer import callbacks as xcallbacks
 from xray.trainer import tfconfig, feature_cache
-from xray.trainer.config import Config, ConfigError, TrainConfig
+from xray.trainer.config import Config, ConfigError
 from xray.trainer.kerasapi import keras
 from xray.trainer.allreduce import with_gradient_exchange
 from xray.data import manifest as manifests
@@ -43,7 +45,7 @@ log = logging.getLogger("xray.train")
 # Exit codes the Kubernetes Job's podFailurePolicy tells apart: retry the group, or fail fast.
 EXIT_CONFIG_ERROR = 2
 EXIT_PEER_LOST = 75
-EXIT_PEER_LOSS_BUDGET = 76  # train.max_peer_losses used up: restarting again would not help
+EXIT_PEER_LOSS_BUDGET = 76  # runtime.max_peer_losses used up: restarting again would not help
 PEER_ERRORS = (
     tf.errors.UnavailableError,
     tf.errors.DeadlineExceededError,
@@ -87,15 +89,16 @@ def record_peer_loss(paths: Workdir, reason: str) -> int:
     return losses["count"]
 
 
-def exchange_gradients(model, train: TrainConfig):
-    """The model wrapped for a cheaper gradient exchange between replicas (trainer/allreduce.py), if configured."""
+def exchange_gradients(model, config: Config):
+    """The model wrapped for a cheaper gradient exchange between replicas (xray/trainer/allreduce.py), if configured."""
+    train, runtime = config.train, config.runtime
     if train.mixed_precision == "float16":
         # The custom train step does not scale the loss; float16 keeps the optimizer's own aggregation.
-        if train.gradient_allreduce == "bfloat16":
-            raise ConfigError("train.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
+        if runtime.gradient_allreduce == "bfloat16":
+            raise ConfigError("runtime.gradient_allreduce=bfloat16 does not combine with mixed_precision=float16 "
                               "(loss scaling); use mixed_precision=bfloat16 or gradient_allreduce=float32")
         return model
-    model, exchange = with_gradient_exchange(model, train.gradient_allreduce, train.factor_dense_gradient, train.batch_size)
+    model, exchange = with_gradient_exchange(model, runtime.gradient_allreduce, runtime.factor_dense_gradient, train.batch_size)
     if exchange is not None:
         log.info("gradients between replicas: %s", exchange.describe())
     return model
@@ -125,24 +128,37 @@ def run(data_uri: str, workdir: str, config: Config, verify_shards: bool = False
         lock.release()
 
 
-def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec, workdir: str, config: Config) -> dict:
-    started = time.time()
-    # --- cluster and strategy -------------------------------------------------------------------
-    paths = Workdir(workdir)
-    finished = read_summary(workdir)
-    if finished:
-        log.info("%s already finished training (%s epochs, best epoch %s); nothing to do. Use a new --workdir "
-                 "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
-        return finished
-    check_or_write_config(paths, config, spec.is_chief)
-    config.train.check_split(spec.num_workers)  # before joining the group: a refusal must not hang the others
-    strategy = tfconfig.make_strategy(spec, config.train.collective_timeout_s, config.train.collective)
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+    """What the manifest says about one run: images per split, class weights, steps per epoch."""
+    counts: dict
+    class_weights: dict
+    steps_per_epoch: int
+    validation_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The model as built (full), the feature-cache split of it when the cache is on, and the one that trains."""
+    full: object
+    split: object  # feature_cache.Split or None
+    trained: object
+    cache_off_reason: str | None  # None when the cache is on
+
+
+def build_strategy(spec: tfconfig.ClusterSpec, config: Config):
+    """Joins the worker group; refuses a batch that does not split before joining (a refusal must not hang the
+    others), and again over all replicas once their number is known."""
+    config.train.check_split(spec.num_workers)
+    strategy = tfconfig.make_strategy(spec, config.runtime.collective_timeout_s, config.runtime.collective)
     config.train.check_split(strategy.num_replicas_in_sync, "replicas (all devices of all workers)")
     log.info("%s of %d worker(s) (%s), %d replica(s) in sync; global batch %d = %s per replica",
              spec.name, spec.num_workers, spec.source, strategy.num_replicas_in_sync, config.train.batch_size,
              config.train.batch_size / strategy.num_replicas_in_sync)
+    return strategy
 
-    # --- data -------------------------------------------------------------------------------------
+
+def plan_data(data_uri: str, manifest: manifests.Manifest, config: Config) -> DataPlan:
     try:
         for warning in manifest.check_for_model(config.model.image_size):
             log.warning(warning)
@@ -150,15 +166,16 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec
         raise ConfigError(str(error)) from None
     counts = {split: manifest.count(split) for split in ("train", "val")}
     if not counts["val"]:
-        raise ConfigError(f"{data_uri} has no validation split: re-run xray shards with --val-fraction > 0")
-    class_weights = manifest.class_weights()
+        raise ConfigError(f"{data_uri} has no validation split: write the shards with a validation fraction above 0")
     batch = config.train.batch_size
-    steps_per_epoch = config.train.steps_per_epoch or manifest.steps("train", batch)
-    validation_steps = manifest.steps("val", batch)
-    log.info("train %d images, val %d; %d steps/epoch, %d val steps; class weights %s",
-             counts["train"], counts["val"], steps_per_epoch, validation_steps, class_weights)
+    plan = DataPlan(counts, manifest.class_weights(), config.train.steps_per_epoch or manifest.steps("train", batch),
+                    manifest.steps("val", batch))
+    log.info("train %d images, val %d; %d steps/epoch, %d val steps; class weights %s", counts["train"],
+             counts["val"], plan.steps_per_epoch, plan.validation_steps, plan.class_weights)
+    return plan
 
-    # --- model ------------------------------------------------------------------------------------
+
+def build_models(strategy, config: Config) -> Models:
     if config.train.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{config.train.mixed_precision}")
     keras.utils.set_random_seed(config.train.seed)
@@ -168,43 +185,46 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec
         split_model = feature_cache.Split(full_model) if not_cached is None else None
         model = split_model.cached if split_model else full_model
         if strategy.num_replicas_in_sync > 1:
-            model = exchange_gradients(model, config.train)
-        model = compile_model(model, config.train, jit_compile=config.train.xla)
+            model = exchange_gradients(model, config)
+        model = compile_model(model, config.train, jit_compile=config.runtime.xla)
     if split_model:
-        log.info("feature cache: on (frozen trunk up to %s computed once per image; train.feature_cache=off to "
+        log.info("feature cache: on (frozen trunk up to %s computed once per image; runtime.feature_cache=off to "
                  "run the whole model every step)", split_model.cut)
     else:
         log.info("feature cache: off (%s)", not_cached)
+    return Models(full_model, split_model, model, not_cached)
 
-    features = feature_cache.source(split_model, manifest, config) if split_model else None
+
+def build_datasets(strategy, manifest: manifests.Manifest, config: Config, plan: DataPlan, models: Models):
+    """The distributed train and val datasets: records, or the frozen trunk's cached features when the cache is on."""
+    features = feature_cache.source(models.split, manifest, config) if models.split else None
 
     def dataset_fn(split, training, weights=None):
         def make(input_context):
-            return reader.dataset(manifest, split, batch, training, image_size=config.model.image_size,
-                                  input_context=input_context, seed=config.train.seed, class_weights=weights,
-                                  repeat=True, augment=config.train.augment, features=features)
+            return reader.dataset(manifest, split, config.train.batch_size, training,
+                                  image_size=config.model.image_size, input_context=input_context,
+                                  seed=config.train.seed, class_weights=weights, repeat=True,
+                                  augment=config.train.augment, features=features)
         return strategy.distribute_datasets_from_function(make)
 
-    train_ds = dataset_fn("train", True, class_weights)
-    val_ds = dataset_fn("val", False)
+    return dataset_fn("train", True, plan.class_weights), dataset_fn("val", False)
 
-    # --- fit --------------------------------------------------------------------------------------
-    # Non-chief workers write into a throwaway directory; BackupAndRestore handles them itself.
-    out = paths if spec.is_chief else Workdir(tempfile.mkdtemp(prefix=f"xray-{spec.name}-"))
-    if spec.is_chief:
-        tf.io.gfile.makedirs(paths.root)
-    run_id = uuid.uuid4().hex[:8]
+
+def build_callbacks(paths: Workdir, out: Workdir, spec: tfconfig.ClusterSpec, config: Config, plan: DataPlan,
+                    models: Models) -> list:
+    """Backup, selection state restored on resume, history, best weights, early stopping, TensorBoard."""
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True, verbose=1)
     # Weights only: a full .keras file (~3x larger with the optimizer slots) loads very slowly, since h5py
     # seeks inside the zip archive; the architecture is rebuilt from config.json (xray.trainer.model.load_trained).
     checkpoint = xcallbacks.AtomicModelCheckpoint(out.best_weights, monitor="val_loss", save_best_only=True,
                                                    save_weights_only=True,
-                                                   weights_of=full_model if split_model else None)
-    history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, run_id, spec.num_workers,
-                                        announce=spec.is_chief, images_per_epoch=steps_per_epoch * batch,
+                                                   weights_of=models.full if models.split else None)
+    history_log = xcallbacks.HistoryLog(out.history_jsonl, out.history_csv, uuid.uuid4().hex[:8], spec.num_workers,
+                                        announce=spec.is_chief,
+                                        images_per_epoch=plan.steps_per_epoch * config.train.batch_size,
                                         max_epochs=config.train.epochs)
-    fit_callbacks = [
+    return [
         # Order matters: the backup is saved before the history line, so a logged epoch is never redone.
         keras.callbacks.BackupAndRestore(paths.backup),
         xcallbacks.RestoreSelectionState(paths.history_jsonl, early_stopping, checkpoint, best_path=paths.best_weights),
@@ -213,32 +233,45 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec
         early_stopping,
         keras.callbacks.TensorBoard(out.tensorboard, profile_batch=0),
     ]
+
+
+def fit(models: Models, datasets, plan: DataPlan, fit_callbacks: list, paths: Workdir, spec: tfconfig.ClusterSpec,
+        config: Config) -> None:
+    """model.fit; a lost peer ends this process at once with EXIT_PEER_LOST (or EXIT_PEER_LOSS_BUDGET)."""
+    train_ds, val_ds = datasets
     try:
-        model.fit(
-            train_ds, epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
-            validation_data=val_ds, validation_steps=validation_steps,
+        models.trained.fit(
+            train_ds, epochs=config.train.epochs, steps_per_epoch=plan.steps_per_epoch,
+            validation_data=val_ds, validation_steps=plan.validation_steps,
             callbacks=fit_callbacks, verbose=2 if spec.is_chief else 0,
         )
     except PEER_ERRORS as error:
-        # A lost peer: MWMS cannot continue with fewer workers. Exit hard and non-zero so the whole group
-        # restarts and resumes from the backup (a lingering process blocks replacements from joining).
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        code = EXIT_PEER_LOST
-        if spec.is_chief:
-            losses = record_peer_loss(paths, f"{type(error).__name__}: {first_line}")
-            if losses > config.train.max_peer_losses:
-                code = EXIT_PEER_LOSS_BUDGET
-                print(f"{spec.name}: lost a peer {losses} times in this run (train.max_peer_losses="
-                      f"{config.train.max_peer_losses}); giving up with exit {code}. Look at the pods' events "
-                      f"(OOMKilled? evicted? preempted?), then re-run the same command to resume from {paths.backup}",
-                      file=sys.stderr, flush=True)
-        if code == EXIT_PEER_LOST:
-            print(f"{spec.name}: lost contact with a peer ({type(error).__name__}: {first_line}); exiting with "
-                  f"{code} so the group restarts and resumes from {paths.backup}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(code)
+        exit_after_peer_loss(error, paths, spec, config)
 
-    # --- artifacts --------------------------------------------------------------------------------
+
+def exit_after_peer_loss(error: Exception, paths: Workdir, spec: tfconfig.ClusterSpec, config: Config) -> None:
+    """A lost peer: MWMS cannot continue with fewer workers. Exit hard and non-zero so the whole group restarts and
+    resumes from the backup (a lingering process blocks replacements from joining)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    code = EXIT_PEER_LOST
+    budget = config.runtime.max_peer_losses
+    if spec.is_chief:
+        losses = record_peer_loss(paths, f"{type(error).__name__}: {first_line}")
+        if losses > budget:
+            code = EXIT_PEER_LOSS_BUDGET
+            print(f"{spec.name}: lost a peer {losses} times in this run (runtime.max_peer_losses={budget}); giving up "
+                  f"with exit {code}. Look at the pods' events (OOMKilled? evicted? preempted?), then re-run the same "
+                  f"command to resume from {paths.backup}", file=sys.stderr, flush=True)
+    if code == EXIT_PEER_LOST:
+        print(f"{spec.name}: lost contact with a peer ({type(error).__name__}: {first_line}); exiting with "
+              f"{code} so the group restarts and resumes from {paths.backup}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def record(data_uri: str, paths: Workdir, out: Workdir, spec: tfconfig.ClusterSpec, config: Config, models: Models,
+           started: float) -> dict:
+    """The summary (training.json, written last by the chief: the run finished); the backup folder removed."""
     history = xcallbacks.read_history(out.history_jsonl)
     best = xcallbacks.best_epoch(history)
     saved = xcallbacks.saved_best(paths.best_weights)
@@ -258,8 +291,8 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec
         "seconds_this_run": round(time.time() - started, 1),
         "data": data_uri,
         "best_weights": paths.best_weights,
-        "feature_cache": {"cut": split_model.cut, "dtype": config.train.feature_cache_dtype} if split_model
-        else {"off": not_cached},
+        "feature_cache": {"cut": models.split.cut, "dtype": config.runtime.feature_cache_dtype} if models.split
+        else {"off": models.cache_off_reason},
     }
     if spec.is_chief:
         # BackupAndRestore deletes its checkpoint but leaves the (empty) directory behind.
@@ -274,3 +307,24 @@ def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec
     else:
         shutil.rmtree(out.root, ignore_errors=True)
     return summary
+
+
+def _run(data_uri: str, manifest: manifests.Manifest, spec: tfconfig.ClusterSpec, workdir: str, config: Config) -> dict:
+    started = time.time()
+    paths = Workdir(workdir)
+    finished = read_summary(workdir)
+    if finished:
+        log.info("%s already finished training (%s epochs, best epoch %s); nothing to do. Train into a new workdir "
+                 "to train again.", workdir, finished["epochs_run"], finished["best_epoch"])
+        return finished
+    check_or_write_config(paths, config, spec.is_chief)
+    strategy = build_strategy(spec, config)
+    plan = plan_data(data_uri, manifest, config)
+    models = build_models(strategy, config)
+    datasets = build_datasets(strategy, manifest, config, plan, models)
+    # Non-chief workers write into a throwaway directory; BackupAndRestore handles them itself.
+    out = paths if spec.is_chief else Workdir(tempfile.mkdtemp(prefix=f"xray-{spec.name}-"))
+    if spec.is_chief:
+        tf.io.gfile.makedirs(paths.root)
+    fit(models, datasets, plan, build_callbacks(paths, out, spec, config, plan, models), paths, spec, config)
+    return record(data_uri, paths, out, spec, config, models, started)

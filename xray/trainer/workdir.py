@@ -4,7 +4,7 @@
     best.weights.h5     weights of the best epoch by val_loss (the architecture is config.json)
     history.jsonl/.csv  one row per epoch; training.json the summary once finished
     backup/             BackupAndRestore's checkpoint while training runs
-    peer_losses.json    lost peers counted against train.max_peer_losses
+    peer_losses.json    lost peers counted against runtime.max_peer_losses
     eval/               xray evaluate's metrics, predictions and plots
     .xray.lock          the lock the training chief holds while it runs (xray.data.lock)
 """
