@@ -30,6 +30,7 @@ from pathlib import Path
 
 from xray import trainer  # noqa: F401  (tf-keras before TensorFlow)
 from bench import cache
+from bench.process import run_xray
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "bench"
@@ -41,13 +42,9 @@ def _summary(values: list[float]) -> dict:
             "values": [round(v, 6) for v in values]}
 
 
-def _xray(*args, env=None):
-    full = {**os.environ, **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "xray", *map(str, args)], cwd=REPO, env=full,
-                            capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"xray {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result.stdout
+def _xray(*args, env=None) -> str:
+    """`xray ARGS` (bench.process.run_xray, the helper the tests use too); its standard output."""
+    return run_xray(*args, timeout=None, env=env).stdout
 
 
 def prepare_data(patients: int) -> tuple[Path, Path]:

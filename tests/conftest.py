@@ -19,6 +19,9 @@ import pytest
 from xray import trainer  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.process: the helper the tests share with the benchmarks
+from bench.process import run_xray  # noqa: E402,F401  (tests import it from here)
+
 
 def _project_packages() -> tuple[str, ...]:
     """The top-level packages the wheel installs: pyproject.toml's [tool.setuptools.packages.find] include."""
@@ -163,16 +166,6 @@ def reserved_ports():
     yield take
     for reservation in held:
         reservation.release()
-
-
-def run_xray(*args, timeout=600, env=None, check=True):
-    """Runs the real `xray` command line in a subprocess; returns the CompletedProcess."""
-    full_env = dict(os.environ, **(env or {}))
-    result = subprocess.run([sys.executable, "-m", "xray", *map(str, args)], cwd=REPO, env=full_env,
-                            capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"xray {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 # This session's local cluster: a root of its own, never one that an earlier (perhaps killed) session left.

@@ -218,7 +218,7 @@ def test_the_manifest_records_the_resize_and_training_refuses_other_shards(shard
     result = run_xray("train", "--data", old, "--workdir", tmp_path / "run", "--preset", "tiny", check=False, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"the serving signature resizes with {records.pixels.RESIZE_METHOD}" in result.stderr
-    assert "Re-run xray shards --image-size 32" in result.stderr
+    assert "Write the shards again (xray shards) at image_size=32 into a new folder" in result.stderr
     # Shards of the previous method (antialiased resize of a fully decoded JPEG): refused the same way.
     manifest["options"]["resize"] = "tf-bilinear-antialias"
     (old / "manifest.json").write_text(json.dumps(manifest))
@@ -307,11 +307,11 @@ def test_a_second_conversion_into_the_same_folder_is_one_line(synth_dir, tmp_pat
     from xray.data.lock import FolderLock
 
     out = tmp_path / "out"
-    with FolderLock(str(out), f"xray shards --out {out}"):
+    with FolderLock(str(out), f"a shard conversion into {out}"):  # what a running xray shards writes
         result = run_xray("shards", "--src", synth_dir, "--out", out, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert f"{out} is in use by xray shards --out {out} (pid {os.getpid()}" in line
+    assert f"{out} is in use by a shard conversion into {out} (pid {os.getpid()}" in line
     run_xray("shards", "--src", synth_dir, "--out", out, "--num-shards", 2)  # released: it runs
     assert (out / "manifest.json").exists()
 
@@ -331,7 +331,7 @@ def test_a_second_training_into_a_running_workdir_is_one_line(shards_dir, tmp_pa
                  lambda: (workdir / ".xray.lock").exists() and f'"pid": {first.pid}' in (workdir / ".xray.lock").read_text())
         second = run_xray("train", "--data", shards_dir, "--workdir", workdir, "--preset", "tiny", check=False)
         assert second.returncode == 2 and "Traceback" not in second.stderr
-        assert f"is in use by xray train --workdir {workdir} (pid {first.pid}" in second.stderr
+        assert f"is in use by a training run in {workdir} (pid {first.pid}" in second.stderr
     finally:
         first.kill()
         first.wait()

@@ -68,3 +68,42 @@ def test_no_module_of_the_project_is_over_400_lines():
     long = {str(p.relative_to(REPO)): n for package in PACKAGES for p in (REPO / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def _strings_in_code(path):
+    """Every string constant of a module but its docstrings (module, class, function): what it can say at run time."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_no_library_names_a_flag_of_the_command_line():
+    """Libraries name their settings their own way (num_shards, a config key, a file); the command line adds its flags
+    (xray.commands.user_error). Checked on what the libraries can print or raise: their string constants, docstrings
+    (usage examples) aside, against every long flag `xray` defines."""
+    from xray.cli import build_parser
+
+    flags, parsers = set(), [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:  # noqa: SLF001 - argparse's own structure; not project code
+            flags.update(s for s in action.option_strings if s.startswith("--") and s != "--help")
+            if hasattr(action, "add_parser"):  # the subcommands
+                parsers.extend(action.choices.values())
+    assert {"--num-shards", "--workdir", "--batch-size", "--force"} <= flags
+    pattern = re.compile(r"--[a-z][a-z-]*")
+    found = []
+    for package in ("data", "trainer", "tuner", "serving", "clients"):
+        for path in sorted((REPO / "xray" / package).rglob("*.py")):
+            for line, text in _strings_in_code(path):
+                found += [f"{path.relative_to(REPO)}:{line}: {flag}" for flag in pattern.findall(text) if flag in flags]
+    assert found == []

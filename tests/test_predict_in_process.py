@@ -131,7 +131,7 @@ def test_a_batch_size_out_of_bounds_is_refused_before_anything_is_sent(tmp_path,
     with pytest.raises(ServingError) as caught:
         list(predict_files(client, films(tmp_path, [b"a"]), batch_size=batch_size))
     assert caught.value.code == "INVALID_ARGUMENT"
-    assert caught.value.message == f"--batch-size {batch_size} must be between 1 and {contract.MAX_BATCH}"
+    assert caught.value.message == f"batch_size {batch_size} must be between 1 and {contract.MAX_BATCH}"
     assert client.batches == []
     assert len(list(predict_files(client, films(tmp_path, [b"a"]), batch_size=contract.MAX_BATCH))) == 1
 

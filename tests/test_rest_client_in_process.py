@@ -100,8 +100,8 @@ def test_status_asks_for_the_model_or_the_one_version(kwargs, path):
 
 @pytest.mark.parametrize("base_url, kwargs, message", [
     ("ftp://serving", {}, "ftp://serving: the REST endpoint is http:// or https://"),
-    ("http://serving", {"tls": True}, "http://serving is plain http, but TLS was asked for (--tls/--ca-cert/"
-                                      "--client-cert): use an https:// URL"),
+    ("http://serving", {"tls": True}, "http://serving is plain http, but TLS was asked for (tls, ca_cert or "
+                                      "client_cert): use an https:// URL"),
     ("http://serving", {"ca_cert": "ca.pem"}, "http://serving is plain http, but TLS was asked for"),
     ("http://serving", {"client_cert": "c.pem", "client_key": "k.pem"}, "http://serving is plain http"),
     ("https://serving", {"client_cert": "c.pem"}, "a client certificate needs its key, and the key its certificate"),

@@ -59,7 +59,7 @@ def test_images_are_grayscale_and_pneumonia_is_brighter_in_the_lungs(tmp_path):
 
 
 def test_too_few_patients_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="--num-patients 3 is too few"):
+    with pytest.raises(ValueError, match="num_patients 3 is too few"):
         synthesize(tmp_path, 3)
 
 
@@ -76,5 +76,5 @@ def test_difficulty_is_deterministic_validated_and_changes_the_films(tmp_path):
     differ = [f for f in files if not np.array_equal(np.asarray(Image.open(tmp_path / "easy" / f)),
                                                      np.asarray(Image.open(tmp_path / "hard" / f)))]
     assert len(differ) == len(files)
-    with pytest.raises(ValueError, match="--difficulty 1.5 must be between 0"):
+    with pytest.raises(ValueError, match="difficulty 1.5 must be between 0"):
         synthesize(tmp_path / "x", 12, difficulty=1.5)

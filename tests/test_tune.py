@@ -150,7 +150,7 @@ def test_the_library_refuses_hyperband_as_the_command_does():
     """xray.tuner.space.SearchOptions, for a search started from Python: the same one-line refusal as `xray tune`."""
     from xray.tuner import space
 
-    with pytest.raises(ValueError, match="--algorithm hyperband is refused: its later rounds would start from fresh"):
+    with pytest.raises(ValueError, match="algorithm hyperband is refused: its later rounds would start from fresh"):
         space.SearchOptions(algorithm="hyperband")
     with pytest.raises(ValueError, match="choose one of bayesian, random"):
         space.SearchOptions(algorithm="grid")

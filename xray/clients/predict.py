@@ -110,7 +110,7 @@ def predict_files(client, paths: list[str], batch_size: int = 16):
     Raises ServingError for problems that no other file would escape (server down, unknown model).
     """
     if not 1 <= batch_size <= contract.MAX_BATCH:
-        raise ServingError("INVALID_ARGUMENT", f"--batch-size {batch_size} must be between 1 and {contract.MAX_BATCH}")
+        raise ServingError("INVALID_ARGUMENT", f"batch_size {batch_size} must be between 1 and {contract.MAX_BATCH}")
     pending: list[tuple[str, bytes]] = []
 
     def flush():

@@ -41,7 +41,7 @@ class RestClient:
         if scheme not in ("http", "https"):
             raise ValueError(f"{base_url}: the REST endpoint is http:// or https://")
         if scheme == "http" and (tls or ca_cert or client_cert):
-            raise ValueError(f"{base_url} is plain http, but TLS was asked for (--tls/--ca-cert/--client-cert): use "
+            raise ValueError(f"{base_url} is plain http, but TLS was asked for (tls, ca_cert or client_cert): use "
                              "an https:// URL")
         if bool(client_cert) != bool(client_key):
             raise ValueError("a client certificate needs its key, and the key its certificate")

@@ -14,6 +14,7 @@ a refusal before anything is applied raises kube.ClusterError with one line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,5 +112,5 @@ def data(src: str, dest: str, upload: RenderRequest, shards: RenderRequest, out_
         report = sender.upload(src, dest, sender.kubectl_exec(upload.namespace, "xray-upload"))
     finally:
         kubectl("delete", "pod", "xray-upload", "--wait=false", namespace=upload.namespace)
-    out(f"uploaded: {report}")
+    out(json.dumps(report))  # what xray upload prints: files sent, skipped, removed per split
     return run(shards, Path(out_dir) / "shards", how, out=out)

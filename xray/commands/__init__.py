@@ -9,6 +9,16 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, exit status 2."""
 
 
+def user_error(error: Exception) -> UserError:
+    """A library's error as the command line says it: a bad setting is named by its flag (the library's num_shards
+    is --num-shards here), anything else as the library wrote it."""
+    from xray.data.errors import SettingError
+
+    if isinstance(error, SettingError):
+        return UserError(error.named("--" + error.setting.replace("_", "-")))
+    return UserError(str(error))
+
+
 def config_from_args(args):
     """The preset (or --config file) with the key=value overrides; a bad one is a one-line UserError."""
     from xray.trainer.config import Config, ConfigError, preset
@@ -17,4 +27,4 @@ def config_from_args(args):
         config = Config.load(args.config) if args.config else preset(args.preset)
         return config.override(args.overrides)
     except ConfigError as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from xray.commands import UserError
+from xray.commands import UserError, user_error
 
 
 STEP_HELP = ("Checks the kube context, the namespace and volume claim (made by the storage step, make volume), the "
@@ -73,7 +73,7 @@ def _run_preflight(args):
     try:
         warnings = preflight.check_and_render(_request(args, args.component), args.out, check_cluster=not args.offline)
     except kube.ClusterError as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
@@ -119,10 +119,10 @@ def _run_step(args):
         return steps.data(args.upload, args.dest, _request(args, "upload"), _request(args, "shards", src=args.dest),
                           out, how)
     except kube.ClusterError as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     except UploadError as error:
         if error.code == 2:
-            raise UserError(str(error)) from None
+            raise user_error(error) from None
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -172,7 +172,7 @@ def _run_jobs(args):
         kube.delete(args.name, args.namespace)
         print(f"deleted job {args.namespace}/{args.name} and its pods")
     except kube.ClusterError as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     return 0
 
 

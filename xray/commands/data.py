@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from xray.commands import UserError
+from xray.commands import UserError, user_error
 
 
 def _add_synth(sub):
@@ -71,7 +71,7 @@ def _run_shards(args):
                                        args.workers)
         manifest = convert.convert(args.src, args.out, options, show_progress=True)
     except (convert.SourceLayoutError, ValueError, LockedError) as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     if args.json:
         print(manifest.to_json())
         return
@@ -125,7 +125,7 @@ def _run_upload(args):
         report = upload.upload(args.src, args.dest, transport)
     except upload.UploadError as error:
         if error.code == 2:
-            raise UserError(str(error)) from None
+            raise user_error(error) from None
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report))

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from xray.commands import UserError
+from xray.commands import UserError, user_error
+from xray.data.errors import SettingError
 
 
 def _add_export(sub):
@@ -63,10 +64,10 @@ def _run_export(args):
     try:
         card = export.export(request)
     except export.GateRefused as error:
-        print(f"xray export: {error}", file=sys.stderr)
+        print(f"xray export: {error} Use --force to push anyway.", file=sys.stderr)
         return 3
-    except (export.ExportError, FileNotFoundError) as error:
-        raise UserError(str(error)) from None
+    except (export.ExportError, FileNotFoundError, SettingError) as error:
+        raise user_error(error) from None
     print(json.dumps({"version": card["version"], "path": card["path"], "roc_auc": card["metrics"]["roc_auc"],
                       "serving_roc_auc": card["serving_path"]["roc_auc"], "threshold": card["threshold"]}))
     return 0
@@ -204,9 +205,11 @@ def _run_predict(args):
             if args.format == "jsonl":
                 print(predicting.format_jsonl(row), flush=True)
     except ServingError as error:
-        raise UserError(f"{error.code}: {error.message}") from None
+        message = error.message  # the library names its batch_size argument; here it is --batch-size
+        message = "--batch-size" + message[len("batch_size"):] if message.startswith("batch_size ") else message
+        raise UserError(f"{error.code}: {message}") from None
     except ValueError as error:  # a client option that cannot work (plain http with TLS, a key without its cert)
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     if args.format == "table":
         print(predicting.format_table(rows))
     if args.explain:

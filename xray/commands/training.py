@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from xray.commands import UserError, config_from_args
+from xray.commands import UserError, user_error, config_from_args
 
 
 def _add_train(sub):
@@ -47,7 +47,7 @@ def _run_train(args):
     try:
         summary = worker.run(job)
     except (ConfigError, FileNotFoundError) as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     print(json.dumps(summary))
     return 0
 
@@ -77,7 +77,7 @@ def _run_evaluate(args):
     try:
         metrics = evaluate.run(args.data, args.workdir, overrides)
     except (ConfigError, FileNotFoundError) as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -119,7 +119,7 @@ def _run_tune(args):
     try:
         tuner.check_algorithm(args.algorithm)  # before --parallel starts any process
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
     if args.parallel is not None and args.parallel < 1:
         raise UserError(f"--parallel {args.parallel} must be at least 1")
     base = config_from_args(args)
@@ -134,7 +134,7 @@ def _run_tune(args):
             return session.run_parallel(job, args.parallel)
         return session.run(job)
     except (ValueError, TimeoutError, FileNotFoundError) as error:
-        raise UserError(str(error)) from None
+        raise user_error(error) from None
 
 
 def register(sub) -> None:

@@ -30,6 +30,7 @@ from xray.data.lock import FolderLock
 from xray.data.manifest import FORMAT_VERSION, Manifest, Shard, sha256_file
 from xray.data.schema import CLASS_NAMES, MANIFEST_NAME, SOURCE_SPLITS, SPLITS, encode_example, is_shard_name, shard_name
 from xray.data.split import DEFAULT_PATIENT_PATTERN, leaked_test_patients, patient_id, split_by_patient
+from xray.data.errors import SettingError
 
 SUPPORTED_MODES = ("1", "L", "LA", "RGB", "RGBA", "P", "I;16", "I;16B", "I;16L", "I")
 
@@ -174,17 +175,17 @@ class ShardOptions:
 
     def __post_init__(self):
         if self.workers < 0:
-            raise ValueError(f"--workers {self.workers} must be 0 (one per core) or a positive number")
+            raise SettingError("workers", self.workers, " must be 0 (one per core) or a positive number")
         if self.num_shards < 1:
-            raise ValueError(f"--num-shards {self.num_shards} must be at least 1")
+            raise SettingError("num_shards", self.num_shards, " must be at least 1")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"--val-fraction {self.val_fraction} must be in [0, 1), e.g. 0.1")
+            raise SettingError("val_fraction", self.val_fraction, " must be in [0, 1), e.g. 0.1")
         if self.image_size is not None and self.image_size < 32:
-            raise ValueError(f"--image-size {self.image_size} must be at least 32 pixels (ResNet50V2's minimum)")
+            raise SettingError("image_size", self.image_size, " must be at least 32 pixels (ResNet50V2's minimum)")
         try:
             re.compile(self.patient_pattern)
         except re.error as error:
-            raise ValueError(f"--patient-pattern {self.patient_pattern!r} is not a regular expression: {error}") from None
+            raise SettingError("patient_pattern", repr(self.patient_pattern), f" is not a regular expression: {error}") from None
 
 
 def _write_split(out: str, split: str, images: list[SourceImage], num_shards: int, seed: int, progress) -> list[dict]:
@@ -247,7 +248,7 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
     """Checks every image, splits, writes shards and manifest.json atomically; returns the manifest.
 
     Holds the lock of ``out`` for the whole run (xray.data.lock): a second conversion into it fails at once."""
-    with FolderLock(out, f"xray shards --out {out}"):
+    with FolderLock(out, f"a shard conversion into {out}"):
         return _convert(Path(src), out.rstrip("/"), options, show_progress)
 
 

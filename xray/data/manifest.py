@@ -105,7 +105,7 @@ class Manifest:
         paths = [f"{self.uri.rstrip('/')}/{shard.file}" for shard in self.shards.get(split, [])]
         if not paths:
             raise FileNotFoundError(f"{self.uri}/{MANIFEST_NAME} lists no {split} shards; re-run xray shards "
-                                    f"(with --val-fraction > 0 for a validation split)")
+                                    f"(with val_fraction > 0 for a validation split)")
         return paths
 
     def digest(self) -> str:
@@ -140,11 +140,11 @@ class Manifest:
         if size is not None and method != RESIZE_METHOD:
             raise StaleShardsError(
                 f"{self.uri} was resized with {method}, but the serving signature resizes with {RESIZE_METHOD}: the "
-                f"model would train on other pixels than it is served. Re-run xray shards --image-size {size} into "
-                "a new --out")
+                f"model would train on other pixels than it is served. Write the shards again (xray shards) at "
+                f"image_size={size} into a new folder")
         if size is not None and size < model_image_size:
             return [f"{self.uri} holds {size} px images and the model reads {model_image_size} px: they are "
-                    f"upsampled, which adds no detail; re-run xray shards --image-size {model_image_size} (or set "
+                    f"upsampled, which adds no detail; write the shards again at image_size={model_image_size} (or set "
                     f"model.image_size={size})"]
         return []
 
@@ -155,8 +155,8 @@ def read(uri: str) -> Manifest:
     path = f"{uri.rstrip('/')}/{MANIFEST_NAME}"
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
-            f"no {MANIFEST_NAME} under {uri}: is it the --out of `xray shards`? "
-            f"Create it with: xray shards --src IMAGE_DIR --out {uri}")
+            f"no {MANIFEST_NAME} under {uri}: is it a folder xray shards wrote? "
+            f"Write the shards there first (xray shards, with {uri} as its output)")
     with tf.io.gfile.GFile(path) as f:
         return Manifest.from_dict(uri, json.load(f))
 

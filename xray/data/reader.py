@@ -80,7 +80,7 @@ def make_dataset(
     """
     files = list(files)
     if not files:
-        raise FileNotFoundError("no TFRecord shards to read; write them with `xray shards --src IMAGES --out DIR`")
+        raise FileNotFoundError("no TFRecord shards to read; write them first (xray shards)")
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     local_batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
@@ -88,7 +88,7 @@ def make_dataset(
     if shard_records:
         log.warning(
             "%d shard file(s) for %d workers: sharding by record instead of by file (every worker reads "
-            "every file). Write at least %d shards (xray shards --num-shards) to shard by file.",
+            "every file). Write at least %d shards (num_shards) to shard by file.",
             len(files), num_pipelines, num_pipelines,
         )
 

@@ -33,6 +33,7 @@ from xray.trainer.config import Config
 from xray.trainer.kerasapi import keras
 from xray.trainer.model import load_trained
 from xray.trainer.workdir import Workdir, read_summary
+from xray.data.errors import SettingError
 
 DEFAULT_TOLERANCE = 0.01
 NUM_WARMUP_RECORDS = 3
@@ -294,15 +295,15 @@ def export(request: ExportRequest, log=print) -> dict:
     summary = read_summary(request.workdir)
     if summary is None or not tf.io.gfile.exists(paths.best_weights):
         raise ExportError(f"{request.workdir} has no finished training run (training.json and best.weights.h5); "
-                          f"run xray train --workdir {request.workdir} first")
+                          f"train into {request.workdir} first (xray train)")
     data_uri = request.data_uri or summary["data"]
     versions = list_versions(request.model_base)
     taken = {v["version"] for v in versions}
     version = request.version if request.version is not None else max(taken, default=0) + 1
     if version < 1:
-        raise ExportError(f"--version {version} must be a positive integer")
+        raise SettingError("version", version, " must be a positive integer")
     if version in taken:
-        raise ExportError(f"version {version} already exists under {request.model_base}; omit --version to use {max(taken) + 1}")
+        raise ExportError(f"version {version} already exists under {request.model_base}; leave the version unset to use {max(taken) + 1}")
 
     log(f"evaluating the candidate on the held-out test split of {data_uri} ...")
     metrics = evaluate.run(data_uri, request.workdir)
@@ -326,11 +327,11 @@ def export(request: ExportRequest, log=print) -> dict:
             f"({serving['images']})")
         skew = skew_refusal(training_auc, metrics["test"]["ci95"].get("roc_auc"), serving_auc)
         if skew and not request.force:
-            raise GateRefused(f"refusing to push: {skew}. Use --force to push anyway.")
+            raise GateRefused(f"refusing to push: {skew}.")
         ok, explanation = check_gate(serving_auc, versions, request.tolerance)
         if not ok and not request.force:
-            raise GateRefused(f"refusing to push: {explanation}. Use --force to push anyway.")
-        log(("gate passed: " if ok else "gate overridden by --force: ") + explanation)
+            raise GateRefused(f"refusing to push: {explanation}.")
+        log(("gate passed: " if ok else "gate overridden (forced): ") + explanation)
         tf.io.gfile.makedirs(f"{tmp}/assets.extra")
         with tf.io.TFRecordWriter(f"{tmp}/{contract.WARMUP_FILE}") as writer:
             for record in warmup_records(config.model.image_size, request.model_name):

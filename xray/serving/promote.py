@@ -297,7 +297,7 @@ def _stage_and_wait(clients: list[ReplicaClient], stage, version: int, deadline:
         if time.monotonic() >= deadline:
             names = ", ".join(f"{n} ({last.get(n)})" for n in sorted(pending))
             raise PromoteError(f"version {version} not AVAILABLE in time on {names} (TF Serving retries a failed load "
-                               "5 times, a minute apart, before it reports the error: raise --wait, or read the "
+                               "5 times, a minute apart, before it reports the error: allow a longer wait, or read the "
                                "server's log)", sorted(pending)[0])
         time.sleep(poll_s)
 

@@ -199,7 +199,7 @@ def run(data_uri: str, workdir: str, overrides: list[str] | None = None) -> dict
 
     paths = Workdir(workdir)
     if not tf.io.gfile.exists(paths.best_weights):
-        raise FileNotFoundError(f"no trained model at {paths.best_weights}; run xray train --workdir {workdir} first")
+        raise FileNotFoundError(f"no trained model at {paths.best_weights}; train into {workdir} first (xray train)")
     config = Config.load(paths.config).override(overrides or [])
     model = load_trained(config.model, paths.best_weights)
     size = config.model.image_size

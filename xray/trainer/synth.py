@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from xray.data.schema import CLASS_NAMES
+from xray.data.errors import SettingError
 
 PNEUMONIA_FRACTION = 0.75
 TEST_FRACTION = 0.15
@@ -90,10 +91,8 @@ class SynthSummary:
 def plan_patients(num_patients: int, rng: np.random.Generator) -> list[Patient]:
     """Decides class, split and image count of every patient (no pixels yet)."""
     if num_patients < 8:
-        raise ValueError(
-            f"--num-patients {num_patients} is too few: need at least 8 so that train and test "
-            "both get patients of both classes"
-        )
+        raise SettingError("num_patients", num_patients, " is too few: need at least 8 so that train and test both get "
+                           "patients of both classes")
     num_pneumonia = round(num_patients * PNEUMONIA_FRACTION)
     labels = np.array([1] * num_pneumonia + [0] * (num_patients - num_pneumonia))
     rng.shuffle(labels)
@@ -225,9 +224,9 @@ def synthesize(out: str | Path, num_patients: int, seed: int = 0, image_size: in
                difficulty: float = DEFAULT_DIFFICULTY) -> SynthSummary:
     """Writes the data set; ``progress(n)`` is called after each image."""
     if image_size < 32:
-        raise ValueError(f"--image-size {image_size} is too small: use at least 32 pixels")
+        raise SettingError("image_size", image_size, " is too small: use at least 32 pixels")
     if not 0 <= difficulty <= 1:
-        raise ValueError(f"--difficulty {difficulty} must be between 0 (easy) and 1 (hardest)")
+        raise SettingError("difficulty", difficulty, " must be between 0 (easy) and 1 (hardest)")
     out = Path(out)
     rng = np.random.default_rng(seed)
     patients = plan_patients(num_patients, rng)

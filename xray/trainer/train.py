@@ -68,7 +68,7 @@ def check_or_write_config(paths: Workdir, config: Config, is_chief: bool) -> Non
         if diffs:
             raise ConfigError(
                 f"{paths.root} holds a run with a different config ({'; '.join(diffs)}). Resume with the same "
-                f"preset and overrides (or --config {paths.config}), or use a new --workdir"
+                f"preset and overrides (or the config file {paths.config}), or train into a new workdir"
             )
     elif is_chief:
         tf.io.gfile.makedirs(paths.root)
@@ -116,7 +116,7 @@ def run(data_uri: str, workdir: str, config: Config, verify_shards: bool = False
     except manifests.ShardsChangedError as error:
         raise ConfigError(str(error)) from None
     spec = tfconfig.resolve()
-    lock = FolderLock(workdir, f"xray train --workdir {workdir}")
+    lock = FolderLock(workdir, f"a training run in {workdir}")
     try:
         if spec.is_chief:
             lock.acquire()

@@ -4,6 +4,8 @@ Builds models with xray.trainer.model and data with xray.data.reader, and hands 
 (best_config.json); the trainer never learns that the tuner exists.
 """
 
+from xray.data.errors import SettingError
+
 ALGORITHMS = ("bayesian", "random")
 # Named on the command line but refused until they work, with the reason.
 REFUSED_ALGORITHMS = {
@@ -16,6 +18,6 @@ REFUSED_ALGORITHMS = {
 def check_algorithm(name: str) -> None:
     """Raises ValueError, in one line, for an algorithm that is unknown or refused."""
     if name in REFUSED_ALGORITHMS:
-        raise ValueError(f"--algorithm {name} is refused: {REFUSED_ALGORITHMS[name]}")
+        raise SettingError("algorithm", name, f" is refused: {REFUSED_ALGORITHMS[name]}")
     if name not in ALGORITHMS:
-        raise ValueError(f"--algorithm {name!r}: choose one of {', '.join(ALGORITHMS)}")
+        raise SettingError("algorithm", repr(name), f": choose one of {', '.join(ALGORITHMS)}")

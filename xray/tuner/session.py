@@ -95,7 +95,7 @@ def report_and_retrain(job: TuneJob, rows: list[dict] | None, sink=None) -> int:
         with open(f"{workdir}/trials.json") as f:
             rows = json.load(f)
     print(format_table(rows, SearchOptions(**job.options).objective), file=sink)
-    print(f"best config: {workdir}/best_config.json  (xray train --config {workdir}/best_config.json ...)", file=sink)
+    print(f"best config: {workdir}/best_config.json  (xray train can start from it as its config)", file=sink)
     if not job.retrain_workers:
         return 0
     from xray.trainer import evaluate, launch

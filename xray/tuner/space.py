@@ -8,6 +8,7 @@ import dataclasses
 
 from xray.trainer.config import Config
 from xray.tuner import check_algorithm
+from xray.data.errors import SettingError
 
 OBJECTIVES = {"val_loss": "min", "val_auc": "max"}
 
@@ -28,13 +29,13 @@ class SearchSpace:
             name, _, bounds = assignment.partition("=")
             low, sep, high = bounds.partition(":")
             if name not in names or not sep:
-                raise ValueError(f"--range {assignment!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(names)}")
+                raise SettingError("range", repr(assignment), f": expected NAME=LOW:HIGH with NAME one of {', '.join(names)}")
             try:
                 values[name] = (float(low), float(high))
             except ValueError:
-                raise ValueError(f"--range {assignment!r}: LOW and HIGH must be numbers") from None
+                raise SettingError("range", repr(assignment), ": LOW and HIGH must be numbers") from None
             if not values[name][0] < values[name][1]:
-                raise ValueError(f"--range {assignment!r}: LOW must be below HIGH")
+                raise SettingError("range", repr(assignment), ": LOW must be below HIGH")
         return cls(**values)
 
 
@@ -50,9 +51,9 @@ class SearchOptions:
     def __post_init__(self):
         check_algorithm(self.algorithm)
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+            raise SettingError("objective", repr(self.objective), f": choose one of {', '.join(OBJECTIVES)}")
         if self.max_trials < 1:
-            raise ValueError(f"--max-trials {self.max_trials} must be at least 1")
+            raise SettingError("max_trials", self.max_trials, " must be at least 1")
 
 
 def config_for(base: Config, values: dict) -> Config:
