@@ -169,34 +169,34 @@ image-set:
 
 # Every cluster target is one `xray cluster STEP` (xray/cluster/steps.py): pre-flight and render into build/k8s/STEP,
 # the step's previous Job replaced, kubectl apply -k, then followed like xray jobs watch until it ends.
-STEP = $(XRAY) cluster --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
 STEP_IMAGE = --image $(IMAGE):$(CLUSTER_TAG)
 
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
-	$(STEP) storage --storage-class "$(STORAGE_CLASS)" --out $(BUILD)/k8s/storage
+	$(XRAY) cluster storage $(STEP_ARGS) --storage-class "$(STORAGE_CLASS)" --out $(BUILD)/k8s/storage
 
 data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) onto the volume, then shard it there (a Job)
 	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
-	$(STEP) data $(STEP_IMAGE) --upload "$(SRC)" --dest $(UPLOAD_DEST) --data $(CLUSTER_DATA) --out $(BUILD)/k8s
+	$(XRAY) cluster data $(STEP_ARGS) $(STEP_IMAGE) --upload "$(SRC)" --dest $(UPLOAD_DEST) --data $(CLUSTER_DATA) --out $(BUILD)/k8s
 
 train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CONFIG, OVERRIDES), follow it
-	$(STEP) train $(STEP_IMAGE) --workers $(WORKERS) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --config "$(CONFIG)" \
+	$(XRAY) cluster train $(STEP_ARGS) $(STEP_IMAGE) --workers $(WORKERS) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --config "$(CONFIG)" \
 	  --deadline $(DEADLINE) --out $(BUILD)/k8s/train $(OVERRIDES)
 
 tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES, TRIALS), follow the workers
-	$(STEP) tune $(STEP_IMAGE) --workers $(PARALLEL) --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --config "$(CONFIG)" \
+	$(XRAY) cluster tune $(STEP_ARGS) $(STEP_IMAGE) --workers $(PARALLEL) --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --config "$(CONFIG)" \
 	  --out $(BUILD)/k8s/tune $(if $(filter command line,$(origin TRIALS)),--max-trials $(TRIALS)) $(OVERRIDES)
 	@echo "best config on the volume: $(CLUSTER_TUNE_DIR)/best_config.json; train it with:"
 	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 
 export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it (gated) to models/ on the volume (a Job)
-	$(STEP) export $(STEP_IMAGE) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --out $(BUILD)/k8s/export
+	$(XRAY) cluster export $(STEP_ARGS) $(STEP_IMAGE) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --out $(BUILD)/k8s/export
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from xray/k8s/overlays/$(OVERLAY)/serving
-	$(STEP) serving --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
+	$(XRAY) cluster serving $(STEP_ARGS) --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 promote: image-set ## move a version label on the running TF Serving replicas (a Job): make promote LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
-	$(STEP) promote $(STEP_IMAGE) --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
+	$(XRAY) cluster promote $(STEP_ARGS) $(STEP_IMAGE) --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
 	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
 
 promote-local: $(VENV)/.installed ## the same on make serve's server: make promote-local LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
@@ -204,7 +204,7 @@ promote-local: $(VENV)/.installed ## the same on make serve's server: make promo
 	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
 
 tensorboard: image-set volume ## TensorBoard over the runs on the volume; then: kubectl -n NAMESPACE port-forward svc/xray-tensorboard 6006
-	$(STEP) tensorboard $(STEP_IMAGE) --out $(BUILD)/k8s/tensorboard
+	$(XRAY) cluster tensorboard $(STEP_ARGS) $(STEP_IMAGE) --out $(BUILD)/k8s/tensorboard
 	@echo "open it: kubectl -n $(NAMESPACE) port-forward svc/xray-tensorboard 6006:6006, then http://localhost:6006"
 
 status: $(VENV)/.installed ## worker table, latest epoch and warnings of JOB (default xray-train)

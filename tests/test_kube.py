@@ -538,3 +538,35 @@ def test_watch_prints_why_a_failed_job_failed(capsys):
                       logs=lambda name, namespace: asked.append((name, namespace)) or "pod p (exit 2): no model")
     assert code == 1 and asked == [("xray-export", "xray")]
     assert capsys.readouterr().err.strip() == "pod p (exit 2): no model"
+
+
+def test_xray_cluster_takes_overrides_after_its_options_and_renders_before_it_needs_a_cluster(tmp_path):
+    """`xray cluster tune ... train.epochs=1`, the order make tune-cluster writes (options, then OVERRIDES): the
+    overrides reach the rendered config, and without a reachable cluster the step stops in one line before anything
+    is applied. (Once the step was a positional beside the overrides, argparse refused `train.epochs=1`.)"""
+    from conftest import run_xray
+
+    out = tmp_path / "tune"
+    result = run_xray("cluster", "tune", "--overlay", "local", "--namespace", "x", "--interval", "2", "--image",
+                      "r/xray:1", "--workers", "2", "--out", out, "--max-trials", "2", "train.epochs=1",
+                      env={"KUBECONFIG": str(tmp_path / "none")}, check=False)
+    assert result.returncode == 2 and "unrecognized arguments" not in result.stderr, result.stderr
+    assert result.stderr.startswith("xray cluster: error: no Kubernetes cluster configured"), result.stderr
+    (config,) = [o for o in _rendered(out) if o["kind"] == "ConfigMap" and "config.json" in o.get("data", {})]
+    assert json.loads(config["data"]["config.json"])["train"]["epochs"] == 1
+
+
+def test_load_clients_reads_kubeconfig_as_it_is_when_called(tmp_path, monkeypatch):
+    """The kubernetes client reads KUBECONFIG once, at its first import; a caller (a test, a script running several
+    clusters' steps) that points KUBECONFIG elsewhere afterwards still gets that cluster. (Seen: steps.run from a
+    test after another test had imported the client failed with 'no Kubernetes cluster configured'.)"""
+    import kubernetes.config  # noqa: F401  (imported before KUBECONFIG changes, as in a long-lived process)
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "later",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "later", "context": {"cluster": "c", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    assert kube.load_clients()[2] == "later"

@@ -8,6 +8,7 @@ xray/cluster/render.py.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from xray.cluster.monitor import (FINAL, INDEX_ANNOTATION, JOB_NAME_LABEL, WATCH_STUCK, Blocker, blockers, format_status,
@@ -32,8 +33,10 @@ def load_clients():
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            _, active = config.list_kube_config_contexts()
-            config.load_kube_config()
+            # KUBECONFIG as it is now: the client library reads it once, when it is first imported.
+            path = os.environ.get("KUBECONFIG") or None
+            _, active = config.list_kube_config_contexts(config_file=path)
+            config.load_kube_config(config_file=path)
             context = active["name"]
         except (config.ConfigException, FileNotFoundError, TypeError) as error:
             raise ClusterError(f"no Kubernetes cluster configured ({error}); point KUBECONFIG at a kubeconfig or run "

@@ -79,29 +79,45 @@ def _run_preflight(args):
     print(f"pre-flight passed; rendered {args.out}/kustomization.yaml (kubectl apply -k {args.out})")
 
 
+STEP_HELP_LINES = {
+    "storage": "the namespace and the volume claim (make volume)",
+    "data": "a local image folder onto the volume through the uploader pod, then sharded there (make data-cluster)",
+    "shards": "shards an image folder already on the volume (a Job)",
+    "train": "the training Indexed Job (make train-cluster)",
+    "tune": "the tuner's chief and trial workers (make tune-cluster)",
+    "export": "evaluates a run on the volume and exports it, gated (make export-cluster)",
+    "serving": "TF Serving: Deployment, Services, autoscaler, disruption budget (make deploy-serving)",
+    "tensorboard": "TensorBoard over the runs on the volume (make tensorboard)",
+    "promote": "moves a version label on the running TF Serving replicas (make promote)",
+}
+
+
 def _add_step(sub):
     from xray.cluster.steps import STEPS
 
     p = sub.add_parser("cluster", help="one cluster step: pre-flight, render, replace, apply, follow (make *-cluster)",
-                       description=STEP_HELP + "; then deletes the step's previous Job (the workdir on the volume keeps "
-                       "its backup), applies it with kubectl apply -k and follows it like xray jobs watch until it ends. "
-                       "data: SRC (--upload) is copied onto the volume through the uploader pod, then sharded by a Job.",
+                       description="One step of the cluster flow, what each make *-cluster target runs. " + STEP_HELP +
+                       "; then deletes the step's previous Job (the workdir on the volume keeps its backup), applies it "
+                       "with kubectl apply -k and follows it like xray jobs watch until it ends. xray cluster STEP --help "
+                       "lists a step's options.",
                        epilog="exit status: xray jobs watch's (0 succeeded, 1 failed, 3 the export gate refused the "
-                       "model, 4 a pod cannot start or run); 2: refused before anything was applied. " + OVERRIDES_EPILOG)
-    p.add_argument("step", choices=(*STEPS[:1], "data", *STEPS[2:]), help="storage (make volume), data (make "
-                   "data-cluster: upload, then shards), shards (a folder already on the volume), train, tune, export, "
-                   "serving (make deploy-serving), tensorboard, promote")
-    _step_arguments(p)
-    p.add_argument("--out", default="", help="directory for the rendered kustomization (default: build/k8s/STEP)")
-    p.add_argument("--upload", default="", help="data: a local image folder (Kaggle chest_xray layout), .zip or .tar")
-    p.add_argument("--dest", default="/mnt/xray/incoming/chest_xray", help="data: where it lands on the volume "
-                   "(the folder the shards Job reads)")
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes while following")
-    p.add_argument("--stuck-after", type=float, default=45.0, help="give up (exit 4) when a pod has been unable to "
-                   "start or run this many seconds")
-    p.add_argument("--start-timeout", type=float, default=900.0, help="give up (exit 4) when no pod has started "
-                   "running after this many seconds")
-    p.set_defaults(run=_run_step)
+                       "model, 4 a pod cannot start or run); 2: refused before anything was applied.")
+    steps = p.add_subparsers(dest="step", metavar="STEP", required=True)
+    for step in (*STEPS[:1], "data", *STEPS[2:]):
+        s = steps.add_parser(step, help=STEP_HELP_LINES[step], description=STEP_HELP_LINES[step] + ".",
+                             epilog=OVERRIDES_EPILOG if step in ("train", "tune") else None)
+        _step_arguments(s)
+        s.add_argument("--out", default="", help="directory for the rendered kustomization (default: build/k8s/STEP)")
+        if step == "data":
+            s.add_argument("--upload", default="", help="a local image folder (Kaggle chest_xray layout), .zip or .tar")
+            s.add_argument("--dest", default="/mnt/xray/incoming/chest_xray", help="where it lands on the volume (the "
+                           "folder the shards Job reads)")
+        s.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes while following")
+        s.add_argument("--stuck-after", type=float, default=45.0, help="give up (exit 4) when a pod has been unable "
+                       "to start or run this many seconds")
+        s.add_argument("--start-timeout", type=float, default=900.0, help="give up (exit 4) when no pod has started "
+                       "running after this many seconds")
+        s.set_defaults(run=_run_step)
 
 
 def _run_step(args):
