@@ -58,7 +58,6 @@ def kubectl(*args: str, namespace: str | None = None) -> None:
         raise ClusterError(f"{' '.join(command)} exited {result.returncode} (its message is above)")
 
 
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -73,16 +72,23 @@ def apply(request: RenderRequest, out_dir: str | Path, say=print, warn=_stderr) 
     kubectl("apply", "-k", str(out_dir))
 
 
+def watch(target: str, namespace: str, how: Follow = Follow(), out=print) -> int:
+    """Follows a Job (NAME), a Deployment's rollout (deployment/NAME) or a pod until Ready (pod/NAME) until it ends;
+    the exit status of `xray jobs watch TARGET`, which calls this too."""
+    kind, _, name = target.rpartition("/")
+    if kind == "deployment":
+        return kube.rollout(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+    if kind == "pod":
+        return kube.pod_ready(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+    return kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits())
+
+
 def follow(component: str, namespace: str, how: Follow = Follow(), out=print) -> int:
     """Follows what the step runs until it ends; its exit status (0 for a step with nothing to follow)."""
     target = FOLLOW[component]
     if target is None:
         return 0
-    if target.startswith("deployment/"):
-        return kube.rollout(target.split("/", 1)[1], namespace, min(how.interval_s, 2), out=out, limits=how.limits())
-    if target.startswith("pod/"):
-        return kube.pod_ready(target.split("/", 1)[1], namespace, min(how.interval_s, 2), out=out, limits=how.limits())
-    status = kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits())
+    status = watch(target, namespace, how, out=out)
     if component == "promote":  # what the label move did, replica by replica, is in the Job's log
         try:
             kube.logs(target, namespace, tail=60, out=out)

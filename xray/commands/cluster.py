@@ -175,13 +175,11 @@ def _run_jobs(args):
             state, text = kube.status(args.name, args.namespace)
             print(text)
             return kube.WATCH_EXIT.get(state, 0)
-        if args.action == "watch" and args.name.startswith(("deployment/", "pod/")):
-            follow = kube.rollout if args.name.startswith("deployment/") else kube.pod_ready
-            return follow(args.name.split("/", 1)[1], args.namespace, min(args.interval, 2),
-                          limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
         if args.action == "watch":
-            return kube.watch(args.name, args.namespace, args.interval,
-                              limits=kube.WatchLimits(args.stuck_after, args.start_timeout))
+            from xray.cluster import steps
+
+            return steps.watch(args.name, args.namespace,
+                               steps.Follow(args.interval, args.stuck_after, args.start_timeout))
         if args.action == "logs":
             kube.logs(args.name, args.namespace, args.index, args.follow, args.tail)
             return 0
