@@ -40,6 +40,10 @@ STORAGE_CLASS ?=
 CONFIG ?=
 OVERRIDES ?=
 DEADLINE ?= 0
+# train-cluster / tune-cluster: a Kueue LocalQueue (the Jobs start suspended; Kueue admits all workers or none).
+QUEUE ?=
+# Every cluster step: node labels its pods must run on, key=value[,key=value] (default none; docs/kubernetes.md).
+NODE_SELECTOR ?=
 WATCH_INTERVAL ?= 10
 # xray jobs watch: seconds a pod may stay unable to start (image pull, scheduling, mount, crash loop) before make gives up.
 STUCK_AFTER ?= 45
@@ -80,7 +84,7 @@ DOCKER_RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test mutate clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down image-load volume image-set data-cluster export-cluster tensorboard lock promote promote-local standin-load
+  cluster-build cluster-up cluster-down image-load volume image-set data-cluster weights-cluster export-cluster tensorboard lock promote promote-local standin-load
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -169,7 +173,8 @@ image-set:
 
 # Every cluster target is one `xray cluster STEP` (xray/cluster/steps.py): pre-flight and render into build/k8s/STEP,
 # the step's previous Job replaced, kubectl apply -k, then followed like xray jobs watch until it ends.
-STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER)
+STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER) \
+  $(if $(NODE_SELECTOR),--node-selector "$(NODE_SELECTOR)")
 STEP_IMAGE = --image $(IMAGE):$(CLUSTER_TAG)
 
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
@@ -179,13 +184,19 @@ data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) 
 	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
 	$(XRAY) cluster data $(STEP_ARGS) $(STEP_IMAGE) --upload "$(SRC)" --dest $(UPLOAD_DEST) --data $(CLUSTER_DATA) --out $(BUILD)/k8s
 
+# weights-cluster: the ImageNet weights (the team preset's backbone) put on the volume once; pods load them from there.
+WEIGHTS ?= $(HOME)/.keras/models/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5
+weights-cluster: image-set volume ## copy the ImageNet weights file (WEIGHTS=, default Keras' cache) onto the volume: no pod downloads it
+	$(XRAY) cluster weights $(STEP_ARGS) $(STEP_IMAGE) --file "$(WEIGHTS)" --out $(BUILD)/k8s/weights
+
 train-cluster: image-set volume ## pre-flight, apply the Indexed Job (WORKERS, OVERLAY, IMAGE, TAG, CONFIG, OVERRIDES), follow it
 	$(XRAY) cluster train $(STEP_ARGS) $(STEP_IMAGE) --workers $(WORKERS) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --config "$(CONFIG)" \
-	  --deadline $(DEADLINE) --out $(BUILD)/k8s/train $(OVERRIDES)
+	  --deadline $(DEADLINE) $(if $(QUEUE),--queue $(QUEUE)) --out $(BUILD)/k8s/train $(OVERRIDES)
 
 tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL workers (CONFIG, OVERRIDES, TRIALS), follow the workers
 	$(XRAY) cluster tune $(STEP_ARGS) $(STEP_IMAGE) --workers $(PARALLEL) --data $(CLUSTER_DATA) --workdir $(CLUSTER_TUNE_DIR) --config "$(CONFIG)" \
-	  --out $(BUILD)/k8s/tune $(if $(filter command line,$(origin TRIALS)),--max-trials $(TRIALS)) $(OVERRIDES)
+	  --deadline $(DEADLINE) $(if $(QUEUE),--queue $(QUEUE)) --out $(BUILD)/k8s/tune \
+	  $(if $(filter command line,$(origin TRIALS)),--max-trials $(TRIALS)) $(OVERRIDES)
 	@echo "best config on the volume: $(CLUSTER_TUNE_DIR)/best_config.json; train it with:"
 	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 

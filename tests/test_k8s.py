@@ -75,9 +75,14 @@ def test_every_pod_meets_the_restricted_pod_security_standard_and_has_resources(
             assert security["capabilities"]["drop"] == ["ALL"], where
             resources = container["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), where
+            # The kubelet evicts on node disk pressure by these; without them a pod's writes are unbounded.
+            assert "ephemeral-storage" in resources["requests"] and "ephemeral-storage" in resources["limits"], where
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{where}: no writable /tmp with a read-only root filesystem"
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{where}: emptyDir {volume['name']} has no sizeLimit"
     assert checked == 27  # 9 workloads (train, tune chief + workers, serving, upload, shards, export, tensorboard, promote) x 3 trees
 
 
@@ -165,6 +170,40 @@ def test_train_job_failure_policy_deadline_and_threads():
         (container,) = spec["template"]["spec"]["containers"]
         threads = next(e for e in container["env"] if e["name"] == "XRAY_THREADS")["valueFrom"]["resourceFieldRef"]
         assert threads == {"containerName": "worker", "resource": "limits.cpu", "divisor": "1"}
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity (cpu "7910m", memory "24Gi") as a number of cores or bytes."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for unit in sorted(units, key=len, reverse=True):
+        if value.endswith(unit):
+            return float(value[:-len(unit)]) * units[unit]
+    return float(value)
+
+
+# The allocatable of the common 1-GPU nodes with 8 vCPU / 32 GiB, from the providers' reservation rules: GKE
+# g2-standard-8 (CPU: 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% of the rest = 90m; memory:
+# 25% of the first 4 GiB, 20% of the next 4, 10% of the next 8, 6% of the rest, and 100Mi eviction threshold), EKS
+# g5.2xlarge (the same CPU rule; memory: 255Mi + 11Mi x 58 pods, and 100Mi, of the 31.5 GiB the instance reports).
+GPU_NODES = {"gke-g2-standard-8": {"cpu": "7910m", "memory": "29023Mi"},
+             "eks-g5.2xlarge": {"cpu": "7910m", "memory": "31263Mi"}}
+
+
+@pytest.mark.parametrize("component, kind, job", [("train", "Job", "xray-train"), ("tune", "Job", "xray-tune-workers"),
+                                                   ("serving", "Deployment", "xray-serving")])
+def test_gpu_pods_fit_a_1_gpu_node_of_every_cloud_and_select_no_vendor_label(component, kind, job):
+    (obj,) = [o for o in render(f"xray/k8s/overlays/gpu/{component}") if o["kind"] == kind and o["metadata"]["name"] == job]
+    spec = pod_spec(obj)
+    assert not spec.get("nodeSelector") and not spec.get("affinity"), spec.get("nodeSelector")
+    assert {"key": "nvidia.com/gpu", "operator": "Exists"} in spec["tolerations"]  # any value, any effect
+    (container,) = spec["containers"]
+    requests = container["resources"]["requests"]
+    assert requests["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for node, allocatable in GPU_NODES.items():
+        for resource in ("cpu", "memory"):
+            # at least a core and 2 GiB of the node left for its daemon pods (logging, the device plugin, CNI)
+            room = quantity(allocatable[resource]) - quantity(requests[resource])
+            assert room >= (1 if resource == "cpu" else 2 * 2**30), f"{job} does not fit {node}: {resource}"
 
 
 def test_the_gpu_overlay_uses_nccl_and_opens_the_workers_to_each_other():

@@ -128,6 +128,74 @@ def test_a_tuned_config_reaches_train_and_tune_pods(tmp_path):
         assert "--max-trials" in args and "--preset" not in args
 
 
+def test_queue_deadline_and_node_selector_reach_every_job_of_the_step(tmp_path):
+    """QUEUE: each Job of the step is created suspended with Kueue's queue label (Kueue admits a Job's pods all at
+    once); DEADLINE bounds the tuner's chief as well as its workers; NODE_SELECTOR reaches every pod template."""
+    for component, jobs in (("train", {"xray-train"}), ("tune", {"xray-tune-chief", "xray-tune-workers"})):
+        request = render.RenderRequest(component, "gpu", "r/xray:1-gpu", 2, queue="team-a", deadline_s=3600,
+                                       node_selector=("cloud.google.com/gke-accelerator=nvidia-l4",))
+        objects = [o for o in _rendered(render.render_kustomization(request, tmp_path / component)) if o["kind"] == "Job"]
+        assert {o["metadata"]["name"] for o in objects} == jobs
+        for job in objects:
+            assert job["spec"]["suspend"] is True and job["metadata"]["labels"][monitor.QUEUE_LABEL] == "team-a"
+            assert job["spec"]["activeDeadlineSeconds"] == 3600
+            assert job["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+        plain = [o for o in _rendered(render.render_kustomization(render.RenderRequest(component, image="r/x:1"),
+                                                                   tmp_path / f"{component}-plain")) if o["kind"] == "Job"]
+        assert all("suspend" not in o["spec"] and "nodeSelector" not in o["spec"]["template"]["spec"] for o in plain)
+        assert all(o["spec"]["activeDeadlineSeconds"] == 259200 for o in plain)  # 3 days, chief included
+    for bad, message in ((dict(queue="Team A"), "not a LocalQueue name"), (dict(node_selector=("gpu",)), "not key=value"),
+                         (dict(component="export", queue="q"), "for the train and tune steps")):
+        with pytest.raises(render.RenderError, match=message):
+            render.render_kustomization(render.RenderRequest(**{"component": "train", "image": "r/x:1", **bad}),
+                                        tmp_path / "bad")
+
+
+def test_a_suspended_job_is_queued_and_names_its_queue():
+    job = _job()
+    job.spec.suspend = True
+    assert monitor.job_summary(job, [])[0] == "queued"
+    job.metadata.labels = {monitor.QUEUE_LABEL: "team-a"}
+    state, text = monitor.job_summary(job, [])
+    assert state == "queued" and "team-a" in text and "Kueue" in text
+    assert format_first_line(job) == "job xray/xray-train: QUEUED (suspended until Kueue admits all its pods at once, " \
+                                     "in queue team-a)"
+    job.status.conditions = [client.V1JobCondition(type="Complete", status="True")]
+    assert monitor.job_summary(job, [])[0] == "succeeded"  # an ended Job is what it ended as
+
+
+def format_first_line(job) -> str:
+    return monitor.format_status(job, [], [], "", now=NOW).splitlines()[0]
+
+
+def test_watch_waits_on_a_queued_job_without_spending_the_start_timeout(capsys):
+    states = iter(["queued"] * 8 + ["running", "succeeded"])
+    code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.04),
+                      read=lambda name, namespace: (next(states), "table", []))
+    assert code == 0, capsys.readouterr().err
+
+
+def test_the_tuner_step_ends_with_the_side_that_failed(capsys):
+    """make tune-cluster follows the chief and the workers: a failed chief ends it at once with 1, named, while the
+    workers still run; the step succeeds only once both have."""
+    def reader(script):
+        steps = {name: iter(states) for name, states in script.items()}
+        return lambda name, namespace: (next(steps[name]), f"table of {name}", [])
+
+    both = ("xray-tune-chief", "xray-tune-workers")
+    failed = kube.watch(both, "xray", interval_s=0.01, out=lambda *a, **k: None, logs=lambda name, ns: f"log of {name}",
+                        read=reader({"xray-tune-chief": ["running", "failed"], "xray-tune-workers": ["running"] * 2}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert failed == 1 and err == ["log of xray-tune-chief",
+                                   "error: job xray/xray-tune-chief failed (xray-tune-workers running): the step failed"]
+    shown = []
+    done = kube.watch(both, "xray", interval_s=0.01, out=shown.append,
+                      read=reader({"xray-tune-chief": ["running", "running", "succeeded"],
+                                   "xray-tune-workers": ["running", "succeeded", "succeeded"]}))
+    assert done == 0 and shown.count("table of xray-tune-chief") == 3  # the workers' end alone did not end it
+
+
 # The fields kustomize reads in a kustomization and in its patches, as its documentation spells them: kustomize parses
 # through Go's encoding/json, which would also take "NAME" for "name", so a misspelt key renders the same today and
 # breaks with a stricter kustomize. The file is checked against these spellings.

@@ -70,6 +70,20 @@ def test_weights_file_path_is_loaded(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_imagenet_weights_are_found_on_the_weights_path_without_a_download(tmp_path, monkeypatch):
+    """What the cluster's pods do (XRAY_WEIGHTS_PATH=/mnt/xray/weights:/opt/xray/weights): the first folder that holds
+    the file Keras would download is used; nothing is fetched (this machine has no internet: a download fails)."""
+    from xray.trainer.config import IMAGENET_WEIGHTS_FILE
+
+    source = build_model(SMALL)
+    (tmp_path / "volume").mkdir()
+    _backbone(source).save_weights(str(tmp_path / "volume" / IMAGENET_WEIGHTS_FILE))
+    monkeypatch.setenv("XRAY_WEIGHTS_PATH", f"{tmp_path / 'empty'}:{tmp_path / 'volume'}")
+    loaded = build_model(dataclasses.replace(SMALL, weights="imagenet"))
+    for a, b in zip(_backbone(source).weights, _backbone(loaded).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_compiled_with_adam_cosine_restarts_and_bce():
     model = compile_model(build_model(SMALL), TrainConfig())
     schedule = model.optimizer.get_config()["learning_rate"]

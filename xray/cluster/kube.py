@@ -162,25 +162,43 @@ class _StuckClock:
         return False
 
 
-def watch(name: str, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
+def watch(name, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
           read=observe, logs=failure_logs) -> int:
     """Prints the status until the job ends; 0 when it succeeded, 1 when it failed (then the failed pods' last log
     lines on stderr), 3 when the export gate refused, 4 (WATCH_STUCK) when a pod cannot start or run (named in one
-    line on stderr) or nothing started in time. ``read(name, namespace)`` gives (state, text, blockers) at each
-    refresh (``observe`` reads the cluster); ``logs(name, namespace)`` the text printed for a failed job."""
+    line on stderr) or nothing started in time. ``name`` may be several Jobs that make one step (the tuner's chief
+    and workers): the step ends with the first that fails, named on stderr, or once all have succeeded. A queued
+    Job (suspended until Kueue admits it) is waited on without counting against the start timeout.
+    ``read(name, namespace)`` gives (state, text, blockers) at each refresh (``observe`` reads the cluster);
+    ``logs(name, namespace)`` the text printed for a failed job."""
     import sys
 
-    clock = _StuckClock(f"job {namespace}/{name}", limits)
+    names = [name] if isinstance(name, str) else list(name)
+    clock = _StuckClock(f"job {namespace}/{'+'.join(names)}", limits)
     started = False
     while True:
-        state, text, stuck = read(name, namespace)
-        out(text)
-        if state == "failed":
-            print(logs(name, namespace), file=sys.stderr)
-        if state in WATCH_EXIT:
-            return WATCH_EXIT[state]
-        started = started or state == "running"
-        if clock.stuck(stuck, started, hint=f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={name})"):
+        states, stuck = {}, []
+        for job in names:
+            state, text, blocked = read(job, namespace)
+            out(text)
+            states[job], stuck = state, stuck + blocked
+        ended = [job for job in names if states[job] in ("failed", "refused")]
+        if ended:
+            job = ended[0]
+            if states[job] == "failed":
+                print(logs(job, namespace), file=sys.stderr)
+                if len(names) > 1:
+                    others = ", ".join(f"{other} {states[other]}" for other in names if other != job)
+                    print(f"error: job {namespace}/{job} failed ({others}): the step failed", file=sys.stderr)
+            return WATCH_EXIT[states[job]]
+        if all(states[job] == "succeeded" for job in names):
+            return 0
+        if "queued" in states.values() and not started:
+            clock.start = time.monotonic()  # the start timeout counts from admission, not from the queue
+        started = started or "running" in states.values()
+        if clock.stuck(stuck, started, hint=f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL} in "
+                       f"({','.join(names)}))" if len(names) > 1 else
+                       f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={names[0]})"):
             return WATCH_STUCK
         time.sleep(interval_s)
         out("")

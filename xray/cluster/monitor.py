@@ -12,6 +12,8 @@ import json
 EPOCH_PREFIX = "xray-epoch "
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# Kueue's label naming the LocalQueue a Job waits in (sigs.k8s.io/kueue, constants.QueueLabel).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def _age(timestamp, now: dt.datetime) -> str:
@@ -158,7 +160,7 @@ def _memory_limit(pod, container: str) -> str:
 
 
 def job_summary(job, pods=None) -> tuple[str, str]:
-    """(state, explanation): state is running, succeeded, failed or pending. With the job's pods, a job whose
+    """(state, explanation): state is running, succeeded, failed, refused, queued or pending. With the job's pods, a job whose
     active pods have not started (Pending: unscheduled, pulling, creating) is pending, not running."""
     status = job.status
     for condition in status.conditions or []:
@@ -172,6 +174,12 @@ def job_summary(job, pods=None) -> tuple[str, str]:
                 return "refused", ("the export gate refused the model (its test AUC is below the serving version's); "
                                    "the served model is unchanged. Details: xray jobs logs xray-export")
             return "failed", f"{condition.reason}: {message}".strip()
+    if job.spec.suspend:  # Kueue (or a person) holds it: no pod is created until it is admitted (resumed)
+        queue = (job.metadata.labels or {}).get(QUEUE_LABEL)
+        if queue:
+            return "queued", f"suspended until Kueue admits all its pods at once, in queue {queue}"
+        return "queued", f"suspended: kubectl -n {job.metadata.namespace} patch job {job.metadata.name} " \
+                         "-p '{\"spec\":{\"suspend\":false}}' resumes it"
     counts = f"{status.active or 0} active, {status.succeeded or 0} succeeded, {status.failed or 0} failed pod(s)"
     if status.active and (pods is None or any(p.status.phase == "Running" for p in newest_per_index(pods))):
         return "running", counts

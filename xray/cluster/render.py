@@ -18,6 +18,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from xray.cluster.monitor import QUEUE_LABEL
+
 # The kustomize bases, overlays and components ship inside the package (package data), so an installed xray
 # renders the same manifests as a clone.
 MANIFESTS = Path(__file__).resolve().parents[1] / "k8s"
@@ -53,12 +55,14 @@ class RenderRequest:
     overrides: tuple[str, ...] = ()  # train/tune: key=value
     storage_class: str = ""  # storage: the claim's storage class (default: the cluster's default class)
     src: str = ""  # shards: the image folder on the volume
-    deadline_s: int = 0  # train: activeDeadlineSeconds (0: the manifest's)
+    deadline_s: int = 0  # train/tune: activeDeadlineSeconds of each Job (0: the manifest's)
     max_trials: int = 0  # tune: the search's trial count (0: the overlay's)
     replicas: int = 0  # serving: the autoscaler's minimum (0: the overlay's)
     promote: tuple[str, ...] = ()  # promote: xray promote's arguments (--label L and --version N | --from-label | --rollback)
     promote_wait_s: int = 0  # promote: seconds for every replica to load the version (0: the manifest's)
     replica_names: str = ""  # promote: "IP=pod,..." so that messages name pods (found here, before the Job runs)
+    queue: str = ""  # train/tune: a Kueue LocalQueue; the Jobs are created suspended with its label (gang admission)
+    node_selector: tuple[str, ...] = ()  # key=value labels every pod of the step must run on (GPU node pools)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -199,6 +203,13 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     import yaml
 
     overlay = overlay_dir(request)
+    for pair in request.node_selector:
+        if not re.fullmatch(r"[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*", pair):
+            raise RenderError(f"node selector {pair!r} is not key=value (e.g. cloud.google.com/gke-accelerator=nvidia-l4)")
+    if request.queue and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", request.queue):
+        raise RenderError(f"queue {request.queue!r} is not a LocalQueue name (lower-case letters, digits and '-')")
+    if request.queue and request.component not in ("train", "tune"):
+        raise RenderError(f"a queue is for the train and tune steps, not {request.component}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)  # a previous render's; written again below when needed
@@ -214,13 +225,22 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
         patches.append(_replicas("xray-train", request.workers))
         patches.append(_strategic("Job", "xray-train", {"template": {"spec": {"containers": [
             {"name": "worker", "env": [{"name": "XRAY_NUM_WORKERS", "value": str(request.workers)}]}]}}}))
-        if request.deadline_s:
-            patches.append(_strategic("Job", "xray-train", {"activeDeadlineSeconds": request.deadline_s}))
     if request.component == "tune":
         patches.append(_replicas("xray-tune-workers", request.workers))
     if request.component in ("train", "tune"):
         run_patches, generators = _run_config_patches(request, kustomize(overlay), out)
         patches += run_patches
+        for _, job, _ in WORKLOADS[request.component]:
+            if request.deadline_s:
+                patches.append(_strategic("Job", job, {"activeDeadlineSeconds": request.deadline_s}))
+            if request.queue:  # Kueue admits a suspended Job with this label all at once, or not at all
+                patches.append({"target": {"kind": "Job", "name": job}, "patch": json.dumps({
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": job, "labels": {QUEUE_LABEL: request.queue}}, "spec": {"suspend": True}})})
+    if request.node_selector:
+        selector = dict(pair.split("=", 1) for pair in request.node_selector)
+        for kind, name, _ in WORKLOADS[request.component]:
+            patches.append(_strategic(kind, name, {"template": {"spec": {"nodeSelector": selector}}}))
     if request.component in ("train", "tune", "export"):
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
     if request.component == "tune" and request.max_trials:

@@ -14,7 +14,9 @@ a refusal before anything is applied raises kube.ClusterError with one line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +28,9 @@ from xray.cluster.render import WORKLOADS, RenderRequest
 ClusterError = kube.ClusterError
 
 # What each step follows once applied: a Job (kube.watch), deployment/NAME (its rollout) or pod/NAME (until Ready).
-# The tuner's chief serves the oracle until every worker is done, so the workers' Job decides how tuning ended.
+# The tuner's step is two Jobs: it ends when either fails (named) or both have succeeded.
 FOLLOW = {"storage": None, "upload": "pod/xray-upload", "shards": "xray-shards", "train": "xray-train",
-          "tune": "xray-tune-workers", "export": "xray-export", "serving": "deployment/xray-serving",
+          "tune": ("xray-tune-chief", "xray-tune-workers"), "export": "xray-export", "serving": "deployment/xray-serving",
           "tensorboard": "deployment/xray-tensorboard", "promote": "xray-promote"}
 STEPS = tuple(FOLLOW)
 # A finished Job cannot be re-applied (its pod template is immutable): these steps delete the last run's Jobs first.
@@ -72,9 +74,11 @@ def apply(request: RenderRequest, out_dir: str | Path, say=print, warn=_stderr) 
     kubectl("apply", "-k", str(out_dir))
 
 
-def watch(target: str, namespace: str, how: Follow = Follow(), out=print) -> int:
+def watch(target, namespace: str, how: Follow = Follow(), out=print) -> int:
     """Follows a Job (NAME), a Deployment's rollout (deployment/NAME) or a pod until Ready (pod/NAME) until it ends;
     the exit status of `xray jobs watch TARGET`, which calls this too."""
+    if not isinstance(target, str):  # several Jobs that make one step
+        return kube.watch(tuple(target), namespace, how.interval_s, out=out, limits=how.limits())
     kind, _, name = target.rpartition("/")
     if kind == "deployment":
         return kube.rollout(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
@@ -120,3 +124,58 @@ def data(src: str, dest: str, upload: RenderRequest, shards: RenderRequest, out_
         kubectl("delete", "pod", "xray-upload", "--wait=false", namespace=upload.namespace)
     out(json.dumps(report))  # what xray upload prints: files sent, skipped, removed per split
     return run(shards, Path(out_dir) / "shards", how, out=out)
+
+
+WEIGHTS_DIR = "/mnt/xray/weights"  # on the volume; the train and tune pods' XRAY_WEIGHTS_PATH starts with it
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Runs in the uploader pod: standard input to a temporary name, flushed, then renamed (a kill mid-copy leaves the
+# previous file whole); prints the sha256 of what it wrote.
+_RECEIVE_FILE = ("import hashlib, os, sys\n"
+                 "folder, name = sys.argv[1], sys.argv[2]\n"
+                 "os.makedirs(folder, exist_ok=True)\n"
+                 "temporary = os.path.join(folder, '.' + name + '.tmp')\n"
+                 "digest = hashlib.sha256()\n"
+                 "with open(temporary, 'wb') as f:\n"
+                 "    for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b''):\n"
+                 "        digest.update(block)\n"
+                 "        f.write(block)\n"
+                 "    f.flush()\n"
+                 "    os.fsync(f.fileno())\n"
+                 "os.replace(temporary, os.path.join(folder, name))\n"
+                 "print(digest.hexdigest())\n")
+
+
+def weights(file: str, upload: RenderRequest, out_dir: str | Path, how: Follow = Follow(), out=print) -> int:
+    """make weights-cluster: the ImageNet weights file copied once from this machine onto the volume (through the
+    uploader pod), where every training and tuning pod finds it instead of downloading it (a cluster without egress
+    works). A file that is not the notop HDF5 file is refused before the pod starts."""
+    from xray.trainer.config import IMAGENET_WEIGHTS_FILE
+
+    path = Path(os.path.expanduser(file))
+    if not path.is_file():
+        raise ClusterError(f"weights file {file}: no such file; Keras keeps it at ~/.keras/models/{IMAGENET_WEIGHTS_FILE} "
+                           "once a run with model.weights=imagenet has downloaded it")
+    with open(path, "rb") as f:
+        if f.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+            raise ClusterError(f"weights file {file} is not an HDF5 file; give {IMAGENET_WEIGHTS_FILE}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    status = run(upload, Path(out_dir) / "upload", how, out=out)
+    if status != 0:
+        return status
+    command = ["kubectl", "exec", "-i", "-n", upload.namespace, "xray-upload", "--", "python", "-c", _RECEIVE_FILE,
+               WEIGHTS_DIR, IMAGENET_WEIGHTS_FILE]
+    try:
+        with open(path, "rb") as f:
+            result = subprocess.run(command, stdin=f, capture_output=True)
+    finally:
+        kubectl("delete", "pod", "xray-upload", "--wait=false", namespace=upload.namespace)
+    received = result.stdout.decode(errors="replace").strip()
+    if result.returncode != 0 or received != digest.hexdigest():
+        raise ClusterError(f"copying {file} onto the volume failed (exit {result.returncode}, sha256 {received or '-'} "
+                           f"for {digest.hexdigest()}): {result.stderr.decode(errors='replace').strip()[-300:]}")
+    out(f"weights on the volume: {WEIGHTS_DIR}/{IMAGENET_WEIGHTS_FILE} ({path.stat().st_size / 1e6:.1f} MB, sha256 "
+        f"{received[:12]}); training and tuning pods load them from there instead of downloading")
+    return 0

@@ -27,7 +27,12 @@ def _step_arguments(p) -> None:
                    "ConfigMap) or a path on the volume as the pods see it (/mnt/xray/runs/tune/best_config.json)")
     p.add_argument("--storage-class", default="", help="storage: the claim's storage class (default: the cluster's)")
     p.add_argument("--src", default="", help="shards: the image folder on the volume (default: the overlay's)")
-    p.add_argument("--deadline", type=int, default=0, help="train: activeDeadlineSeconds (default: the manifest's, 3 days)")
+    p.add_argument("--deadline", type=int, default=0, help="train/tune: activeDeadlineSeconds of each Job (default: the "
+                   "manifest's, 3 days)")
+    p.add_argument("--queue", default="", help="train/tune: a Kueue LocalQueue; the Jobs are created suspended with its "
+                   "label, and Kueue admits all their pods at once (xray jobs status says queued until then)")
+    p.add_argument("--node-selector", default="", help="key=value[,key=value]: node labels every pod of the step must "
+                   "have (default none: a GPU request alone finds the GPU nodes)")
     p.add_argument("--max-trials", type=int, default=0, help="tune: the number of trials (default: the overlay's)")
     p.add_argument("--replicas", type=int, default=0, help="serving: the autoscaler's minimum (default: the overlay's)")
     p.add_argument("--label", default="", help="promote: the label to move (stable, canary)")
@@ -50,7 +55,8 @@ def _request(args, component: str, **changes):
                   workdir=args.workdir, namespace=args.namespace, config_file=args.config,
                   overrides=tuple(args.overrides), storage_class=args.storage_class, src=args.src,
                   deadline_s=args.deadline, max_trials=args.max_trials, replicas=args.replicas, promote=tuple(promote),
-                  promote_wait_s=args.wait)
+                  promote_wait_s=args.wait, queue=args.queue,
+                  node_selector=tuple(pair.strip() for pair in args.node_selector.split(",") if pair.strip()))
     return render.RenderRequest(**{**values, **changes})
 
 
@@ -82,6 +88,7 @@ def _run_preflight(args):
 STEP_HELP_LINES = {
     "storage": "the namespace and the volume claim (make volume)",
     "data": "a local image folder onto the volume through the uploader pod, then sharded there (make data-cluster)",
+    "weights": "the ImageNet weights file onto the volume once, so that no pod downloads it (make weights-cluster)",
     "shards": "shards an image folder already on the volume (a Job)",
     "train": "the training Indexed Job (make train-cluster)",
     "tune": "the tuner's chief and trial workers (make tune-cluster)",
@@ -103,7 +110,7 @@ def _add_step(sub):
                        epilog="exit status: xray jobs watch's (0 succeeded, 1 failed, 3 the export gate refused the "
                        "model, 4 a pod cannot start or run); 2: refused before anything was applied.")
     steps = p.add_subparsers(dest="step", metavar="STEP", required=True)
-    for step in (*STEPS[:1], "data", *STEPS[2:]):
+    for step in (*STEPS[:1], "data", "weights", *STEPS[2:]):
         s = steps.add_parser(step, help=STEP_HELP_LINES[step], description=STEP_HELP_LINES[step] + ".",
                              epilog=OVERRIDES_EPILOG if step in ("train", "tune") else None)
         _step_arguments(s)
@@ -112,6 +119,9 @@ def _add_step(sub):
             s.add_argument("--upload", default="", help="a local image folder (Kaggle chest_xray layout), .zip or .tar")
             s.add_argument("--dest", default="/mnt/xray/incoming/chest_xray", help="where it lands on the volume (the "
                            "folder the shards Job reads)")
+        if step == "weights":
+            s.add_argument("--file", default="~/.keras/models/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                           help="the ImageNet weights file to put on the volume (default: where Keras keeps it)")
         s.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes while following")
         s.add_argument("--stuck-after", type=float, default=45.0, help="give up (exit 4) when a pod has been unable "
                        "to start or run this many seconds")
@@ -127,6 +137,8 @@ def _run_step(args):
     out = args.out or f"build/k8s/{args.step}"
     how = steps.Follow(args.interval, args.stuck_after, args.start_timeout)
     try:
+        if args.step == "weights":
+            return steps.weights(args.file, _request(args, "upload"), out, how)
         if args.step != "data":
             return steps.run(_request(args, args.step), out, how)
         if not args.upload:

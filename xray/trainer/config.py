@@ -11,6 +11,10 @@ import dataclasses
 import json
 import typing
 
+# The file Keras downloads for weights="imagenet" (ResNet50V2 without its top), named here where no TensorFlow is
+# imported: the cluster steps put it on the volume (xray.cluster.steps.weights).
+IMAGENET_WEIGHTS_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
 MIXED_PRECISION = ("off", "bfloat16", "float16")
 POOLING = ("flatten", "avg")
 THRESHOLD_METHODS = ("youden", "sensitivity")

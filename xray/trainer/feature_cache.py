@@ -16,7 +16,8 @@ model, whose layers are the very objects trained here.
 - Key: the data manifest's sha256, the split and this worker's share of the shards, the image size, the cut,
   the trunk's weights (sha256 of their bytes) and the storage dtype. A resumed run and every tuner trial on
   the same data and trunk find the same key; anything else misses and rebuilds.
-- Where: ``$XRAY_FEATURE_CACHE`` or ``~/.cache/xray/features`` (local disk of the worker), one ``.npz`` per
+- Where: ``$XRAY_FEATURE_CACHE`` or ``~/.cache/xray/features`` (the cluster's pods: the shared volume, so a
+  replaced pod and every trial on any node find it), one ``.npz`` per
   key written to a temporary name and renamed. ``runtime.feature_cache_dtype=float16`` halves the size (ResNet50V2
   at 224 px: 7x7x(2048+512) values per image, 490 KiB as float32) at the cost of exactness (measured in bench P7).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -172,7 +174,8 @@ def features_for(split_model: Split, manifest: Manifest, split: str, config: Con
     arrays = {f"features_{i}": np.concatenate(parts) for i, parts in enumerate(features)}
     arrays.update(labels=np.concatenate(labels), weights=np.concatenate(sample_weights).astype(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique across pods sharing the volume's cache (process ids repeat from one container to the next).
+    temporary = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with open(temporary, "wb") as f:
         np.savez(f, **arrays)
     os.replace(temporary, path)

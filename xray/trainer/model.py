@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import os
 
-from xray.trainer.config import ConfigError, ModelConfig, TrainConfig
+from xray.trainer.config import IMAGENET_WEIGHTS_FILE, ConfigError, ModelConfig, TrainConfig
 from xray.trainer.kerasapi import keras
 
 OUTPUT_NAME = "probability"
-IMAGENET_WEIGHTS_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+# Folders searched for IMAGENET_WEIGHTS_FILE before Keras downloads it (os.pathsep-separated). The cluster's pods set
+# /mnt/xray/weights (the shared volume: make weights-cluster puts the file there once) and /opt/xray/weights (an
+# image built FROM the project image with the file copied in), so no pod downloads and no egress is needed.
+WEIGHTS_PATH = "XRAY_WEIGHTS_PATH"
 
 
 def backbone_weights(weights: str) -> str | None:
-    """'imagenet' -> Keras' download/cache; 'none' -> random init; otherwise a weights file path."""
+    """'imagenet' -> the file from $XRAY_WEIGHTS_PATH if one of its folders has it, else Keras' download/cache;
+    'none' -> random init; otherwise a weights file path."""
     if weights == "none":
         return None
     if weights == "imagenet":
+        for folder in os.environ.get(WEIGHTS_PATH, "").split(os.pathsep):
+            candidate = os.path.join(folder, IMAGENET_WEIGHTS_FILE)
+            if folder and os.path.isfile(candidate):
+                return candidate
         return "imagenet"
     if not os.path.exists(weights) and "://" not in weights:
         raise ConfigError(
@@ -48,7 +58,8 @@ def build_model(config: ModelConfig) -> keras.Model:
         raise ConfigError(
             f"could not download the ImageNet weights ({error}). On a machine without internet, copy "
             f"{IMAGENET_WEIGHTS_FILE} into $KERAS_HOME/models/ (default ~/.keras/models/, must be "
-            "writable) or pass model.weights=/path/to/that/file"
+            f"writable) or a folder of ${WEIGHTS_PATH} (on a cluster: make weights-cluster puts it on the volume), "
+            "or pass model.weights=/path/to/that/file"
         ) from None
     set_trainable(backbone, config.trainable_layers, config.train_batchnorm)
     if config.train_batchnorm:
