@@ -258,8 +258,24 @@ def test_xray_jobs_status_watch_and_delete_on_real_objects(control_plane, tmp_pa
     assert lines[0].startswith(f"job {ns}/xray-train: ") and status.returncode == 0
     rows = [line.split() for line in lines[2:6]]
     assert [r[0] for r in rows] == ["0", "1", "2", "3"] and all(r[1].startswith("xray-train-") for r in rows)
+    # -o json: the document of docs/monitoring.md, for scripts; -o yaml the same; -o wide adds IP and IMAGE.
+    document = json.loads(run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "json", env=env).stdout)
+    assert document["version"] == 1 and document["job"]["name"] == "xray-train" and document["job"]["completions"] == 4
+    assert document["job"]["state"] in ("pending", "running", "succeeded")
+    assert sorted(p["index"] for p in document["pods"]) == ["0", "1", "2", "3"]
+    assert {p["image"] for p in document["pods"]} == {IMAGE} and {"blockers", "warnings", "epoch"} <= set(document)
+    assert yaml.safe_load(run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "yaml", env=env).stdout)["job"][
+        "name"] == "xray-train"
+    wide = run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "wide", env=env).stdout.splitlines()
+    assert wide[1].split()[6:8] == ["IP", "IMAGE"] and IMAGE in wide[2]
+    # --context: the kubeconfig's context by name; an unknown one is refused in one line.
+    named = run_xray("jobs", "list", "-n", ns, "--context", "xray-local", env=env).stdout.splitlines()
+    assert named[0].split() == ["NAME", "STATE", "COMPLETIONS", "AGE", "COMPONENT"] and named[1].split()[0] == "xray-train"
+    other = run_xray("jobs", "list", "-n", ns, "--context", "nope", env=env, check=False)
+    assert other.returncode == 2 and "no context nope in the kubeconfig; contexts there: xray-local" in other.stderr
     watch = run_xray("jobs", "watch", "xray-train", "-n", ns, "--interval", "1", env=env, check=False, timeout=180)
     assert watch.returncode == 0 and "SUCCEEDED (completed 4/4)" in watch.stdout
+    assert "\x1b[" not in watch.stdout  # piped: plain lines, no redrawing
     deleted = run_xray("jobs", "delete", "xray-train", "-n", ns, env=env)
     assert "deleted job" in deleted.stdout
     wait_for("the job to be gone", lambda: control_plane.kubectl("get", "job", "xray-train", "-n", ns,

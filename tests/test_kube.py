@@ -176,6 +176,45 @@ def test_watch_waits_on_a_queued_job_without_spending_the_start_timeout(capsys):
     assert code == 0, capsys.readouterr().err
 
 
+def test_watch_rides_out_an_api_server_outage_and_gives_up_after_its_limit(capsys):
+    """An unreachable API server (kube.Unreachable) is retried with a growing pause, said on stderr; the watch goes
+    on when it answers again, and ends with one line once the outage has lasted --outage-limit."""
+    answers = iter([kube.Unreachable("cannot reach the cluster of context c"), kube.Unreachable("cannot reach it"),
+                    ("running", "table", []), ("succeeded", "table", [])])
+
+    def read(name, namespace):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=read) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(";")[-1].split(",")[0].strip() for line in err[:2]] == ["retrying in 1 s", "retrying in 2 s"]
+    assert err[0].startswith("warning: cannot reach the cluster of context c (unreachable for 0 s")
+    assert err[2].startswith("the API server answers again after 3 s")
+
+    def down(name, namespace):
+        raise kube.Unreachable("cannot reach the cluster of context c")
+
+    with pytest.raises(kube.ClusterError, match=r"gave up after 0 s \(--outage-limit 0\)"):
+        kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=down,
+                   limits=kube.WatchLimits(outage_s=0.2))
+
+
+def test_the_status_document_carries_the_table_s_facts():
+    job = _job(active=2)
+    job.metadata.labels = {monitor.QUEUE_LABEL: "team-a"}
+    pods = [_pod(0, "Running", restarts=1), _pod(1, "Pending", waiting="ImagePullBackOff")]
+    doc = monitor.status_document(job, pods, [], CHIEF_LOG, now=NOW)
+    assert doc["job"] == {"namespace": "xray", "name": "xray-train", "state": "running",
+                          "explanation": "2 active, 0 succeeded, 0 failed pod(s)", "completions": 2, "queue": "team-a"}
+    assert [(p["index"], p["phase"], p["restarts"], p["reason"]) for p in doc["pods"]] == [
+        ("0", "Running", 1, ""), ("1", "Pending", 0, "ImagePullBackOff")]
+    assert doc["epoch"]["epoch"] == 3 and doc["blockers"][0]["reason"] == "ImagePullBackOff"
+    json.loads(json.dumps(doc))  # plain JSON, nothing left to a default
+
+
 def test_the_tuner_step_ends_with_the_side_that_failed(capsys):
     """make tune-cluster follows the chief and the workers: a failed chief ends it at once with 1, named, while the
     workers still run; the step succeeds only once both have."""

@@ -11,12 +11,27 @@ import dataclasses
 import os
 import time
 
-from xray.cluster.monitor import (FINAL, INDEX_ANNOTATION, JOB_NAME_LABEL, WATCH_STUCK, Blocker, blockers, format_status,
-                          job_summary, newest_per_index)
+from xray.cluster.monitor import (FINAL, INDEX_ANNOTATION, JOB_NAME_LABEL, STATUS_VERSION, WATCH_STUCK, Blocker,
+                                  blockers, format_jobs, format_status, job_rows, job_summary, newest_per_index,
+                                  status_document)
 
 
 class ClusterError(Exception):
     """No cluster, wrong context, no such job: the message says what to do."""
+
+
+class Unreachable(ClusterError):
+    """The API server did not answer (down, restarting, a network cut): `watch` waits for it to come back."""
+
+
+# The kubeconfig context the commands talk to (xray jobs --context NAME); None: the current context.
+_CONTEXT: str | None = None
+
+
+def use_context(name: str | None) -> None:
+    """Makes every later call talk to the kubeconfig context ``name`` (kubectl's --context); None: the current one."""
+    global _CONTEXT
+    _CONTEXT = name or None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -30,14 +45,19 @@ def load_clients():
 
     context = "in-cluster"
     try:
+        if _CONTEXT:  # a named context is always the kubeconfig's, as with kubectl --context
+            raise config.ConfigException("a context was named")
         config.load_incluster_config()
     except config.ConfigException:
         try:
             # KUBECONFIG as it is now: the client library reads it once, when it is first imported.
             path = os.environ.get("KUBECONFIG") or None
-            _, active = config.list_kube_config_contexts(config_file=path)
-            config.load_kube_config(config_file=path)
-            context = active["name"]
+            contexts, active = config.list_kube_config_contexts(config_file=path)
+            if _CONTEXT and _CONTEXT not in [c["name"] for c in contexts]:
+                raise ClusterError(f"no context {_CONTEXT} in the kubeconfig; contexts there: "
+                                   f"{', '.join(c['name'] for c in contexts)}")
+            config.load_kube_config(config_file=path, context=_CONTEXT)
+            context = _CONTEXT or active["name"]
         except (config.ConfigException, FileNotFoundError, TypeError) as error:
             raise ClusterError(f"no Kubernetes cluster configured ({error}); point KUBECONFIG at a kubeconfig or run "
                                "`kubectl config use-context NAME`") from None
@@ -56,8 +76,8 @@ def api_call(context: str, call, *args, **kwargs):
                                "check your credentials and RBAC") from None
         raise
     except (HTTPError, OSError) as error:
-        raise ClusterError(f"cannot reach the cluster of context {context} ({type(error).__name__}); is it the right "
-                           "context (`kubectl config current-context`) and is the cluster up?") from None
+        raise Unreachable(f"cannot reach the cluster of context {context} ({type(error).__name__}); is it the right "
+                          "context (`kubectl config current-context`) and is the cluster up?") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,8 +102,7 @@ def gather(name: str, namespace: str):
     core, batch, context = load_clients()
     job = _read_job(batch, context, name, namespace)
     pods = api_call(context, core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
-    events = [e for e in api_call(context, core.list_namespaced_event, namespace).items
-              if e.involved_object.name == name or e.involved_object.name in {p.metadata.name for p in pods}]
+    events = _events_of(core, context, namespace, [name] + [p.metadata.name for p in newest_per_index(pods)])
     chief = next((p for p in newest_per_index(pods) if (p.metadata.annotations or {}).get(INDEX_ANNOTATION, "0") == "0"
                   and p.status.phase in ("Running", "Succeeded", "Failed")), None)
     log = ""
@@ -116,9 +135,41 @@ def failure_logs(name: str, namespace: str, lines: int = 20, pods: int = 2) -> s
     return "\n".join(parts)
 
 
-def status(name: str, namespace: str) -> tuple[str, str]:
-    state, text, _ = observe(name, namespace)
-    return state, text
+OUTPUTS = ("table", "wide", "json", "yaml")
+
+
+def status(name: str, namespace: str, output: str = "table") -> tuple[str, str]:
+    """(the job's state, what `xray jobs status -o OUTPUT` prints): the table (wide: with pod IPs and images), or the
+    document of monitor.status_document as JSON or YAML."""
+    job, pods, events, log = gather(name, namespace)
+    state = job_summary(job, pods)[0]
+    if output in ("json", "yaml"):
+        return state, _document(status_document(job, pods, events, log), output)
+    return state, format_status(job, pods, events, log, wide=output == "wide")
+
+
+def _document(doc, output: str) -> str:
+    import json
+
+    import yaml
+
+    if output == "json":
+        return json.dumps(doc, indent=2, default=str)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip("\n")
+
+
+def list_jobs(namespace: str, output: str = "table") -> str:
+    """`xray jobs list`: the project's Jobs in the namespace (label app.kubernetes.io/part-of=xray), newest first."""
+    import datetime as dt
+
+    _, batch, context = load_clients()
+    jobs = api_call(context, batch.list_namespaced_job, namespace, label_selector="app.kubernetes.io/part-of=xray").items
+    rows = job_rows(jobs, dt.datetime.now(dt.timezone.utc))
+    if output in ("json", "yaml"):
+        return _document({"version": STATUS_VERSION, "namespace": namespace, "jobs": rows}, output)
+    if not rows:
+        return f"no xray jobs in namespace {namespace} (context {context})"
+    return format_jobs(rows)
 
 
 def observe(name: str, namespace: str) -> tuple[str, str, list[Blocker]]:
@@ -137,6 +188,7 @@ class WatchLimits:
 
     stuck_after_s: float = 45
     start_timeout_s: float = 900
+    outage_s: float = 600  # how long the API server may be unreachable before `watch` gives up (exit 2)
 
 
 class _StuckClock:
@@ -163,12 +215,14 @@ class _StuckClock:
 
 
 def watch(name, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
-          read=observe, logs=failure_logs) -> int:
+          read=observe, logs=failure_logs, redraw: bool = False) -> int:
     """Prints the status until the job ends; 0 when it succeeded, 1 when it failed (then the failed pods' last log
     lines on stderr), 3 when the export gate refused, 4 (WATCH_STUCK) when a pod cannot start or run (named in one
     line on stderr) or nothing started in time. ``name`` may be several Jobs that make one step (the tuner's chief
     and workers): the step ends with the first that fails, named on stderr, or once all have succeeded. A queued
-    Job (suspended until Kueue admits it) is waited on without counting against the start timeout.
+    Job (suspended until Kueue admits it) is waited on without counting against the start timeout. An API server
+    that does not answer is waited for (Outage) up to ``limits.outage_s``. ``redraw``: each refresh replaces the last
+    on the terminal (REDRAW) instead of following it.
     ``read(name, namespace)`` gives (state, text, blockers) at each refresh (``observe`` reads the cluster);
     ``logs(name, namespace)`` the text printed for a failed job."""
     import sys
@@ -176,10 +230,18 @@ def watch(name, namespace: str, interval_s: float = 10, out=print, limits: Watch
     names = [name] if isinstance(name, str) else list(name)
     clock = _StuckClock(f"job {namespace}/{'+'.join(names)}", limits)
     started = False
+    outage = Outage(limits.outage_s)
     while True:
+        try:
+            seen = [(job, *read(job, namespace)) for job in names]
+        except Unreachable as error:
+            outage.wait(error)
+            continue
+        outage.over()
+        if redraw:
+            out(REDRAW, end="")
         states, stuck = {}, []
-        for job in names:
-            state, text, blocked = read(job, namespace)
+        for job, state, text, blocked in seen:
             out(text)
             states[job], stuck = state, stuck + blocked
         ended = [job for job in names if states[job] in ("failed", "refused")]
@@ -201,12 +263,55 @@ def watch(name, namespace: str, interval_s: float = 10, out=print, limits: Watch
                        f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={names[0]})"):
             return WATCH_STUCK
         time.sleep(interval_s)
-        out("")
+        if not redraw:
+            out("")
+
+
+REDRAW = "\x1b[H\x1b[2J"  # cursor home, screen cleared: each refresh of `watch` on a terminal replaces the last
+
+
+class Outage:
+    """How `watch` rides out an API server that does not answer (a managed control plane's upgrade): it waits 1, 2,
+    4 ... up to 30 s between tries, says so on stderr, and gives up (ClusterError) once the outage has lasted
+    ``limit_s``."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s, self.since, self.tries = limit_s, None, 0
+
+    def wait(self, error: Exception) -> None:
+        import sys
+
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        down = now - self.since
+        if down >= self.limit_s:
+            raise ClusterError(f"{error}; gave up after {down:.0f} s (--outage-limit {self.limit_s:.0f})") from None
+        pause = min(2 ** self.tries, 30, max(self.limit_s - down, 0.1))
+        self.tries += 1
+        print(f"warning: {error} (unreachable for {down:.0f} s; retrying in {pause:.0f} s, giving up after "
+              f"{self.limit_s:.0f} s)", file=sys.stderr)
+        time.sleep(pause)
+
+    def over(self) -> None:
+        import sys
+
+        if self.since is not None:
+            print(f"the API server answers again after {time.monotonic() - self.since:.0f} s", file=sys.stderr)
+        self.since, self.tries = None, 0
+
+
+def _events_of(core, context: str, namespace: str, names) -> list:
+    """The events of the named objects, filtered by the API server (a field selector per object), not every event of
+    the namespace read at each refresh."""
+    events = []
+    for name in names:
+        events += api_call(context, core.list_namespaced_event, namespace,
+                           field_selector=f"involvedObject.name={name}").items
+    return events
 
 
 def _events_for(core, context: str, namespace: str, pods) -> list:
-    names = {p.metadata.name for p in pods}
-    return [e for e in api_call(context, core.list_namespaced_event, namespace).items if e.involved_object.name in names]
+    return _events_of(core, context, namespace, [p.metadata.name for p in pods])
 
 
 def _read(context: str, kind: str, call, name: str, namespace: str):
@@ -267,21 +372,75 @@ def pod_ready(name: str, namespace: str, interval_s: float = 2, out=print, limit
         time.sleep(interval_s)
 
 
-def logs(name: str, namespace: str, index: int = 0, follow: bool = False, tail: int | None = None, out=print) -> None:
-    core, batch, context = load_clients()
-    _read_job(batch, context, name, namespace)
+def _pods_of_index(core, context: str, name: str, namespace: str, index: int) -> list:
     pods = api_call(context, core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
     matching = [p for p in pods if (p.metadata.annotations or {}).get(INDEX_ANNOTATION, "0") == str(index)]
-    if not matching:
+    return sorted(matching, key=lambda p: p.metadata.creation_timestamp)
+
+
+def _restarts(pod) -> int:
+    return sum(c.restart_count or 0 for c in pod.status.container_statuses or [])
+
+
+def logs(name: str, namespace: str, index: int = 0, follow: bool = False, tail: int | None = None, out=print,
+         previous: bool = False, poll_s: float = 1.0) -> None:
+    """The log of the job's worker ``index`` (its newest pod). ``previous``: of the instance before it (the restarted
+    container's last run, or the pod it replaced), as kubectl logs --previous. ``follow``: streams, and when the pod
+    is replaced (or its container restarted) while the job runs, goes on with the new one, saying so."""
+    core, batch, context = load_clients()
+    _read_job(batch, context, name, namespace)
+    pods = _pods_of_index(core, context, name, namespace, index)
+    if not pods:
         raise ClusterError(f"job {name} has no pod with index {index} (yet)")
-    pod = sorted(matching, key=lambda p: p.metadata.creation_timestamp)[-1]
-    if follow:
-        stream = api_call(context, core.read_namespaced_pod_log, pod.metadata.name, namespace, follow=True,
-                           _preload_content=False, tail_lines=tail)
-        for chunk in stream.stream():
-            out(chunk.decode(errors="replace"), end="")
-    else:
+    pod = pods[-1]
+    if previous:
+        if _restarts(pod):
+            text = api_call(context, core.read_namespaced_pod_log, pod.metadata.name, namespace, previous=True,
+                            tail_lines=tail)
+        elif len(pods) > 1:
+            text = api_call(context, core.read_namespaced_pod_log, pods[-2].metadata.name, namespace, tail_lines=tail)
+        else:
+            raise ClusterError(f"job {name} index {index}: pod {pod.metadata.name} has no previous instance (its "
+                               "container has not restarted and it replaced no pod)")
+        out(text, end="")
+        return
+    if not follow:
         out(api_call(context, core.read_namespaced_pod_log, pod.metadata.name, namespace, tail_lines=tail), end="")
+        return
+    _follow_logs(core, batch, context, name, namespace, index, pod, tail, out, poll_s)
+
+
+def _follow_logs(core, batch, context, name, namespace, index, pod, tail, out, poll_s) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    followed = (pod.metadata.name, _restarts(pod))
+    while True:
+        try:
+            stream = api_call(context, core.read_namespaced_pod_log, pod.metadata.name, namespace, follow=True,
+                              _preload_content=False, tail_lines=tail)
+            for chunk in stream.stream():
+                out(chunk.decode(errors="replace"), end="")
+            tail = None  # a replacement's log is shown whole
+        except ApiException as error:
+            if error.status != 400:  # 400: the container is not running yet (pulling, creating)
+                raise
+        while True:  # the stream ended: the container ended; was it replaced, or has the job ended?
+            job = _read_job(batch, context, name, namespace)
+            pods = _pods_of_index(core, context, name, namespace, index)
+            newest = pods[-1] if pods else pod
+            now = (newest.metadata.name, _restarts(newest))
+            running = newest.status.phase == "Running"
+            if now != followed and running:
+                what = (f"pod {followed[0]} was replaced by {now[0]}" if now[0] != followed[0]
+                        else f"the container of {now[0]} restarted")
+                out(f"--- {what}; following it ---")
+                pod, followed = newest, now
+                break
+            if now == followed and running:
+                break  # the same container still runs: the stream was cut, not ended
+            if job_summary(job, pods)[0] not in ("running", "pending", "queued") or newest.status.phase == "Succeeded":
+                return
+            time.sleep(poll_s)
 
 
 def delete(name: str, namespace: str) -> None:

@@ -65,6 +65,8 @@ def pod_rows(pods, now: dt.datetime) -> list[dict]:
             "node": pod.spec.node_name or "-",
             "age": _age(pod.metadata.creation_timestamp, now),
             "reason": reason,
+            "ip": pod.status.pod_ip or "-",
+            "image": ",".join(c.image or "-" for c in pod.spec.containers or []) or "-",
         })
     return sorted(rows, key=lambda r: (int(r["index"]) if str(r["index"]).isdigit() else 1 << 30, r["pod"]))
 
@@ -188,14 +190,38 @@ def job_summary(job, pods=None) -> tuple[str, str]:
     return "pending", "no pod running yet"
 
 
-def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = None) -> str:
+STATUS_VERSION = 1  # of the document `xray jobs status -o json|yaml` prints (docs/monitoring.md)
+
+
+def status_document(job, pods, events, chief_log: str, now: dt.datetime | None = None) -> dict:
+    """What `xray jobs status -o json|yaml` prints: the same facts as the table, for scripts (docs/monitoring.md)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    state, explanation = job_summary(job, pods)
+    stuck = blockers(pods, events) if state in ("running", "pending") else []
+    warnings = [e for e in events if e.type == "Warning"]
+    return {
+        "version": STATUS_VERSION,
+        "job": {"namespace": job.metadata.namespace, "name": job.metadata.name, "state": state,
+                "explanation": explanation, "completions": job.spec.completions,
+                "queue": (job.metadata.labels or {}).get(QUEUE_LABEL)},
+        "pods": pod_rows(pods, now),
+        "epoch": latest_epoch(chief_log),
+        "blockers": [dataclasses.asdict(b) for b in stuck],
+        "warnings": [{"object": f"{e.involved_object.kind}/{e.involved_object.name}", "reason": e.reason,
+                      "message": e.message} for e in sorted(warnings, key=lambda e: e.last_timestamp or e.event_time or now)[-5:]],
+    }
+
+
+def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = None, wide: bool = False) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
     state, explanation = job_summary(job, pods)
     lines = [f"job {job.metadata.namespace}/{job.metadata.name}: {state.upper()} ({explanation})",
-             f"{'INDEX':5s}  {'POD':32s}  {'PHASE':9s}  {'RESTARTS':8s}  {'NODE':20s}  {'AGE':5s}  REASON"]
+             f"{'INDEX':5s}  {'POD':32s}  {'PHASE':9s}  {'RESTARTS':8s}  {'NODE':20s}  {'AGE':5s}  "
+             + (f"{'IP':15s}  {'IMAGE':40s}  " if wide else "") + "REASON"]
     for row in pod_rows(pods, now):
         lines.append(f"{row['index']!s:5s}  {row['pod']:32s}  {row['phase'] or '-':9s}  {row['restarts']:<8d}  "
-                     f"{row['node']:20s}  {row['age']:5s}  {row['reason']}")
+                     f"{row['node']:20s}  {row['age']:5s}  " + (f"{row['ip']:15s}  {row['image']:40s}  " if wide else "")
+                     + row["reason"])
     epoch = latest_epoch(chief_log)
     if epoch:
         shown = " ".join(f"{k}={epoch[k]:.4f}" for k in ("loss", "auc", "val_loss", "val_auc") if k in epoch)
@@ -214,4 +240,24 @@ def format_status(job, pods, events, chief_log: str, now: dt.datetime | None = N
         lines.append("recent warnings:")
         for event in sorted(warnings, key=lambda e: e.last_timestamp or e.event_time or now)[-5:]:
             lines.append(f"  {event.involved_object.kind}/{event.involved_object.name}: {event.reason}: {event.message}")
+    return "\n".join(lines)
+
+
+def job_rows(jobs, now: dt.datetime) -> list[dict]:
+    """`xray jobs list`: a row per Job, newest first."""
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.metadata.creation_timestamp or now, reverse=True):
+        state, explanation = job_summary(job)
+        rows.append({"name": job.metadata.name, "state": state, "completions": f"{job.status.succeeded or 0}/"
+                     f"{job.spec.completions if job.spec.completions is not None else 1}",
+                     "age": _age(job.metadata.creation_timestamp, now),
+                     "component": (job.metadata.labels or {}).get("app.kubernetes.io/component", "-"),
+                     "explanation": explanation})
+    return rows
+
+
+def format_jobs(rows: list[dict]) -> str:
+    lines = [f"{'NAME':24s}  {'STATE':9s}  {'COMPLETIONS':11s}  {'AGE':5s}  COMPONENT"]
+    lines += [f"{r['name']:24s}  {r['state'].upper():9s}  {r['completions']:11s}  {r['age']:5s}  {r['component']}"
+              for r in rows]
     return "\n".join(lines)

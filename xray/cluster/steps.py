@@ -44,9 +44,10 @@ class Follow:
     interval_s: float = 10.0
     stuck_after_s: float = 45.0
     start_timeout_s: float = 900.0
+    outage_s: float = 600.0
 
     def limits(self) -> kube.WatchLimits:
-        return kube.WatchLimits(self.stuck_after_s, self.start_timeout_s)
+        return kube.WatchLimits(self.stuck_after_s, self.start_timeout_s, self.outage_s)
 
 
 def kubectl(*args: str, namespace: str | None = None) -> None:
@@ -74,17 +75,18 @@ def apply(request: RenderRequest, out_dir: str | Path, say=print, warn=_stderr) 
     kubectl("apply", "-k", str(out_dir))
 
 
-def watch(target, namespace: str, how: Follow = Follow(), out=print) -> int:
+def watch(target, namespace: str, how: Follow = Follow(), out=print, redraw: bool = False) -> int:
     """Follows a Job (NAME), a Deployment's rollout (deployment/NAME) or a pod until Ready (pod/NAME) until it ends;
-    the exit status of `xray jobs watch TARGET`, which calls this too."""
+    the exit status of `xray jobs watch TARGET`, which calls this too. ``redraw``: a Job's table is redrawn in place
+    (a terminal) rather than printed again below the last."""
     if not isinstance(target, str):  # several Jobs that make one step
-        return kube.watch(tuple(target), namespace, how.interval_s, out=out, limits=how.limits())
+        return kube.watch(tuple(target), namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
     kind, _, name = target.rpartition("/")
     if kind == "deployment":
         return kube.rollout(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
     if kind == "pod":
         return kube.pod_ready(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
-    return kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits())
+    return kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
 
 
 def follow(component: str, namespace: str, how: Follow = Follow(), out=print) -> int:

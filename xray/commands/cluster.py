@@ -156,44 +156,61 @@ def _run_step(args):
 
 
 def _add_jobs(sub):
-    p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: status, watch, logs, delete",
-                       epilog="watch exits 0 when the job succeeded, 1 when it failed, 3 when the export gate refused "
-                       "the model, 4 when a pod cannot start or run (the reason in one line: image pull errors, "
-                       "unschedulable, an unbound claim, OOMKilled, a crash loop) or none started in time. "
-                       "watch deployment/NAME follows a Deployment's rollout the same way, watch pod/NAME a pod until "
-                       "it is Ready.",
+    p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: list, status, watch, logs, delete",
+                       epilog="exit status: status, list, logs and delete exit 0 when they could read the cluster, as "
+                       "kubectl get does, whatever the job's state (read it from -o json's job.state); watch exits 0 when "
+                       "the job succeeded, 1 when it failed, 3 when the export gate refused the model, 4 when a pod "
+                       "cannot start or run (the reason in one line: image pull errors, unschedulable, an unbound claim, "
+                       "OOMKilled, a crash loop) or none started in time; 2: no cluster, no such job, or the API server "
+                       "unreachable for longer than --outage-limit. watch deployment/NAME follows a Deployment's rollout "
+                       "the same way, watch pod/NAME a pod until it is Ready.",
                        description="Like kubectl, for our jobs: one row per worker pod (index, phase, restarts, node, age), "
-                       "the latest epoch and metrics from the chief's log, recent warning events, and a summary.")
-    p.add_argument("action", choices=("status", "watch", "logs", "delete"))
+                       "the latest epoch and metrics from the chief's log, recent warning events, and a summary. A Job "
+                       "that Kueue has not admitted yet (suspended) is QUEUED.")
+    p.add_argument("action", choices=("list", "status", "watch", "logs", "delete"))
     p.add_argument("name", nargs="?", default="xray-train", help="job name (default: xray-train)")
     p.add_argument("-n", "--namespace", default="xray")
+    p.add_argument("--context", default="", help="the kubeconfig context to use (default: the current one)")
+    p.add_argument("-o", "--output", default="table", choices=("table", "wide", "json", "yaml"),
+                   help="status, list: wide adds pod IPs and images; json/yaml print the document of "
+                   "docs/monitoring.md for scripts")
     p.add_argument("--index", type=int, default=0, help="logs: the worker index (0 is the chief)")
-    p.add_argument("-f", "--follow", action="store_true", help="logs: stream")
+    p.add_argument("-f", "--follow", action="store_true", help="logs: stream, and go on with the replacement when the "
+                   "pod is replaced or its container restarts")
+    p.add_argument("-p", "--previous", action="store_true", help="logs: of the instance before the current one (the "
+                   "restarted container's last run, or the pod it replaced)")
     p.add_argument("--tail", type=int, default=None, help="logs: last N lines")
     p.add_argument("--interval", type=float, default=10.0, help="watch: seconds between refreshes")
     p.add_argument("--stuck-after", type=float, default=45.0, help="watch: give up (exit 4) when a pod has been unable "
                    "to start or run this many seconds: image pull errors, unschedulable, a volume that does not mount, "
                    "a crash loop (an OOM kill or an image name that can never be pulled: at once)")
     p.add_argument("--start-timeout", type=float, default=900.0, help="watch: give up (exit 4) when no pod has "
-                   "started running after this many seconds")
+                   "started running after this many seconds (a queued Job's wait for admission does not count)")
+    p.add_argument("--outage-limit", type=float, default=600.0, help="watch: while the API server does not answer, "
+                   "retry with backoff (1 s doubling to 30 s) for up to this many seconds, then exit 2")
     p.set_defaults(run=_run_jobs)
 
 
 def _run_jobs(args):
     from xray.cluster import kube
 
+    kube.use_context(args.context)
     try:
+        if args.action == "list":
+            print(kube.list_jobs(args.namespace, args.output))
+            return 0
         if args.action == "status":
-            state, text = kube.status(args.name, args.namespace)
+            _, text = kube.status(args.name, args.namespace, args.output)
             print(text)
-            return kube.WATCH_EXIT.get(state, 0)
+            return 0
         if args.action == "watch":
             from xray.cluster import steps
 
             return steps.watch(args.name, args.namespace,
-                               steps.Follow(args.interval, args.stuck_after, args.start_timeout))
+                               steps.Follow(args.interval, args.stuck_after, args.start_timeout, args.outage_limit),
+                               redraw=sys.stdout.isatty())
         if args.action == "logs":
-            kube.logs(args.name, args.namespace, args.index, args.follow, args.tail)
+            kube.logs(args.name, args.namespace, args.index, args.follow, args.tail, previous=args.previous)
             return 0
         kube.delete(args.name, args.namespace)
         print(f"deleted job {args.namespace}/{args.name} and its pods")
