@@ -42,8 +42,13 @@ OVERRIDES ?=
 DEADLINE ?= 0
 # train-cluster / tune-cluster: a Kueue LocalQueue (the Jobs start suspended; Kueue admits all workers or none).
 QUEUE ?=
-# Every cluster step: node labels its pods must run on, key=value[,key=value] (default none; docs/kubernetes.md).
+# Every cluster step: node labels its pods must run on, key=value[,key=value] (default none; docs/kubernetes.md),
+# the service account its pods run as (GKE Workload Identity for gs:// data) and a registry's pull Secret.
 NODE_SELECTOR ?=
+SERVICE_ACCOUNT ?=
+IMAGE_PULL_SECRET ?=
+# export-cluster / deploy-serving / promote: where the versions live (default: models/ on the volume; or gs://...).
+CLUSTER_MODEL_BASE ?=
 WATCH_INTERVAL ?= 10
 # xray jobs watch: seconds a pod may stay unable to start (image pull, scheduling, mount, crash loop) before make gives up.
 STUCK_AFTER ?= 45
@@ -174,14 +179,15 @@ image-set:
 # Every cluster target is one `xray cluster STEP` (xray/cluster/steps.py): pre-flight and render into build/k8s/STEP,
 # the step's previous Job replaced, kubectl apply -k, then followed like xray jobs watch until it ends.
 STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER) \
-  $(if $(NODE_SELECTOR),--node-selector "$(NODE_SELECTOR)")
+  $(if $(NODE_SELECTOR),--node-selector "$(NODE_SELECTOR)") $(if $(SERVICE_ACCOUNT),--service-account $(SERVICE_ACCOUNT)) \
+  $(if $(IMAGE_PULL_SECRET),--image-pull-secret $(IMAGE_PULL_SECRET))
 STEP_IMAGE = --image $(IMAGE):$(CLUSTER_TAG)
 
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
 	$(XRAY) cluster storage $(STEP_ARGS) --storage-class "$(STORAGE_CLASS)" --out $(BUILD)/k8s/storage
 
 data-cluster: image-set volume ## copy SRC (Kaggle-layout folder, .zip or .tar) onto the volume, then shard it there (a Job)
-	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
+	@test -n "$(SRC)" || { echo "set SRC to a local image folder (Kaggle chest_xray layout), .zip or .tar, or a gs:// folder: make data-cluster SRC=~/chest_xray IMAGE=..." >&2; exit 2; }
 	$(XRAY) cluster data $(STEP_ARGS) $(STEP_IMAGE) --upload "$(SRC)" --dest $(UPLOAD_DEST) --data $(CLUSTER_DATA) --out $(BUILD)/k8s
 
 # weights-cluster: the ImageNet weights (the team preset's backbone) put on the volume once; pods load them from there.
@@ -201,14 +207,17 @@ tune-cluster: image-set volume ## pre-flight, apply the tuner chief + PARALLEL w
 	@echo "  make train-cluster CONFIG=$(CLUSTER_TUNE_DIR)/best_config.json IMAGE=$(IMAGE) TAG=$(TAG) OVERLAY=$(OVERLAY)"
 
 export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it (gated) to models/ on the volume (a Job)
-	$(XRAY) cluster export $(STEP_ARGS) $(STEP_IMAGE) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --out $(BUILD)/k8s/export
+	$(XRAY) cluster export $(STEP_ARGS) $(STEP_IMAGE) --data $(CLUSTER_DATA) --workdir $(CLUSTER_WORKDIR) --out $(BUILD)/k8s/export \
+	  $(if $(CLUSTER_MODEL_BASE),--model-base $(CLUSTER_MODEL_BASE))
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from xray/k8s/overlays/$(OVERLAY)/serving
-	$(XRAY) cluster serving $(STEP_ARGS) --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS))
+	$(XRAY) cluster serving $(STEP_ARGS) --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS)) \
+	  $(if $(CLUSTER_MODEL_BASE),--model-base $(CLUSTER_MODEL_BASE))
 
 promote: image-set ## move a version label on the running TF Serving replicas (a Job): make promote LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
 	$(XRAY) cluster promote $(STEP_ARGS) $(STEP_IMAGE) --out $(BUILD)/k8s/promote --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \
-	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT))
+	  $(if $(FROM),--from-label $(FROM)) $(if $(filter 1 yes true,$(ROLLBACK)),--rollback) $(if $(WAIT),--wait $(WAIT)) \
+	  $(if $(CLUSTER_MODEL_BASE),--model-base $(CLUSTER_MODEL_BASE))
 
 promote-local: $(VENV)/.installed ## the same on make serve's server: make promote-local LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1
 	$(XRAY) promote --model-base $(MODEL_BASE) --grpc localhost:$(GRPC_PORT) --label "$(LABEL)" $(if $(VERSION),--version $(VERSION)) \

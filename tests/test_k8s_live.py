@@ -391,3 +391,121 @@ def test_a_cluster_step_from_python_replaces_the_last_run_applies_and_follows(co
     refused = RenderRequest("train", image=IMAGE, namespace=ns, workers=3)
     with pytest.raises(kube.ClusterError, match="does not split evenly over 3 workers"):
         steps.run(refused, tmp_path / "refused")
+
+
+# GPU nodes as the clouds make them: their labels, taints and allocatable (tests/test_k8s.py GPU_NODES has where the
+# numbers come from). KWOK runs them (its annotation), but they carry neither KWOK's taint nor its `type` label.
+GPU_NODES = [
+    {"name": "gke-xray-gpu-pool-1a2b", "labels": {
+        "cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-nodepool": "gpu-pool",
+        "node.kubernetes.io/instance-type": "g2-standard-8", "topology.kubernetes.io/zone": "us-central1-a"},
+     "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+     "allocatable": {"cpu": "7910m", "memory": "29023Mi", "ephemeral-storage": "47060071478", "pods": "110",
+                     "nvidia.com/gpu": "1"}},
+    {"name": "ip-192-168-12-34.ec2.internal", "labels": {
+        "eks.amazonaws.com/nodegroup": "gpu", "eks.amazonaws.com/capacityType": "ON_DEMAND",
+        "node.kubernetes.io/instance-type": "g5.2xlarge", "topology.kubernetes.io/zone": "us-east-1a"},
+     "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
+     "allocatable": {"cpu": "7910m", "memory": "31263Mi", "ephemeral-storage": "76224326324", "pods": "58",
+                     "nvidia.com/gpu": "1"}},
+]
+
+
+def test_gpu_workers_schedule_on_nodes_shaped_like_gke_and_eks(control_plane, tmp_path):
+    """The gpu overlay as rendered, applied unchanged: its 2 workers need a GPU each, and the only free GPUs are on a
+    GKE-shaped and an EKS-shaped 1-GPU node (8 vCPU / 32 GiB, tainted nvidia.com/gpu, no NVIDIA GFD label). With the
+    vendor label selector, 8-CPU requests or no toleration (as before) they stay Pending."""
+    nodes = []
+    for shape in GPU_NODES:
+        capacity = {**shape["allocatable"], "cpu": "8", "memory": "32Gi"}
+        nodes.append({"apiVersion": "v1", "kind": "Node",
+                      "metadata": {"name": shape["name"], "annotations": {"kwok.x-k8s.io/node": "fake"},
+                                   "labels": {"kubernetes.io/hostname": shape["name"], "kubernetes.io/os": "linux",
+                                              "kubernetes.io/arch": "amd64", **shape["labels"]}},
+                      "spec": {"taints": shape["taints"]},
+                      "status": {"allocatable": shape["allocatable"], "capacity": capacity}})
+    control_plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(n) for n in nodes))
+    try:
+        ns = namespace(control_plane, "gpu-clouds")
+        objects = render(control_plane, tmp_path, "train", "gpu", ns, 2)
+        hold_running(train_job(objects), 5)
+        control_plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in objects))
+        wait_for("both GPU workers to complete", lambda: job_state(control_plane, ns, "xray-train") is not None, 180)
+        assert job_state(control_plane, ns, "xray-train") == "Complete"
+        placed = sorted(p["spec"]["nodeName"] for p in job_pods(control_plane, ns, "xray-train"))
+        assert placed == sorted(n["name"] for n in GPU_NODES)  # one GPU each, so one worker on each cloud's node
+    finally:
+        control_plane.kubectl("delete", "node", *[n["name"] for n in GPU_NODES], "--wait=false", check=False)
+
+
+def test_a_queued_job_creates_no_pods_is_reported_queued_and_runs_once_admitted(control_plane, tmp_path):
+    """QUEUE=team-a: the Job is created suspended with Kueue's queue label. The Job controller creates no pod for it
+    (it says so with the Suspended condition); `xray jobs status` says QUEUED and `watch` waits, without its start
+    timeout running; resuming it (what Kueue does on admission) runs it to the end."""
+    ns = namespace(control_plane, "queued")
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    objects = render(control_plane, tmp_path, "train", "local", ns, 2, "--queue", "team-a")
+    apply(control_plane, objects)
+    wait_for("the Suspended condition", lambda: any(
+        c["type"] == "Suspended" and c["status"] == "True"
+        for c in get(control_plane, "job", "xray-train", "-n", ns)["status"].get("conditions", [])))
+    assert job_pods(control_plane, ns, "xray-train") == []
+    document = json.loads(run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "json", env=env).stdout)
+    assert (document["job"]["state"], document["job"]["queue"]) == ("queued", "team-a")
+    watch = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "watch", "xray-train", "-n", ns,
+                              "--interval", "1", "--start-timeout", "3"], env=dict(os.environ, **env),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = Lines(watch)
+        wait_for("watch to show the queued job", lambda: lines.seen("QUEUED"), 60)
+        time.sleep(4)  # longer than --start-timeout: a queued job's wait must not count against it
+        assert watch.poll() is None, watch.communicate()
+        control_plane.kubectl("patch", "job", "xray-train", "-n", ns, "-p", '{"spec":{"suspend":false}}')
+        out, err = watch.communicate(timeout=180)
+        out = lines.text + out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert "QUEUED (suspended until Kueue admits all its pods at once, in queue team-a)" in out
+    assert "SUCCEEDED (completed 2/2)" in out
+
+
+class Lines:
+    """A running command's standard output read line by line until a word shows, keeping what was read."""
+
+    def __init__(self, process):
+        self.process, self.text = process, ""
+
+    def seen(self, word: str) -> bool:
+        line = self.process.stdout.readline()
+        self.text += line
+        return word in line
+
+
+def test_jobs_watch_rides_out_an_api_server_restart(control_plane, tmp_path):
+    """The API server stopped for 8 s and started again under a running `xray jobs watch` (a managed control
+    plane's upgrade): watch says it retries, carries on when the server answers, and ends with the job's result."""
+    ns = namespace(control_plane, "outage")
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    objects = render(control_plane, tmp_path, "train", "local", ns, 2)
+    hold_running(train_job(objects), 25)
+    apply(control_plane, objects)
+    wait_for("2 running pods", lambda: [p["status"].get("phase") for p in job_pods(control_plane, ns, "xray-train")]
+             == ["Running", "Running"])
+    watch = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "watch", "xray-train", "-n", ns,
+                              "--interval", "1"], env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        lines = Lines(watch)
+        wait_for("watch to show the running job", lambda: lines.seen("RUNNING"), 60)
+        control_plane.restart_apiserver(down_s=8)
+        out, err = watch.communicate(timeout=240)
+        out = lines.text + out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert "warning: cannot reach the cluster of context xray-local" in err and "retrying in 1 s" in err
+    assert "the API server answers again after" in err
+    assert "SUCCEEDED (completed 2/2)" in out

@@ -663,6 +663,51 @@ def test_xray_cluster_takes_overrides_after_its_options_and_renders_before_it_ne
     assert json.loads(config["data"]["config.json"])["train"]["epochs"] == 1
 
 
+def test_data_and_models_in_a_bucket_render_up_to_the_read(tmp_path):
+    """make data-cluster SRC=gs://... sends nothing: the shards Job reads the bucket (as SERVICE_ACCOUNT, for
+    Workload Identity); export writes the versions to CLUSTER_MODEL_BASE=gs://..., TF Serving reads its models.config
+    and versions there (no volume mount), promote moves labels there. Everything up to the read: TensorFlow's GCS
+    filesystem has no endpoint setting an emulator could take (docs/kubernetes.md)."""
+    from conftest import run_xray
+
+    out = tmp_path / "data"
+    result = run_xray("cluster", "data", "--upload", "gs://bucket/chest_xray", "--service-account", "xray-gcs",
+                      "--image", "r/xray:1", "--image-pull-secret", "regcred", "--out", out,
+                      env={"KUBECONFIG": str(tmp_path / "none")}, check=False)
+    assert result.returncode == 2 and "no Kubernetes cluster configured" in result.stderr, result.stderr
+    assert not (out / "upload").exists()  # no uploader pod: nothing goes through kubectl exec
+    objects = _rendered(out / "shards")
+    (job,) = [o for o in objects if o["kind"] == "Job"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "xray-gcs" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "XRAY_SRC=gs://bucket/chest_xray" in _literals(objects, "xray-shards")
+
+    bucket = "gs://bucket/models"
+    export = _rendered(render.render_kustomization(render.RenderRequest("export", image="r/x:1", model_base=bucket),
+                                                   tmp_path / "export"))
+    assert f"XRAY_MODEL_BASE={bucket}" in _literals(export, "xray-export")
+    promote = _rendered(render.render_kustomization(render.RenderRequest(
+        "promote", image="r/x:1", model_base=bucket, promote=("--label", "stable", "--version", "1")), tmp_path / "p"))
+    assert f"XRAY_MODEL_BASE={bucket}" in _literals(promote, "xray-promote")
+    serving = _rendered(render.render_kustomization(render.RenderRequest("serving", model_base=bucket),
+                                                    tmp_path / "serving"))
+    (deployment,) = [o for o in serving if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert f"--model_config_file={bucket}/models.config" in container["args"]
+    assert "/models/xray" not in [m["mountPath"] for m in container["volumeMounts"]]
+    assert "models" not in [v["name"] for v in pod["volumes"]] and {"config", "tmp"} <= {v["name"] for v in pod["volumes"]}
+    volume = _rendered(render.render_kustomization(render.RenderRequest("serving"), tmp_path / "serving-volume"))
+    (deployment,) = [o for o in volume if o["kind"] == "Deployment"]
+    assert "--model_config_file=/models/xray/models.config" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _literals(objects, name: str) -> set[str]:
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(name + "-")
+                 and "config.json" not in o.get("data", {})]
+    return {f"{k}={v}" for k, v in config["data"].items()}
+
+
 def test_load_clients_reads_kubeconfig_as_it_is_when_called(tmp_path, monkeypatch):
     """The kubernetes client reads KUBECONFIG once, at its first import; a caller (a test, a script running several
     clusters' steps) that points KUBECONFIG elsewhere afterwards still gets that cluster. (Seen: steps.run from a

@@ -110,3 +110,18 @@ def test_write_all_writes_the_three_files_for_the_servers_path(tmp_path):
     assert models.model_config_list.config[0].base_path == "/models/xray"
     assert (out / "batching.config").read_text() == _text(serving_config.batching_config())
     assert (out / "monitoring.config").read_text() == _text(serving_config.monitoring_config())
+
+
+
+def test_a_bucket_model_base_is_served_from_where_it_is(tmp_path):
+    """models.config written by the first export: for a bucket (TF Serving reads gs:// itself) the model's base path is
+    the bucket's folder; for a folder on the volume, /models/xray, where the Deployment and make serve mount it.
+    file:// stands in for gs:// here: the same tf.io.gfile calls, on a URI."""
+    from xray.serving import export
+
+    bucket, volume = tmp_path / "bucket" / "models", tmp_path / "volume" / "models"
+    for folder, base, served in ((bucket, f"file://{bucket}", f"file://{bucket}"), (volume, str(volume), "/models/xray")):
+        folder.mkdir(parents=True)
+        export.ensure_models_config(base)
+        text = (folder / "models.config").read_text()
+        assert f'base_path: "{served}"' in text, text

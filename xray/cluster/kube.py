@@ -180,6 +180,7 @@ def observe(name: str, namespace: str) -> tuple[str, str, list[Blocker]]:
 
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "refused": 3}
+MIN_REFRESH_S = 1.0  # between two refreshes of `watch` on the API's watch, however fast the pods change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,19 +216,22 @@ class _StuckClock:
 
 
 def watch(name, namespace: str, interval_s: float = 10, out=print, limits: WatchLimits = WatchLimits(),
-          read=observe, logs=failure_logs, redraw: bool = False) -> int:
+          read=observe, logs=failure_logs, redraw: bool = False, pause=None) -> int:
     """Prints the status until the job ends; 0 when it succeeded, 1 when it failed (then the failed pods' last log
     lines on stderr), 3 when the export gate refused, 4 (WATCH_STUCK) when a pod cannot start or run (named in one
     line on stderr) or nothing started in time. ``name`` may be several Jobs that make one step (the tuner's chief
     and workers): the step ends with the first that fails, named on stderr, or once all have succeeded. A queued
     Job (suspended until Kueue admits it) is waited on without counting against the start timeout. An API server
     that does not answer is waited for (Outage) up to ``limits.outage_s``. ``redraw``: each refresh replaces the last
-    on the terminal (REDRAW) instead of following it.
+    on the terminal (REDRAW) instead of following it. ``pause(names, namespace, seconds)`` waits between refreshes:
+    ``changes`` (the API's watch: the next refresh comes when a pod changes, or after ``interval_s``) when reading
+    the cluster, else a plain sleep of ``interval_s``.
     ``read(name, namespace)`` gives (state, text, blockers) at each refresh (``observe`` reads the cluster);
     ``logs(name, namespace)`` the text printed for a failed job."""
     import sys
 
     names = [name] if isinstance(name, str) else list(name)
+    pause = pause if pause is not None else (changes if read is observe else None)
     clock = _StuckClock(f"job {namespace}/{'+'.join(names)}", limits)
     started = False
     outage = Outage(limits.outage_s)
@@ -262,9 +266,38 @@ def watch(name, namespace: str, interval_s: float = 10, out=print, limits: Watch
                        f"({','.join(names)}))" if len(names) > 1 else
                        f" (kubectl -n {namespace} describe pods -l {JOB_NAME_LABEL}={names[0]})"):
             return WATCH_STUCK
-        time.sleep(interval_s)
+        if pause is None:
+            time.sleep(interval_s)
+        else:
+            time.sleep(MIN_REFRESH_S)
+            try:
+                pause(names, namespace, max(interval_s - MIN_REFRESH_S, 0))
+            except Unreachable:
+                pass  # the next read meets the outage and waits for it
         if not redraw:
             out("")
+
+
+def changes(names, namespace: str, timeout_s: float) -> None:
+    """Returns when a pod of one of the Jobs ``names`` changes (the API's watch from the current resourceVersion, so
+    nothing already seen wakes it), or after ``timeout_s``: `watch` refreshes on what happens, not on a timer."""
+    from kubernetes import watch as kwatch
+
+    core, _, context = load_clients()
+    selector = f"{JOB_NAME_LABEL} in ({','.join(names)})"
+    listed = api_call(context, core.list_namespaced_pod, namespace, label_selector=selector)
+    watcher = kwatch.Watch()
+    try:
+        for _ in api_call(context, watcher.stream, core.list_namespaced_pod, namespace, label_selector=selector,
+                          resource_version=listed.metadata.resource_version, timeout_seconds=max(1, int(timeout_s))):
+            return
+    except Exception as error:  # an expired resourceVersion (410) or a cut stream: the next refresh reads afresh
+        from kubernetes.client.exceptions import ApiException
+
+        if isinstance(error, ClusterError) or not isinstance(error, ApiException):
+            raise
+    finally:
+        watcher.stop()
 
 
 REDRAW = "\x1b[H\x1b[2J"  # cursor home, screen cleared: each refresh of `watch` on a terminal replaces the last

@@ -62,6 +62,10 @@ class RenderRequest:
     promote_wait_s: int = 0  # promote: seconds for every replica to load the version (0: the manifest's)
     replica_names: str = ""  # promote: "IP=pod,..." so that messages name pods (found here, before the Job runs)
     queue: str = ""  # train/tune: a Kueue LocalQueue; the Jobs are created suspended with its label (gang admission)
+    model_base: str = ""  # export/serving/promote: where versions live (default the volume's; gs://bucket/models: read
+    #                       there by TF Serving directly)
+    service_account: str = ""  # every pod of the step runs as it (GKE Workload Identity: bucket access)
+    image_pull_secret: str = ""  # a docker-registry Secret for a private registry
     node_selector: tuple[str, ...] = ()  # key=value labels every pod of the step must run on (GPU node pools)
 
 
@@ -170,6 +174,18 @@ def _run_config_patches(request: RenderRequest, objects: list[dict], out: Path) 
     return patches, generators
 
 
+def _serving_from_bucket(objects: list[dict], model_base: str) -> dict:
+    """TF Serving reading its models.config and versions from a bucket (it reads gs:// itself) instead of the volume:
+    the config flag points there and the volume's models mount goes."""
+    container = container_of(objects, "Deployment", "xray-serving", "tfserving")
+    args = [f"--model_config_file={model_base}/models.config" if a.startswith("--model_config_file=") else a
+            for a in container["args"]]
+    return _strategic("Deployment", "xray-serving", {"template": {"spec": {
+        "containers": [{"name": "tfserving", "args": args,
+                        "volumeMounts": [{"mountPath": "/models/xray", "$patch": "delete"}]}],
+        "volumes": [{"name": "models", "$patch": "delete"}]}}})
+
+
 def _replicas(job: str, count: int) -> dict:
     """An Indexed Job's pod count: completions = parallelism = count."""
     return {"target": {"kind": "Job", "name": job}, "patch": json.dumps([
@@ -237,6 +253,19 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
                 patches.append({"target": {"kind": "Job", "name": job}, "patch": json.dumps({
                     "apiVersion": "batch/v1", "kind": "Job",
                     "metadata": {"name": job, "labels": {QUEUE_LABEL: request.queue}}, "spec": {"suspend": True}})})
+    pod: dict = {}
+    if request.service_account:
+        pod["serviceAccountName"] = request.service_account
+    if request.image_pull_secret:
+        pod["imagePullSecrets"] = [{"name": request.image_pull_secret}]
+    if pod:
+        for kind, name, _ in WORKLOADS[request.component]:
+            patches.append(_strategic(kind, name, {"template": {"spec": pod}}))
+        if request.component == "upload":
+            patches.append({"target": {"kind": "Pod", "name": "xray-upload"}, "patch": json.dumps(
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "xray-upload"}, "spec": pod})})
+    if request.model_base and request.component == "serving" and "://" in request.model_base:
+        patches.append(_serving_from_bucket(kustomize(overlay), request.model_base.rstrip("/")))
     if request.node_selector:
         selector = dict(pair.split("=", 1) for pair in request.node_selector)
         for kind, name, _ in WORKLOADS[request.component]:
@@ -245,6 +274,8 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
     if request.component == "tune" and request.max_trials:
         literals.append(f"XRAY_MAX_TRIALS={request.max_trials}")
+    if request.component == "export" and request.model_base:
+        literals.append(f"XRAY_MODEL_BASE={request.model_base.rstrip('/')}")
     if request.component == "shards":
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_SRC={request.src}"] if request.src else [])
     if literals:
@@ -253,6 +284,7 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
         literals = [f"XRAY_PROMOTE={' '.join(request.promote)}"]
         literals += [f"XRAY_WAIT={request.promote_wait_s}"] if request.promote_wait_s else []
         literals += [f"XRAY_REPLICA_NAMES={request.replica_names}"] if request.replica_names else []
+        literals += [f"XRAY_MODEL_BASE={request.model_base.rstrip('/')}"] if request.model_base else []
         generators.append({"name": "xray-promote", "behavior": "merge", "literals": literals})
         literals = []
     if request.component == "serving" and request.replicas:

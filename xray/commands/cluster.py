@@ -31,6 +31,11 @@ def _step_arguments(p) -> None:
                    "manifest's, 3 days)")
     p.add_argument("--queue", default="", help="train/tune: a Kueue LocalQueue; the Jobs are created suspended with its "
                    "label, and Kueue admits all their pods at once (xray jobs status says queued until then)")
+    p.add_argument("--model-base", default="", help="export/serving/promote: where the versions live (default the "
+                   "volume's /mnt/xray/models; gs://bucket/models: exported there and read there by TF Serving)")
+    p.add_argument("--service-account", default="", help="the Kubernetes service account every pod of the step runs "
+                   "as (GKE Workload Identity: the one bound to a Google service account that can read the bucket)")
+    p.add_argument("--image-pull-secret", default="", help="a docker-registry Secret for a private registry")
     p.add_argument("--node-selector", default="", help="key=value[,key=value]: node labels every pod of the step must "
                    "have (default none: a GPU request alone finds the GPU nodes)")
     p.add_argument("--max-trials", type=int, default=0, help="tune: the number of trials (default: the overlay's)")
@@ -55,7 +60,8 @@ def _request(args, component: str, **changes):
                   workdir=args.workdir, namespace=args.namespace, config_file=args.config,
                   overrides=tuple(args.overrides), storage_class=args.storage_class, src=args.src,
                   deadline_s=args.deadline, max_trials=args.max_trials, replicas=args.replicas, promote=tuple(promote),
-                  promote_wait_s=args.wait, queue=args.queue,
+                  promote_wait_s=args.wait, queue=args.queue, model_base=args.model_base,
+                  service_account=args.service_account, image_pull_secret=args.image_pull_secret,
                   node_selector=tuple(pair.strip() for pair in args.node_selector.split(",") if pair.strip()))
     return render.RenderRequest(**{**values, **changes})
 
@@ -116,7 +122,8 @@ def _add_step(sub):
         _step_arguments(s)
         s.add_argument("--out", default="", help="directory for the rendered kustomization (default: build/k8s/STEP)")
         if step == "data":
-            s.add_argument("--upload", default="", help="a local image folder (Kaggle chest_xray layout), .zip or .tar")
+            s.add_argument("--upload", default="", help="a local image folder (Kaggle chest_xray layout), .zip or .tar; "
+                           "or gs://bucket/chest_xray, which the shards Job reads where it is (--service-account)")
             s.add_argument("--dest", default="/mnt/xray/incoming/chest_xray", help="where it lands on the volume (the "
                            "folder the shards Job reads)")
         if step == "weights":
@@ -144,6 +151,8 @@ def _run_step(args):
         if not args.upload:
             raise UserError("set the images to upload: xray cluster data --upload ~/chest_xray "
                             "(make data-cluster SRC=~/chest_xray)")
+        if args.upload.startswith("gs://"):  # already in a bucket: the shards Job reads it there, nothing is sent
+            return steps.run(_request(args, "shards", src=args.upload), f"{out}/shards", how)
         return steps.data(args.upload, args.dest, _request(args, "upload"), _request(args, "shards", src=args.dest),
                           out, how)
     except kube.ClusterError as error:

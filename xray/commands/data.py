@@ -46,7 +46,8 @@ def _add_shards(sub):
                        description="Reads SRC/{train,test[,val]}/{NORMAL,PNEUMONIA}/ (Kaggle chest_xray layout), "
                        "skips bad files (listed in the manifest), carves a patient-disjoint, class-stratified "
                        "validation split from train, and writes train/val/test shards atomically.")
-    p.add_argument("--src", required=True, help="image folder in the Kaggle chest_xray layout")
+    p.add_argument("--src", required=True, help="image folder in the Kaggle chest_xray layout: a local path, or a URI "
+                   "TensorFlow reads (gs://bucket/chest_xray with the pod's or your Google credentials)")
     p.add_argument("--out", required=True, help="output directory or gs:// URI")
     p.add_argument("--num-shards", type=int, default=8, help="shards per split (>= the number of training workers)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train images (by patient) for validation")

@@ -49,9 +49,45 @@ EXPECTED_LAYOUT = (
 )
 
 
+def is_uri(src) -> bool:
+    """A source TensorFlow's filesystems read (gs://bucket/path; s3:// with tensorflow-io; file:///abs/path), not
+    a local path."""
+    return isinstance(src, str) and "://" in src
+
+
+def read_source(path: Path | str) -> bytes:
+    """The bytes of one source file: a local path, or a URI read through tf.io.gfile (OSError when unreadable)."""
+    if not is_uri(path):
+        return Path(path).read_bytes()
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.OpError as error:
+        raise OSError(error.message) from None
+
+
+def _folder_files(folder: Path | str) -> list[tuple[Path | str, str]] | None:
+    """(path, name) of the files of a folder, sorted, hidden ones left out; None when there is no such folder."""
+    if not is_uri(folder):
+        folder = Path(folder)
+        if not folder.is_dir():
+            return None
+        return [(p, p.name) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(folder):
+        return None
+    # An object store lists "sub/" for a deeper prefix; a local file:// folder lists a sub-folder by its name.
+    names = sorted(n for n in tf.io.gfile.listdir(folder) if not n.endswith("/") and not n.startswith("."))
+    files = [(f"{folder}/{n}", n) for n in names]
+    return [(path, name) for path, name in files if not tf.io.gfile.isdir(path)] if folder.startswith("file://") else files
+
+
 @dataclasses.dataclass
 class SourceImage:
-    path: Path
+    path: Path | str  # a local path, or a URI (gs://...) read through tf.io.gfile
     relative: str
     source_split: str  # train / val / test, as found on disk
     label: int
@@ -73,21 +109,35 @@ def readable_name(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def find_source_images(src: Path, patient_pattern: str) -> list[SourceImage]:
-    if not src.is_dir():
+def find_source_images(src: Path | str, patient_pattern: str) -> list[SourceImage]:
+    """Every image of the Kaggle layout under src: a local folder, or a URI (gs://bucket/chest_xray) listed through
+    tf.io.gfile."""
+    if is_uri(src):
+        import tensorflow as tf
+
+        src = src.rstrip("/")
+        try:
+            exists = tf.io.gfile.isdir(src)
+        except tf.errors.OpError as error:  # a scheme no filesystem serves here, no credentials, no network
+            raise SourceLayoutError(f"cannot read {src}: {error.message.strip()}") from None
+    else:
+        src = Path(src)
+        exists = src.is_dir()
+    if not exists:
         raise SourceLayoutError(f"source directory {src} does not exist; {EXPECTED_LAYOUT}")
     pattern = re.compile(patient_pattern)
     found = []
     missing = []
     for split in SOURCE_SPLITS:
         for label, class_name in enumerate(CLASS_NAMES):
-            folder = src / split / class_name
-            if not folder.is_dir():
+            folder = f"{src}/{split}/{class_name}" if is_uri(src) else src / split / class_name
+            files = _folder_files(folder)
+            if files is None:
                 if split != "val":
                     missing.append(f"{split}/{class_name}")
                 continue
-            for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-                name = readable_name(path.name)
+            for path, raw_name in files:
+                name = readable_name(raw_name)
                 found.append(SourceImage(path, f"{split}/{class_name}/{name}", split, label, patient_id(name, pattern)))
     if missing:
         raise SourceLayoutError(f"{src} has no {', '.join(missing)} folder(s); {EXPECTED_LAYOUT}")
@@ -207,7 +257,7 @@ def _write_split(out: str, split: str, images: list[SourceImage], num_shards: in
             image = images[image_index]
             data = image.payload
             if data is None:
-                data = image.path.read_bytes()
+                data = read_source(image.path)
                 if hashlib.sha256(data).hexdigest() != image.sha256:
                     raise SourceLayoutError(f"{image.path} changed while it was being converted; run xray shards "
                                             "again once the source folder is still")
@@ -249,10 +299,10 @@ def convert(src: str | Path, out: str, options: ShardOptions = ShardOptions(), s
 
     Holds the lock of ``out`` for the whole run (xray.data.lock): a second conversion into it fails at once."""
     with FolderLock(out, f"a shard conversion into {out}"):
-        return _convert(Path(src), out.rstrip("/"), options, show_progress)
+        return _convert(src.rstrip("/") if is_uri(src) else Path(src), out.rstrip("/"), options, show_progress)
 
 
-def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) -> Manifest:
+def _convert(src: Path | str, out: str, options: ShardOptions, show_progress: bool) -> Manifest:
     import tensorflow as tf
 
     from xray.data.atomic import write_atomic
@@ -268,7 +318,7 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
         """Read, hash, decode, resize, re-encode: the costly part, run on all CPUs (PIL and TensorFlow release the
         GIL while they decode, resize and encode). Returns (bytes read, error or None)."""
         try:
-            data = image.path.read_bytes()
+            data = read_source(image.path)
         except OSError as error:
             return 0, f"unreadable file ({error.strerror or error})"
         image.sha256 = hashlib.sha256(data).hexdigest()
@@ -299,7 +349,7 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
         raise SourceLayoutError(f"no readable images under {src} ({len(skipped)} skipped); {EXPECTED_LAYOUT}")
 
     renamed = [{"path": image.relative, "reason": "file name is not valid UTF-8: its bad bytes are recorded as \\xNN"}
-               for image in good if image.path.name != Path(image.relative).name]
+               for image in good if str(image.path).rsplit("/", 1)[-1] != Path(image.relative).name]
     splits = split_by_patient(good, options.val_fraction, options.seed)
     tf.io.gfile.makedirs(out)
     written = {}
@@ -335,7 +385,7 @@ def _convert(src: Path, out: str, options: ShardOptions, show_progress: bool) ->
         uri=out, counts=counts, shards={s: shards.get(s, []) for s in SPLITS},
         options={**dataclasses.asdict(options), "resize": pixels.RESIZE_METHOD if options.image_size else "none",
                  "depth_rule": pixels.DEPTH_RULE, "max_pixels": formats.MAX_PIXELS},
-        format_version=FORMAT_VERSION, source=str(src.resolve()),
+        format_version=FORMAT_VERSION, source=src if is_uri(src) else str(src.resolve()),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         num_patients={s: len(p) for s, p in patients.items()},
         # Kaggle's own test folder is taken as given; a patient id it shares with train is reported here.

@@ -50,7 +50,9 @@ def encode_example(image_bytes: bytes, label: int, patient_id: str, source_path:
         "image/original_height": _int(original_size[0]),
         "image/original_width": _int(original_size[1]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # Map entries in key order: without it the order follows the process's string hashing, so two runs of xray shards
+    # on the same files wrote different bytes (and manifest sha256s) for the same records.
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):

@@ -317,6 +317,19 @@ class ControlPlane:
     # Stop
     # ------------------------------------------------------------------------------------------------
 
+    def restart_apiserver(self, down_s: float, timeout_s: float = 120) -> None:
+        """Stops the API server, keeps it down for ``down_s`` seconds (the outage a client has to ride out, as during
+        a managed control plane's upgrade) and starts it again with the same flags and port; returns once it is
+        ready. The other components and the node reconnect on their own."""
+        import yaml
+
+        state = self._state()
+        token = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]["token"]
+        self._stop(state, "kube-apiserver")
+        time.sleep(down_s)  # the outage itself
+        self._start(state, "kube-apiserver", self._apiserver_args(state["ports"]))
+        self._wait_http(f"https://127.0.0.1:{state['ports']['apiserver']}/readyz", timeout_s, "kube-apiserver", token)
+
     def down(self, keep_logs: bool = True) -> list[str]:
         """Stops what this root started (the node first, then the control plane by PID, newest first), takes
         back what the node added to the host, and removes the data; returns the names of what was stopped."""

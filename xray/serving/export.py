@@ -373,14 +373,17 @@ def export(request: ExportRequest, log=print) -> dict:
 
 
 def ensure_models_config(model_base: str, model_name: str = contract.MODEL_NAME, base_path: str | None = None) -> str:
-    """``<model_base>/models.config``, written when missing: the model at ``base_path`` (default /models/<name>, where
-    the Deployment and make serve mount the model base), newest version served, no label. TF Serving reads it at
+    """``<model_base>/models.config``, written when missing: the model at ``base_path`` (default: the model base itself
+    when it is a bucket URI, which TF Serving reads directly; else /models/<name>, where the Deployment and make serve
+    mount the model base), newest version served, no label. TF Serving reads it at
     start (--model_config_file) and xray promote keeps it in step with the running servers; an existing file is
     left alone (it holds the labels)."""
     from xray.serving import config as serving_config
 
     path = serving_config.config_path(model_base)
     if not tf.io.gfile.exists(path):
-        config = serving_config.models_config(base_path or f"/models/{model_name}", name=model_name)
+        if base_path is None:  # a bucket is read by the server where it is; a folder is mounted at /models/<name>
+            base_path = model_base.rstrip("/") if "://" in model_base else f"/models/{model_name}"
+        config = serving_config.models_config(base_path, name=model_name)
         serving_config.write_text_proto(config, path)
     return path
