@@ -89,7 +89,7 @@ DOCKER_RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test mutate clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down image-load volume image-set data-cluster weights-cluster export-cluster tensorboard lock promote promote-local standin-load
+  cluster-build cluster-up cluster-down image-load volume image-set pin-serving record-digest data-cluster weights-cluster export-cluster tensorboard lock promote promote-local standin-load
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -169,9 +169,27 @@ image: ## build the project image: make image IMAGE=registry/xray TAG=0.1.0 [VAR
 	$(if $(PIP_CERT),cp "$(PIP_CERT)" .pip-cert.pem;) status=0; docker build --build-arg VARIANT=$(VARIANT) \
 	  $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE):$(TAG) . || status=$$?; rm -f .pip-cert.pem; exit $$status
 
-push: ## push the project image: make push IMAGE=registry/xray TAG=0.1.0
+# make push records the digest the registry gave IMAGE:TAG in $(BUILD)/digests/; every cluster step then runs
+# IMAGE@sha256:... (what was pushed, whatever the tag names later). Remove the file to run the tag again.
+DIGESTS = $(BUILD)/digests
+digest_file = $(DIGESTS)/$(subst /,_,$(subst :,_,$(1)))
+push: ## push the project image and record its digest for the cluster steps: make push IMAGE=registry/xray TAG=0.1.0
 	@test -n "$(IMAGE)" || { echo "set IMAGE, e.g. make push IMAGE=registry.example.com/xray TAG=0.1.0"; exit 1; }
 	docker push $(IMAGE):$(TAG)
+	@$(MAKE) --no-print-directory record-digest REF=$(IMAGE):$(TAG)
+
+# The serving image pinned the same way: pulled once, its digest recorded; make deploy-serving then runs it.
+pin-serving: ## pull the TF Serving image (SERVING_IMAGE, default the overlay's) and record its digest for deploy-serving
+	docker pull $(or $(SERVING_IMAGE),$(OVERLAY_SERVING_IMAGE))
+	@$(MAKE) --no-print-directory record-digest REF=$(or $(SERVING_IMAGE),$(OVERLAY_SERVING_IMAGE)) PIN_NAME=serving-$(OVERLAY)
+
+record-digest:
+	@mkdir -p $(DIGESTS)
+	@name="$(REF)"; name="$${name%:*}"; \
+	  digest=$$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$(REF)" | grep -m1 "^$$name@sha256:"); \
+	  test -n "$$digest" || { echo "docker has no registry digest for $(REF) (docker inspect RepoDigests is empty: was it pushed?)" >&2; exit 1; }; \
+	  echo "$$digest" > $(call digest_file,$(or $(PIN_NAME),$(REF))).tmp && mv $(call digest_file,$(or $(PIN_NAME),$(REF))).tmp $(call digest_file,$(or $(PIN_NAME),$(REF))); \
+	  echo "recorded $$digest in $(call digest_file,$(or $(PIN_NAME),$(REF))): the cluster steps run this digest"
 
 image-set:
 	@test -n "$(IMAGE)" || { echo "set IMAGE to the project image you pushed (make image push IMAGE=registry.example.com/xray TAG=$(TAG)), e.g. make $(MAKECMDGOALS) IMAGE=registry.example.com/xray TAG=$(TAG)" >&2; exit 2; }
@@ -181,7 +199,9 @@ image-set:
 STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INTERVAL) --stuck-after $(STUCK_AFTER) \
   $(if $(NODE_SELECTOR),--node-selector "$(NODE_SELECTOR)") $(if $(SERVICE_ACCOUNT),--service-account $(SERVICE_ACCOUNT)) \
   $(if $(IMAGE_PULL_SECRET),--image-pull-secret $(IMAGE_PULL_SECRET))
-STEP_IMAGE = --image $(IMAGE):$(CLUSTER_TAG)
+STEP_IMAGE = --image $(or $(shell cat $(call digest_file,$(IMAGE):$(CLUSTER_TAG)) 2>/dev/null),$(IMAGE):$(CLUSTER_TAG))
+OVERLAY_SERVING_IMAGE = tensorflow/serving:2.21.0$(if $(filter gpu,$(OVERLAY)),-gpu)
+SERVING_PIN = $(shell cat $(call digest_file,serving-$(OVERLAY)) 2>/dev/null)
 
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
 	$(XRAY) cluster storage $(STEP_ARGS) --storage-class "$(STORAGE_CLASS)" --out $(BUILD)/k8s/storage
@@ -211,7 +231,7 @@ export-cluster: image-set volume ## evaluate CLUSTER_WORKDIR's run and export it
 	  $(if $(CLUSTER_MODEL_BASE),--model-base $(CLUSTER_MODEL_BASE))
 
 deploy-serving: volume ## apply TF Serving (Deployment, Services, HPA, PDB) from xray/k8s/overlays/$(OVERLAY)/serving
-	$(XRAY) cluster serving $(STEP_ARGS) --out $(BUILD)/k8s/serving $(if $(SERVING_IMAGE),--image $(SERVING_IMAGE)) $(if $(REPLICAS),--replicas $(REPLICAS)) \
+	$(XRAY) cluster serving $(STEP_ARGS) --out $(BUILD)/k8s/serving $(if $(or $(SERVING_IMAGE),$(SERVING_PIN)),--image $(or $(SERVING_IMAGE),$(SERVING_PIN))) $(if $(REPLICAS),--replicas $(REPLICAS)) \
 	  $(if $(CLUSTER_MODEL_BASE),--model-base $(CLUSTER_MODEL_BASE))
 
 promote: image-set ## move a version label on the running TF Serving replicas (a Job): make promote LABEL=stable VERSION=2 | FROM=canary | ROLLBACK=1

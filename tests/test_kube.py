@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 
@@ -239,7 +240,7 @@ def test_the_tuner_step_ends_with_the_side_that_failed(capsys):
 # through Go's encoding/json, which would also take "NAME" for "name", so a misspelt key renders the same today and
 # breaks with a stricter kustomize. The file is checked against these spellings.
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "patches", "configMapGenerator"}
-IMAGE_KEYS = {"name", "newName", "newTag"}
+IMAGE_KEYS = {"name", "newName", "newTag", "digest"}
 PATCH_KEYS = {"target", "patch"}
 TARGET_KEYS = {"kind", "name"}
 GENERATOR_KEYS = {"name", "behavior", "literals", "files"}
@@ -700,6 +701,64 @@ def test_data_and_models_in_a_bucket_render_up_to_the_read(tmp_path):
     volume = _rendered(render.render_kustomization(render.RenderRequest("serving"), tmp_path / "serving-volume"))
     (deployment,) = [o for o in volume if o["kind"] == "Deployment"]
     assert "--model_config_file=/models/xray/models.config" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_an_image_pinned_by_digest_is_what_every_pod_runs_and_a_tag_is_pulled_again(tmp_path):
+    """make push records IMAGE@sha256:...; the steps then run that digest (IfNotPresent: it cannot change). A tag on a
+    real cluster is pulled at every pod start (Always), so a tag pushed again is not left running old code on nodes
+    that had it; the local overlay's images are loaded into the node (no registry): IfNotPresent."""
+    digest = "sha256:" + "ab" * 32
+    for component in ("train", "tune", "export", "upload", "shards", "promote", "tensorboard"):
+        for overlay, image, policy, shown in (("gpu", f"r.example/xray@{digest}", "IfNotPresent", f"r.example/xray@{digest}"),
+                                              ("gpu", "r.example/xray:1-gpu", "Always", "r.example/xray:1-gpu"),
+                                              ("local", "r.example/xray:dev", "IfNotPresent", "r.example/xray:dev")):
+            request = render.RenderRequest(component, overlay, image, promote=("--label", "stable", "--version", "1"))
+            objects = _rendered(render.render_kustomization(request, tmp_path / f"{component}-{overlay}-{policy}"))
+            containers = [c for o in objects if o["kind"] in ("Job", "Deployment", "Pod")
+                          for c in (o["spec"]["template"]["spec"] if o["kind"] != "Pod" else o["spec"])["containers"]]
+            assert containers and all((c["image"], c["imagePullPolicy"]) == (shown, policy) for c in containers), \
+                (component, overlay, [(c["image"], c.get("imagePullPolicy")) for c in containers])
+    serving = _rendered(render.render_kustomization(render.RenderRequest("serving", "gpu", f"tensorflow/serving@{digest}"),
+                                                    tmp_path / "serving"))
+    (deployment,) = [o for o in serving if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"tensorflow/serving@{digest}"
+
+
+def test_make_push_records_the_digest_and_the_steps_run_it(tmp_path):
+    """STAND-IN for docker (no registry can be reached here): a `docker` script first on PATH that answers push and
+    inspect as Docker does (RepoDigests, one per registry the image was pushed to). make push records the digest of
+    the pushed repository; make train-cluster (and every step) then passes IMAGE@sha256:... to xray cluster."""
+    digest = "sha256:" + "cd" * 32
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path}/docker.calls
+case "$1" in
+  push) echo "1: Pushed";;
+  pull) echo "Status: Downloaded newer image for $2";;
+  inspect) printf 'mirror.example/xray@sha256:{"ef" * 32}\nregistry.example.com/xray@{digest}\ntensorflow/serving@{digest}\n';;
+esac
+""")
+    (bin_dir / "docker").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    common = ["IMAGE=registry.example.com/xray", "TAG=1", f"BUILD={tmp_path / 'build'}"]
+    push = subprocess.run(["make", "push", *common], cwd=REPO, env=env, capture_output=True, text=True)
+    assert push.returncode == 0, push.stderr
+    assert (tmp_path / "docker.calls").read_text().splitlines()[0] == "push registry.example.com/xray:1"
+    record = tmp_path / "build" / "digests" / "registry.example.com_xray_1"
+    assert record.read_text().strip() == f"registry.example.com/xray@{digest}"
+    assert f"recorded registry.example.com/xray@{digest}" in push.stdout
+    plan = subprocess.run(["make", "-n", "train-cluster", *common], cwd=REPO, env=env, capture_output=True, text=True)
+    assert f"--image registry.example.com/xray@{digest}" in plan.stdout, plan.stdout
+    record.unlink()  # no record: the tag, as before
+    plan = subprocess.run(["make", "-n", "train-cluster", *common], cwd=REPO, env=env, capture_output=True, text=True)
+    assert "--image registry.example.com/xray:1 " in plan.stdout, plan.stdout
+    # The TF Serving image, pinned the same way for make deploy-serving.
+    pin = subprocess.run(["make", "pin-serving", "OVERLAY=gpu", *common], cwd=REPO, env=env, capture_output=True, text=True)
+    assert pin.returncode == 0 and "pull tensorflow/serving:2.21.0-gpu" in (tmp_path / "docker.calls").read_text(), pin.stderr
+    plan = subprocess.run(["make", "-n", "deploy-serving", "OVERLAY=gpu", *common], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert f"--image tensorflow/serving@{digest}" in plan.stdout, plan.stdout
 
 
 def _literals(objects, name: str) -> set[str]:

@@ -70,7 +70,11 @@ class RenderRequest:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """registry:port/name:tag -> (registry:port/name, tag); the tag is "" when there is none."""
+    """registry:port/name:tag -> (registry:port/name, tag); name@sha256:... -> (name, "sha256:..."); the tag is ""
+    when there is none."""
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return name, digest
     if ":" in image.rsplit("/", 1)[-1]:
         name, tag = image.rsplit(":", 1)
         return name, tag
@@ -174,6 +178,15 @@ def _run_config_patches(request: RenderRequest, objects: list[dict], out: Path) 
     return patches, generators
 
 
+def pull_policy(request: RenderRequest) -> str:
+    """IfNotPresent for an image pinned by digest (make push records one: what a node has is what was pushed) and on
+    the local overlay (images loaded into the node, no registry); Always for a tag elsewhere, so that a node does not
+    keep running what the tag named before it was pushed again."""
+    if request.overlay == "local" or "@sha256:" in request.image:
+        return "IfNotPresent"
+    return "Always"
+
+
 def _serving_from_bucket(objects: list[dict], model_base: str) -> dict:
     """TF Serving reading its models.config and versions from a bucket (it reads gs:// itself) instead of the volume:
     the config flag points there and the volume's models mount goes."""
@@ -234,7 +247,8 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
     if request.image:  # the project image, or for serving a TF Serving image in place of the overlay's
         name, tag = split_image(request.image)
         base = "xray" if request.component in PROJECT_IMAGE else "tensorflow/serving"
-        doc["images"] = [{"name": base, "newName": name, **({"newTag": tag} if tag else {})}]
+        pin = {"digest": tag} if tag.startswith("sha256:") else {"newTag": tag} if tag else {}
+        doc["images"] = [{"name": base, "newName": name, **pin}]
     patches, generators = [], []
     literals = []
     if request.component == "train":
@@ -266,6 +280,14 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
                 {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "xray-upload"}, "spec": pod})})
     if request.model_base and request.component == "serving" and "://" in request.model_base:
         patches.append(_serving_from_bucket(kustomize(overlay), request.model_base.rstrip("/")))
+    policy = pull_policy(request)
+    for kind, name, container in WORKLOADS[request.component]:
+        patches.append(_strategic(kind, name, {"template": {"spec": {"containers": [
+            {"name": container, "imagePullPolicy": policy}]}}}))
+    if request.component == "upload":
+        patches.append({"target": {"kind": "Pod", "name": "xray-upload"}, "patch": json.dumps(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "xray-upload"},
+             "spec": {"containers": [{"name": "upload", "imagePullPolicy": policy}]}})})
     if request.node_selector:
         selector = dict(pair.split("=", 1) for pair in request.node_selector)
         for kind, name, _ in WORKLOADS[request.component]:
