@@ -206,6 +206,20 @@ def test_gpu_pods_fit_a_1_gpu_node_of_every_cloud_and_select_no_vendor_label(com
             assert room >= (1 if resource == "cpu" else 2 * 2**30), f"{job} does not fit {node}: {resource}"
 
 
+@pytest.mark.parametrize("component", ["train", "tune"])
+def test_training_pods_find_weights_and_the_feature_cache_on_the_volume(component):
+    """A replaced pod, a resumed run and every trial on any node share the feature cache and the ImageNet weights:
+    both on the volume (/mnt/xray), not in the pod's emptyDir."""
+    for overlay in ("local", "gpu"):
+        objects = render(f"xray/k8s/overlays/{overlay}/{component}")
+        (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(f"xray-{component}-")]
+        assert config["data"]["XRAY_FEATURE_CACHE"] == "/mnt/xray/cache/features"
+        assert config["data"]["XRAY_WEIGHTS_PATH"].split(":")[0] == "/mnt/xray/weights"
+        for job in [o for o in objects if o["kind"] == "Job"]:
+            (container,) = job["spec"]["template"]["spec"]["containers"]
+            assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
+
+
 def test_the_gpu_overlay_uses_nccl_and_opens_the_workers_to_each_other():
     objects = render("xray/k8s/overlays/gpu/train")
     (job,) = [o for o in objects if o["kind"] == "Job"]

@@ -218,6 +218,14 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
     assert len(index) == len(list((synth_dir / "train").rglob("*.jpeg")))
     assert json.loads((volume / "shards" / "manifest.json").read_text())["shards"]["train"]
 
+    # The ImageNet weights once onto the volume (a stand-in file: any HDF5 bytes; the demo preset trains from
+    # scratch): what every training and tuning pod finds on its XRAY_WEIGHTS_PATH instead of downloading.
+    weights = tmp_path / "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(300_000))
+    placed = step("weights-cluster", f"WEIGHTS={weights}")
+    assert "weights on the volume: /mnt/xray/weights/" in placed.stdout
+    assert (volume / "weights" / weights.name).read_bytes() == weights.read_bytes()
+
     tune = step("tune-cluster", "PARALLEL=2", "TRIALS=2", "OVERRIDES=train.epochs=1")
     assert "SUCCEEDED" in tune.stdout
     assert (volume / "runs" / "tune" / "best_config.json").exists()
@@ -231,14 +239,29 @@ def test_the_cluster_flow_on_real_pods(control_plane, project_image, standin_ima
         wait_for("the first finished epoch", lambda: history.exists() and history.read_text().strip(), 900, 2)
         (pod,) = [p for p in get(control_plane, "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=xray-train")["items"]
                   if p["spec"]["hostname"] == "xray-train-1" and p["status"]["phase"] == "Running"]
+        # Worker 1's log followed across its replacement, as a user runs it beside the run.
+        follow = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "logs", "xray-train", "-n", ns,
+                                   "--index", "1", "-f"], env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         container = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
         localnode.Node(control_plane).ctr("tasks", "kill", "--signal", "SIGKILL", container)
         out, err = train.communicate(timeout=1200)
     finally:
         if train.poll() is None:
             train.kill()
+        if "follow" in locals() and follow.poll() is None and train.returncode != 0:
+            follow.kill()
     assert train.returncode == 0, out[-4000:] + err[-4000:]
     assert "SUCCEEDED" in out
+    followed, follow_err = follow.communicate(timeout=120)  # it ends with the Job
+    assert follow.returncode == 0, follow_err
+    assert f"--- pod {pod['metadata']['name']} was replaced by xray-train-1-" in followed, followed[-3000:]
+    after = followed.split("; following it ---", 1)[1]
+    assert "Epoch" in after  # the replacement's own training lines came through the same command
+    # --previous: the log of the pod it replaced, the killed one (its first epoch), not the replacement's.
+    previous = run_xray("jobs", "logs", "xray-train", "-n", ns, "--index", "1", "--previous", env=env).stdout
+    current = run_xray("jobs", "logs", "xray-train", "-n", ns, "--index", "1", env=env).stdout
+    assert "Epoch 1/4" in previous and previous != current and previous[:200] in followed
     epochs = [json.loads(line)["epoch"] for line in history.read_text().splitlines() if line.strip()]
     assert epochs == [1, 2, 3, 4], epochs  # resumed from the backup: no finished epoch trained twice
     pods = get(control_plane, "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=xray-train")["items"]

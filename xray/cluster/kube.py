@@ -462,7 +462,9 @@ def _follow_logs(core, batch, context, name, namespace, index, pod, tail, out, p
             pods = _pods_of_index(core, context, name, namespace, index)
             newest = pods[-1] if pods else pod
             now = (newest.metadata.name, _restarts(newest))
-            running = newest.status.phase == "Running"
+            statuses = newest.status.container_statuses or []
+            running = newest.status.phase == "Running" and bool(statuses) and all(
+                c.state and c.state.running for c in statuses)  # a container that just ended leaves the phase a moment
             if now != followed and running:
                 what = (f"pod {followed[0]} was replaced by {now[0]}" if now[0] != followed[0]
                         else f"the container of {now[0]} restarted")
