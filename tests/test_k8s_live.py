@@ -368,7 +368,7 @@ def test_a_cluster_step_from_python_replaces_the_last_run_applies_and_follows(co
     run): the finished Job of the last run is replaced by the new one, and the follow ends with the watch's status.
     The new Job's pods ask for the test image, which no registry here serves: the follow names that and gives up
     with 4 (WATCH_STUCK), the status a user's make target would end with."""
-    from xray.cluster import kube, steps
+    from xray.cluster import kube, steps, watching
     from xray.cluster.render import RenderRequest
 
     monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
@@ -383,7 +383,7 @@ def test_a_cluster_step_from_python_replaces_the_last_run_applies_and_follows(co
     status = steps.run(RenderRequest("train", image=IMAGE, namespace=ns), tmp_path / "step",
                        steps.Follow(interval_s=1, stuck_after_s=5, start_timeout_s=120),
                        out=lambda *a, **k: lines.append(" ".join(map(str, a))), warn=warnings.append)
-    assert status == kube.WATCH_STUCK, lines
+    assert status == watching.WATCH_STUCK, lines
     assert get(control_plane, "job", "xray-train", "-n", ns)["metadata"]["uid"] != last
     assert any(line.startswith("pre-flight passed") for line in lines)
     assert any("job xray-train (succeeded) will be replaced" in line for line in warnings)  # pre-flight's

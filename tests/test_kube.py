@@ -13,7 +13,7 @@ from kubernetes import client
 
 from conftest import REPO, run_xray
 from xray.trainer.config import preset
-from xray.cluster import kube, monitor, preflight, render
+from xray.cluster import kube, monitor, preflight, render, watching
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -171,8 +171,8 @@ def format_first_line(job) -> str:
 
 def test_watch_waits_on_a_queued_job_without_spending_the_start_timeout(capsys):
     states = iter(["queued"] * 8 + ["running", "succeeded"])
-    code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.04),
+    code = watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      limits=watching.WatchLimits(stuck_after_s=60, start_timeout_s=0.04),
                       read=lambda name, namespace: (next(states), "table", []))
     assert code == 0, capsys.readouterr().err
 
@@ -189,7 +189,7 @@ def test_watch_rides_out_an_api_server_outage_and_gives_up_after_its_limit(capsy
             raise answer
         return answer
 
-    assert kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=read) == 0
+    assert watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=read) == 0
     err = capsys.readouterr().err.splitlines()
     assert [line.split(";")[-1].split(",")[0].strip() for line in err[:2]] == ["retrying in 1 s", "retrying in 2 s"]
     assert err[0].startswith("warning: cannot reach the cluster of context c (unreachable for 0 s")
@@ -199,8 +199,8 @@ def test_watch_rides_out_an_api_server_outage_and_gives_up_after_its_limit(capsy
         raise kube.Unreachable("cannot reach the cluster of context c")
 
     with pytest.raises(kube.ClusterError, match=r"gave up after 0 s \(--outage-limit 0\)"):
-        kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=down,
-                   limits=kube.WatchLimits(outage_s=0.2))
+        watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None, read=down,
+                   limits=watching.WatchLimits(outage_s=0.2))
 
 
 def test_the_status_document_carries_the_table_s_facts():
@@ -224,13 +224,13 @@ def test_the_tuner_step_ends_with_the_side_that_failed(capsys):
         return lambda name, namespace: (next(steps[name]), f"table of {name}", [])
 
     both = ("xray-tune-chief", "xray-tune-workers")
-    failed = kube.watch(both, "xray", interval_s=0.01, out=lambda *a, **k: None, logs=lambda name, ns: f"log of {name}",
+    failed = watching.watch(both, "xray", interval_s=0.01, out=lambda *a, **k: None, logs=lambda name, ns: f"log of {name}",
                         read=reader({"xray-tune-chief": ["running", "failed"], "xray-tune-workers": ["running"] * 2}))
     err = capsys.readouterr().err.strip().splitlines()
     assert failed == 1 and err == ["log of xray-tune-chief",
                                    "error: job xray/xray-tune-chief failed (xray-tune-workers running): the step failed"]
     shown = []
-    done = kube.watch(both, "xray", interval_s=0.01, out=shown.append,
+    done = watching.watch(both, "xray", interval_s=0.01, out=shown.append,
                       read=reader({"xray-tune-chief": ["running", "running", "succeeded"],
                                    "xray-tune-workers": ["running", "succeeded", "succeeded"]}))
     assert done == 0 and shown.count("table of xray-tune-chief") == 3  # the workers' end alone did not end it
@@ -550,7 +550,7 @@ def test_an_export_refused_by_the_gate_is_a_refusal_not_a_crash():
     job.metadata.name = "xray-export"
     state, explanation = monitor.job_summary(job)
     assert state == "refused" and "export gate refused the model" in explanation
-    assert kube.WATCH_EXIT[state] == 3
+    assert watching.WATCH_EXIT[state] == 3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -618,30 +618,30 @@ def test_watch_gives_up_with_exit_4_and_one_line(capsys):
         calls.append(name)
         return "pending", "table", monitor.blockers([pod], [])
 
-    code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=0.05, start_timeout_s=60), read=fake_status)
-    assert code == kube.WATCH_STUCK and len(calls) >= 2  # not at the first sight: a pull may still succeed
+    code = watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      limits=watching.WatchLimits(stuck_after_s=0.05, start_timeout_s=60), read=fake_status)
+    assert code == watching.WATCH_STUCK and len(calls) >= 2  # not at the first sight: a pull may still succeed
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: job xray/xray-train cannot run: pod {pod.metadata.name}: ImagePullBackOff: Back-off pulling image"]
     # An image name that can never be pulled ends it at once.
     pod = _stuck_pod(0, waiting="ErrImageNeverPull", message="never")
     calls.clear()
-    assert kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=60), read=fake_status) == kube.WATCH_STUCK
+    assert watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      limits=watching.WatchLimits(stuck_after_s=60, start_timeout_s=60), read=fake_status) == watching.WATCH_STUCK
     assert len(calls) == 1
 
 
 def test_watch_gives_up_when_nothing_starts(capsys):
-    code = kube.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
-                      limits=kube.WatchLimits(stuck_after_s=60, start_timeout_s=0.05),
+    code = watching.watch("xray-train", "xray", interval_s=0.01, out=lambda *a, **k: None,
+                      limits=watching.WatchLimits(stuck_after_s=60, start_timeout_s=0.05),
                       read=lambda name, namespace: ("pending", "table", []))
-    assert code == kube.WATCH_STUCK and "no pod started in 0 s" in capsys.readouterr().err
+    assert code == watching.WATCH_STUCK and "no pod started in 0 s" in capsys.readouterr().err
 
 
 def test_watch_prints_why_a_failed_job_failed(capsys):
     """On a failed job, watch prints the failed pods' last log lines (kube.failure_logs) on stderr and exits 1."""
     asked = []
-    code = kube.watch("xray-export", "xray", interval_s=0.01, out=lambda *a, **k: None,
+    code = watching.watch("xray-export", "xray", interval_s=0.01, out=lambda *a, **k: None,
                       read=lambda name, namespace: ("failed", "table", []),
                       logs=lambda name, namespace: asked.append((name, namespace)) or "pod p (exit 2): no model")
     assert code == 1 and asked == [("xray-export", "xray")]

@@ -1,13 +1,13 @@
 """The cluster steps as one library: each is pre-flight and render (preflight.check_and_render), the previous run of
 the same Job replaced, `kubectl apply -k` of the rendered kustomization, and the workload followed until it ends
-(kube.watch / rollout / pod_ready). `xray cluster STEP` and every make *-cluster target call ``run``; a script or CI
+(watching.watch / rollout / pod_ready). `xray cluster STEP` and every make *-cluster target call ``run``; a script or CI
 system can call it the same way:
 
     from xray.cluster import steps
     from xray.cluster.render import RenderRequest
     status = steps.run(RenderRequest("train", image="registry.example.com/xray:0.1.0", workers=2), "build/k8s/train")
 
-``run`` returns the follow's exit status (kube.WATCH_EXIT: 0 succeeded, 1 failed, 3 gate refused, 4 cannot start);
+``run`` returns the follow's exit status (watching.WATCH_EXIT: 0 succeeded, 1 failed, 3 gate refused, 4 cannot start);
 a refusal before anything is applied raises kube.ClusterError with one line.
 """
 
@@ -21,13 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xray.cluster import kube
+from xray.cluster import kube, watching
 from xray.cluster.preflight import check_and_render
 from xray.cluster.render import WORKLOADS, RenderRequest
 
 ClusterError = kube.ClusterError
 
-# What each step follows once applied: a Job (kube.watch), deployment/NAME (its rollout) or pod/NAME (until Ready).
+# What each step follows once applied: a Job (watching.watch), deployment/NAME (its rollout) or pod/NAME (until Ready).
 # The tuner's step is two Jobs: it ends when either fails (named) or both have succeeded.
 FOLLOW = {"storage": None, "upload": "pod/xray-upload", "shards": "xray-shards", "train": "xray-train",
           "tune": ("xray-tune-chief", "xray-tune-workers"), "export": "xray-export", "serving": "deployment/xray-serving",
@@ -46,8 +46,8 @@ class Follow:
     start_timeout_s: float = 900.0
     outage_s: float = 600.0
 
-    def limits(self) -> kube.WatchLimits:
-        return kube.WatchLimits(self.stuck_after_s, self.start_timeout_s, self.outage_s)
+    def limits(self) -> watching.WatchLimits:
+        return watching.WatchLimits(self.stuck_after_s, self.start_timeout_s, self.outage_s)
 
 
 def kubectl(*args: str, namespace: str | None = None) -> None:
@@ -80,13 +80,13 @@ def watch(target, namespace: str, how: Follow = Follow(), out=print, redraw: boo
     the exit status of `xray jobs watch TARGET`, which calls this too. ``redraw``: a Job's table is redrawn in place
     (a terminal) rather than printed again below the last."""
     if not isinstance(target, str):  # several Jobs that make one step
-        return kube.watch(tuple(target), namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
+        return watching.watch(tuple(target), namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
     kind, _, name = target.rpartition("/")
     if kind == "deployment":
-        return kube.rollout(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+        return watching.rollout(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
     if kind == "pod":
-        return kube.pod_ready(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
-    return kube.watch(target, namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
+        return watching.pod_ready(name, namespace, min(how.interval_s, 2), out=out, limits=how.limits())
+    return watching.watch(target, namespace, how.interval_s, out=out, limits=how.limits(), redraw=redraw)
 
 
 def follow(component: str, namespace: str, how: Follow = Follow(), out=print) -> int:
