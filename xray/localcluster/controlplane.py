@@ -259,9 +259,9 @@ class ControlPlane:
     def _create_nodes(self, timeout_s: float, tainted: bool) -> None:
         import yaml
 
-        # Room for every overlay at once: the base requests 8 CPU / 24 GiB per training worker, the gpu overlay a
-        # GPU per pod on nodes labelled as the NVIDIA GPU operator labels them.
-        capacity = {"cpu": "64", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"}
+        # Room for every overlay at once: the base requests 4 CPU / 16 GiB per training worker, the gpu overlay a
+        # GPU per pod; every container requests ephemeral-storage, so the nodes have it too.
+        capacity = {"cpu": "64", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8", "ephemeral-storage": "500Gi"}
         nodes = []
         for i in range(NUM_NODES):
             name = f"kwok-node-{i}"
