@@ -452,35 +452,43 @@ def test_a_queued_job_creates_no_pods_is_reported_queued_and_runs_once_admitted(
     assert job_pods(control_plane, ns, "xray-train") == []
     document = json.loads(run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "json", env=env).stdout)
     assert (document["job"]["state"], document["job"]["queue"]) == ("queued", "team-a")
-    watch = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "watch", "xray-train", "-n", ns,
-                              "--interval", "1", "--start-timeout", "3"], env=dict(os.environ, **env),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = Lines(watch)
-        wait_for("watch to show the queued job", lambda: lines.seen("QUEUED"), 60)
+    with Watch(env, "xray-train", "-n", ns, "--interval", "1", "--start-timeout", "3") as watch:
+        wait_for("watch to show the queued job", lambda: watch.seen("QUEUED"), 60)
         time.sleep(4)  # longer than --start-timeout: a queued job's wait must not count against it
-        assert watch.poll() is None, watch.communicate()
+        assert watch.process.poll() is None, watch.process.communicate()
         control_plane.kubectl("patch", "job", "xray-train", "-n", ns, "-p", '{"spec":{"suspend":false}}')
-        out, err = watch.communicate(timeout=180)
-        out = lines.text + out
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-    assert watch.returncode == 0, err
+        code, out, err = watch.finish(180)
+    assert code == 0, err
     assert "QUEUED (suspended until Kueue admits all its pods at once, in queue team-a)" in out
     assert "SUCCEEDED (completed 2/2)" in out
 
 
-class Lines:
-    """A running command's standard output read line by line until a word shows, keeping what was read."""
+class Watch:
+    """`xray jobs watch ARGS` running beside the test, as a user runs it in another terminal: its output read line by
+    line until a word shows (what was read is kept), then to its end; killed if the test leaves first."""
 
-    def __init__(self, process):
-        self.process, self.text = process, ""
+    def __init__(self, env: dict, *args: str):
+        self.env, self.args, self.text = env, args, ""
+
+    def __enter__(self):
+        self.process = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "watch", *self.args],
+                                        env=dict(os.environ, **self.env), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        return self
 
     def seen(self, word: str) -> bool:
         line = self.process.stdout.readline()
         self.text += line
         return word in line
+
+    def finish(self, timeout: float) -> tuple[int, str, str]:
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, self.text + out, err
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
 
 
 def test_jobs_watch_rides_out_an_api_server_restart(control_plane, tmp_path):
@@ -493,19 +501,11 @@ def test_jobs_watch_rides_out_an_api_server_restart(control_plane, tmp_path):
     apply(control_plane, objects)
     wait_for("2 running pods", lambda: [p["status"].get("phase") for p in job_pods(control_plane, ns, "xray-train")]
              == ["Running", "Running"])
-    watch = subprocess.Popen([str(REPO / ".venv" / "bin" / "xray"), "jobs", "watch", "xray-train", "-n", ns,
-                              "--interval", "1"], env=dict(os.environ, **env), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        lines = Lines(watch)
-        wait_for("watch to show the running job", lambda: lines.seen("RUNNING"), 60)
+    with Watch(env, "xray-train", "-n", ns, "--interval", "1") as watch:
+        wait_for("watch to show the running job", lambda: watch.seen("RUNNING"), 60)
         control_plane.restart_apiserver(down_s=8)
-        out, err = watch.communicate(timeout=240)
-        out = lines.text + out
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-    assert watch.returncode == 0, err
+        code, out, err = watch.finish(240)
+    assert code == 0, err
     assert "warning: cannot reach the cluster of context xray-local" in err and "retrying in 1 s" in err
     assert "the API server answers again after" in err
     assert "SUCCEEDED (completed 2/2)" in out
