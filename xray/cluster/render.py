@@ -23,9 +23,9 @@ from xray.cluster.monitor import QUEUE_LABEL
 # The kustomize bases, overlays and components ship inside the package (package data), so an installed xray
 # renders the same manifests as a clone.
 MANIFESTS = Path(__file__).resolve().parents[1] / "k8s"
-# component -> (the Jobs/Deployments it runs, with their container); storage and upload have none.
+# component -> (the Jobs/Deployments/Pods it runs, with their container); storage has none.
 WORKLOADS = {
-    "storage": [], "upload": [],
+    "storage": [], "upload": [("Pod", "xray-upload", "upload")],
     "train": [("Job", "xray-train", "worker")],
     "tune": [("Job", "xray-tune-chief", "chief"), ("Job", "xray-tune-workers", "worker")],
     "serving": [("Deployment", "xray-serving", "tfserving")],
@@ -199,6 +199,14 @@ def _serving_from_bucket(objects: list[dict], model_base: str) -> dict:
         "volumes": [{"name": "models", "$patch": "delete"}]}}})
 
 
+def _pod_patch(kind: str, name: str, spec: dict) -> dict:
+    """A strategic-merge patch of the pod spec of a Job or Deployment (its template), or of a bare Pod."""
+    if kind == "Pod":
+        return {"target": {"kind": "Pod", "name": name}, "patch": json.dumps(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})}
+    return _strategic(kind, name, {"template": {"spec": spec}})
+
+
 def _replicas(job: str, count: int) -> dict:
     """An Indexed Job's pod count: completions = parallelism = count."""
     return {"target": {"kind": "Job", "name": job}, "patch": json.dumps([
@@ -267,31 +275,19 @@ def render_kustomization(request: RenderRequest, out_dir: str | Path) -> Path:
                 patches.append({"target": {"kind": "Job", "name": job}, "patch": json.dumps({
                     "apiVersion": "batch/v1", "kind": "Job",
                     "metadata": {"name": job, "labels": {QUEUE_LABEL: request.queue}}, "spec": {"suspend": True}})})
+    # What every pod of the step gets: one patch per workload (a Job's or Deployment's template, or the Pod itself).
     pod: dict = {}
     if request.service_account:
         pod["serviceAccountName"] = request.service_account
     if request.image_pull_secret:
         pod["imagePullSecrets"] = [{"name": request.image_pull_secret}]
-    if pod:
-        for kind, name, _ in WORKLOADS[request.component]:
-            patches.append(_strategic(kind, name, {"template": {"spec": pod}}))
-        if request.component == "upload":
-            patches.append({"target": {"kind": "Pod", "name": "xray-upload"}, "patch": json.dumps(
-                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "xray-upload"}, "spec": pod})})
-    if request.model_base and request.component == "serving" and "://" in request.model_base:
-        patches.append(_serving_from_bucket(kustomize(overlay), request.model_base.rstrip("/")))
+    if request.node_selector:
+        pod["nodeSelector"] = dict(pair.split("=", 1) for pair in request.node_selector)
     policy = pull_policy(request)
     for kind, name, container in WORKLOADS[request.component]:
-        patches.append(_strategic(kind, name, {"template": {"spec": {"containers": [
-            {"name": container, "imagePullPolicy": policy}]}}}))
-    if request.component == "upload":
-        patches.append({"target": {"kind": "Pod", "name": "xray-upload"}, "patch": json.dumps(
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "xray-upload"},
-             "spec": {"containers": [{"name": "upload", "imagePullPolicy": policy}]}})})
-    if request.node_selector:
-        selector = dict(pair.split("=", 1) for pair in request.node_selector)
-        for kind, name, _ in WORKLOADS[request.component]:
-            patches.append(_strategic(kind, name, {"template": {"spec": {"nodeSelector": selector}}}))
+        patches.append(_pod_patch(kind, name, {**pod, "containers": [{"name": container, "imagePullPolicy": policy}]}))
+    if request.model_base and request.component == "serving" and "://" in request.model_base:
+        patches.append(_serving_from_bucket(kustomize(overlay), request.model_base.rstrip("/")))
     if request.component in ("train", "tune", "export"):
         literals = [f"XRAY_DATA={request.data}"] + ([f"XRAY_WORKDIR={request.workdir}"] if request.workdir else [])
     if request.component == "tune" and request.max_trials:

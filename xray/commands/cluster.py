@@ -165,6 +165,8 @@ def _run_step(args):
 
 
 def _add_jobs(sub):
+    from xray.cluster.kube import OUTPUTS
+
     p = sub.add_parser("jobs", help="training/tuning jobs on Kubernetes: list, status, watch, logs, delete",
                        epilog="exit status: status, list, logs and delete exit 0 when they could read the cluster, as "
                        "kubectl get does, whatever the job's state (read it from -o json's job.state); watch exits 0 when "
@@ -180,7 +182,7 @@ def _add_jobs(sub):
     p.add_argument("name", nargs="?", default="xray-train", help="job name (default: xray-train)")
     p.add_argument("-n", "--namespace", default="xray")
     p.add_argument("--context", default="", help="the kubeconfig context to use (default: the current one)")
-    p.add_argument("-o", "--output", default="table", choices=("table", "wide", "json", "yaml"),
+    p.add_argument("-o", "--output", default="table", choices=OUTPUTS,
                    help="status, list: wide adds pod IPs and images; json/yaml print the document of "
                    "docs/monitoring.md for scripts")
     p.add_argument("--index", type=int, default=0, help="logs: the worker index (0 is the chief)")
