@@ -147,17 +147,26 @@ class ControlPlane:
             subprocess.run(["openssl", "genrsa", "-out", str(pki / "sa.key"), "2048"], check=True, capture_output=True)
             subprocess.run(["openssl", "rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")],
                            check=True, capture_output=True)
-        if not (pki / "kubelet-client.crt").exists():
-            # The API server's client certificate for the kubelet (logs, exec, port-forward); the kubelet trusts
-            # this CA alone and admits no anonymous request.
-            openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-days", "3650"]
-            subprocess.run([*openssl, "-x509", "-keyout", str(pki / "kubelet-ca.key"), "-out", str(pki / "kubelet-ca.crt"),
-                            "-subj", "/CN=xray-kubelet-client-ca"], check=True, capture_output=True)
-            subprocess.run([*openssl, "-keyout", str(pki / "kubelet-client.key"), "-out", str(pki / "kubelet-client.csr"),
-                            "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client"], check=True, capture_output=True)
-            subprocess.run(["openssl", "x509", "-req", "-in", str(pki / "kubelet-client.csr"), "-CA",
-                            str(pki / "kubelet-ca.crt"), "-CAkey", str(pki / "kubelet-ca.key"), "-CAcreateserial",
-                            "-days", "3650", "-out", str(pki / "kubelet-client.crt")], check=True, capture_output=True)
+        # The API server's client certificate for the kubelet (logs, exec, port-forward); the kubelet trusts this CA
+        # alone and admits no anonymous request.
+        self._client_certificate("kubelet-ca", "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+        # The aggregation layer's (front proxy's) client certificate: an aggregated API server (Kueue's visibility
+        # API) believes the user the API server names in its headers only from a client with this certificate.
+        self._client_certificate("front-proxy-ca", "front-proxy-client", "/CN=front-proxy-client")
+
+    def _client_certificate(self, ca: str, client: str, subject: str) -> None:
+        """pki/<ca>.crt, a CA of its own, and pki/<client>.crt/.key signed by it (made once per cluster root)."""
+        pki = self.root / "pki"
+        if (pki / f"{client}.crt").exists():
+            return
+        openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-days", "3650"]
+        subprocess.run([*openssl, "-x509", "-keyout", str(pki / f"{ca}.key"), "-out", str(pki / f"{ca}.crt"),
+                        "-subj", f"/CN=xray-{ca}"], check=True, capture_output=True)
+        subprocess.run([*openssl, "-keyout", str(pki / f"{client}.key"), "-out", str(pki / f"{client}.csr"),
+                        "-subj", subject], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(pki / f"{client}.csr"), "-CA", str(pki / f"{ca}.crt"),
+                        "-CAkey", str(pki / f"{ca}.key"), "-CAcreateserial", "-days", "3650",
+                        "-out", str(pki / f"{client}.crt")], check=True, capture_output=True)
 
     def _etcd_args(self, ports: dict) -> list[str]:
         client = f"http://127.0.0.1:{ports['etcd']}"
@@ -179,10 +188,19 @@ class ControlPlane:
                 "--service-cluster-ip-range=10.96.0.0/16", "--kubelet-preferred-address-types=InternalIP",
                 f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client", "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 # Privileged pods are allowed by the API server so that a refusal can only come from Pod Security
                 # admission (on by default); nodes are created by the tests, not by kubelets, and must not
                 # keep the not-ready taint that TaintNodesByCondition puts on new nodes.
-                "--allow-privileged=true", "--disable-admission-plugins=TaintNodesByCondition"]
+                "--allow-privileged=true", "--disable-admission-plugins=TaintNodesByCondition",
+                # Webhooks, CRD conversion and aggregated APIs (Kueue's, kueue.py) are called at their Service's
+                # endpoint, not its cluster IP: this API server runs on the host, where no route leads to
+                # the Service range (node.py makes it unreachable), as on a control plane outside the pod network.
+                "--enable-aggregator-routing=true"]
 
     def _controller_manager_args(self, ports: dict) -> list[str]:
         pki = self.root / "pki"
@@ -302,6 +320,10 @@ class ControlPlane:
             if self._state().get("real_node"):  # the claim gets the node's default class: the volume must match
                 volume["spec"]["storageClassName"] = STORAGE_CLASS
         self.kubectl("apply", "-f", "-", input=json.dumps(volume))
+
+    def ports(self) -> dict[str, int]:
+        """The ports this cluster's components listen on (127.0.0.1): apiserver, etcd, ..."""
+        return dict(self._state().get("ports", {}))
 
     def load_image(self, archive: Path, *names: str) -> None:
         """Imports an image archive into the real node's containerd under each of `names` (kind load, here)."""
