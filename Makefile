@@ -66,6 +66,8 @@ SERVING_CONFIG ?= $(BUILD)/serving-config
 # make serve: TF Serving at the version of our TensorFlow and tensorflow-serving-api (2.21). make deploy-serving
 # runs the overlay's (the same) unless SERVING_IMAGE is set.
 SERVING_IMAGE ?=
+# The one place the Makefile names it; the overlays pin the same tag (tests/test_kube.py checks both agree).
+TFSERVING_IMAGE = tensorflow/serving:2.21.0
 # make image: the base image (any Python 3.11 with venv) and a CA bundle for pip behind a TLS-inspecting proxy.
 BASE ?=
 PIP_CERT ?=
@@ -89,7 +91,7 @@ DOCKER_RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: bench help venv train tune export serve predict test mutate clean image push train-cluster tune-cluster deploy-serving status logs delete \
-  cluster-build cluster-up cluster-down image-load volume image-set pin-serving record-digest data-cluster weights-cluster export-cluster tensorboard lock promote promote-local standin-load
+  cluster-build cluster-up cluster-kueue-up cluster-kueue-down cluster-down image-load volume image-set pin-serving record-digest data-cluster weights-cluster export-cluster tensorboard lock promote promote-local standin-load
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -155,7 +157,7 @@ serve: $(VENV)/.installed ## run TF Serving in Docker over $(MODEL_BASE): gRPC :
 	$(XRAY) export --model-base $(MODEL_BASE) --serving-config $(SERVING_CONFIG) --serving-base-path /models/xray
 	docker run --rm --name xray-serving $(DOCKER_RUN_ARGS) -p $(GRPC_PORT):$(GRPC_PORT) -p $(REST_PORT):$(REST_PORT) \
 	  -v $(abspath $(MODEL_BASE)):/models/xray:ro -v $(abspath $(SERVING_CONFIG)):/config:ro \
-	  --entrypoint tensorflow_model_server $(or $(SERVING_IMAGE),tensorflow/serving:2.21.0) \
+	  --entrypoint tensorflow_model_server $(or $(SERVING_IMAGE),$(TFSERVING_IMAGE)) \
 	  --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --model_config_file=/models/xray/models.config \
 	  --model_config_file_poll_wait_seconds=30 --enable_batching --batching_parameters_file=/config/batching.config \
 	  --monitoring_config_file=/config/monitoring.config --allow_version_labels_for_unavailable_models=true $(SERVING_FLAGS)
@@ -183,13 +185,14 @@ pin-serving: ## pull the TF Serving image (SERVING_IMAGE, default the overlay's)
 	docker pull $(or $(SERVING_IMAGE),$(OVERLAY_SERVING_IMAGE))
 	@$(MAKE) --no-print-directory record-digest REF=$(or $(SERVING_IMAGE),$(OVERLAY_SERVING_IMAGE)) PIN_NAME=serving-$(OVERLAY)
 
+PIN_FILE = $(call digest_file,$(or $(PIN_NAME),$(REF)))
 record-digest:
 	@mkdir -p $(DIGESTS)
 	@name="$(REF)"; name="$${name%:*}"; \
 	  digest=$$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$(REF)" | grep -m1 "^$$name@sha256:"); \
 	  test -n "$$digest" || { echo "docker has no registry digest for $(REF) (docker inspect RepoDigests is empty: was it pushed?)" >&2; exit 1; }; \
-	  echo "$$digest" > $(call digest_file,$(or $(PIN_NAME),$(REF))).tmp && mv $(call digest_file,$(or $(PIN_NAME),$(REF))).tmp $(call digest_file,$(or $(PIN_NAME),$(REF))); \
-	  echo "recorded $$digest in $(call digest_file,$(or $(PIN_NAME),$(REF))): the cluster steps run this digest"
+	  echo "$$digest" > $(PIN_FILE).tmp && mv $(PIN_FILE).tmp $(PIN_FILE); \
+	  echo "recorded $$digest in $(PIN_FILE): the cluster steps run this digest"
 
 image-set:
 	@test -n "$(IMAGE)" || { echo "set IMAGE to the project image you pushed (make image push IMAGE=registry.example.com/xray TAG=$(TAG)), e.g. make $(MAKECMDGOALS) IMAGE=registry.example.com/xray TAG=$(TAG)" >&2; exit 2; }
@@ -200,7 +203,7 @@ STEP_ARGS = --overlay $(OVERLAY) --namespace $(NAMESPACE) --interval $(WATCH_INT
   $(if $(NODE_SELECTOR),--node-selector "$(NODE_SELECTOR)") $(if $(SERVICE_ACCOUNT),--service-account $(SERVICE_ACCOUNT)) \
   $(if $(IMAGE_PULL_SECRET),--image-pull-secret $(IMAGE_PULL_SECRET))
 STEP_IMAGE = --image $(or $(shell cat $(call digest_file,$(IMAGE):$(CLUSTER_TAG)) 2>/dev/null),$(IMAGE):$(CLUSTER_TAG))
-OVERLAY_SERVING_IMAGE = tensorflow/serving:2.21.0$(if $(filter gpu,$(OVERLAY)),-gpu)
+OVERLAY_SERVING_IMAGE = $(TFSERVING_IMAGE)$(if $(filter gpu,$(OVERLAY)),-gpu)
 SERVING_PIN = $(shell cat $(call digest_file,serving-$(OVERLAY)) 2>/dev/null)
 
 volume: $(VENV)/.installed ## the namespace and the shared volume claim (a step of its own; STORAGE_CLASS=name)
@@ -261,9 +264,10 @@ bench: $(VENV)/.installed ## P1-P9 side-by-side benchmarks -> bench/results.json
 
 test: $(VENV)/.installed ## run the test suite (real TensorFlow, multi-process training, a local Kubernetes control plane)
 	@# Built before pytest so that a cold build (minutes, once per machine) is not counted in a test's timeout:
-	@# the cluster's binaries, then the project image's archive (both cached in ~/.cache/xray).
+	@# the cluster's binaries, the project image's archive, Kueue's manager (all cached in ~/.cache/xray).
 	bash xray/localcluster/build.sh >/dev/null
 	$(BIN)/python -m xray.localcluster image-archive >/dev/null
+	$(BIN)/python -m xray.localcluster kueue build >/dev/null
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # make mutate MODULES="xray.data.split xray.trainer.config": those modules only (default: all of [tool.mutmut] only_mutate).
@@ -292,6 +296,12 @@ standin-load: $(VENV)/.installed ## TEST INFRASTRUCTURE: the TF Serving stand-in
 	cp tests/tfserving_standin/* $(BUILD)/standin-context/
 	cp -r tests/tfserving_stub $(BUILD)/standin-context/ && rm -rf $(BUILD)/standin-context/tfserving_stub/__pycache__
 	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster derived $(STANDIN_IMAGE) $(BUILD)/standin-context
+
+cluster-kueue-up: $(VENV)/.installed ## install Kueue (built from its Go module, cached) on the local cluster, for QUEUE=
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster kueue up
+
+cluster-kueue-down: $(VENV)/.installed ## take Kueue out of the local cluster again
+	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(BIN)/python -m xray.localcluster kueue down
 
 cluster-down: ## stop the local cluster started by cluster-up, take back what its node changed on the host, remove its data (logs stay)
 	XRAY_CLUSTER_ROOT=$(CLUSTER_ROOT) $(PYTHON) -m xray.localcluster down

@@ -463,6 +463,91 @@ def test_a_queued_job_creates_no_pods_is_reported_queued_and_runs_once_admitted(
     assert "SUCCEEDED (completed 2/2)" in out
 
 
+def kueue_queue(plane, ns: str, cpu: str) -> None:
+    """A ResourceFlavor, a ClusterQueue with `cpu` of quota (memory and ephemeral storage to spare: every container
+    requests all three) and the LocalQueue team-a in `ns` that points at it, as docs/kubernetes.md writes them."""
+    resources = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"},
+                 {"name": "ephemeral-storage", "nominalQuota": "64Gi"}]
+    objects = [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": "xray"},
+         "spec": {"namespaceSelector": {}, "resourceGroups": [{
+             "coveredResources": [r["name"] for r in resources],
+             "flavors": [{"name": "default-flavor", "resources": resources}]}]}},
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": "team-a", "namespace": ns},
+         "spec": {"clusterQueue": "xray"}}]
+    plane.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in objects))
+
+
+def workload_conditions(plane, ns: str) -> dict[str, str]:
+    """The conditions (type -> status) of the one Workload Kueue made for the Job in `ns` ({} before it exists)."""
+    items = get(plane, "workloads.kueue.x-k8s.io", "-n", ns)["items"]
+    return {c["type"]: c["status"] for c in items[0].get("status", {}).get("conditions", [])} if items else {}
+
+
+def test_kueue_built_from_its_module_admits_all_workers_or_none(control_plane, tmp_path):
+    """Kueue itself (xray/localcluster/kueue.py: v0.17.0 built from its Go module, installed from its own config with
+    its webhooks, conversion webhooks and cert rotator). SHORTCUT, said in kueue.py: its manager runs in the real
+    node's network namespace, because this API server listens on loopback only.
+
+    QUEUE=team-a with quota for one worker of two: Kueue makes the Workload and does not admit it; the Job stays
+    suspended with no pod (not one worker holding its share at the startup barrier) and `xray jobs status` says
+    QUEUED. With the quota raised, Kueue admits both at once and the running `xray jobs watch` ends SUCCEEDED."""
+    env = {"KUBECONFIG": str(control_plane.kubeconfig)}
+    installed = make(control_plane, "cluster-kueue-up", f"CLUSTER_ROOT={control_plane.root}", timeout=900)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "Kueue v0.17.0 answers: its webhooks admit, its visibility API is available" in installed.stderr
+    try:
+        ns = namespace(control_plane, "kueue")
+        objects = render(control_plane, tmp_path, "train", "local", ns, 2, "--queue", "team-a")
+        per_worker = train_job(objects)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+        assert per_worker == "250m"
+        kueue_queue(control_plane, ns, cpu="400m")  # one worker's 250m fits, two do not
+        apply(control_plane, objects)
+        wait_for("Kueue to find no quota for the workload", lambda: workload_conditions(
+            control_plane, ns).get("QuotaReserved") == "False", 60)
+        assert workload_conditions(control_plane, ns).get("Admitted", "False") == "False"
+        assert get(control_plane, "job", "xray-train", "-n", ns)["spec"]["suspend"] is True
+        assert job_pods(control_plane, ns, "xray-train") == []
+        document = json.loads(run_xray("jobs", "status", "xray-train", "-n", ns, "-o", "json", env=env).stdout)
+        assert (document["job"]["state"], document["job"]["queue"]) == ("queued", "team-a")
+        with Watch(env, "xray-train", "-n", ns, "--interval", "1") as watch:
+            wait_for("watch to show the queued job", lambda: watch.seen("QUEUED"), 60)
+            control_plane.kubectl("patch", "clusterqueue", "xray", "--type=json", "-p", json.dumps([
+                {"op": "replace", "path": "/spec/resourceGroups/0/flavors/0/resources/0/nominalQuota", "value": "1"}]))
+            code, out, err = watch.finish(180)
+        assert code == 0, err
+        assert "SUCCEEDED (completed 2/2)" in out
+        assert workload_conditions(control_plane, ns)["Finished"] == "True"  # Kueue saw the Job through to its end
+    finally:
+        removed = make(control_plane, "cluster-kueue-down", f"CLUSTER_ROOT={control_plane.root}")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert get(control_plane, "crd")["items"] == []  # Kueue's CRDs, queues and workloads are gone with it
+    assert not control_plane.kubectl("get", "mutatingwebhookconfigurations", "-o", "name").stdout.strip()
+
+
+def test_weights_that_are_not_hdf5_are_refused_before_the_uploader_starts(control_plane, tmp_path):
+    """make weights-cluster WEIGHTS=<not HDF5>: one line naming the file and the fix; no uploader pod is made."""
+    ns = namespace(control_plane, "weights")
+    weights = tmp_path / "resnet50v2_notop.h5"
+    weights.write_text("<html>a proxy's error page saved under the weights' name</html>")
+    ran = make(control_plane, "weights-cluster", f"WEIGHTS={weights}", f"NAMESPACE={ns}")
+    assert ran.returncode != 0
+    assert f"error: weights file {weights} is not an HDF5 file" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert get(control_plane, "pods", "-n", ns)["items"] == []
+
+
+def test_cluster_kueue_targets_refuse_in_one_line_without_a_cluster(tmp_path):
+    """make cluster-kueue-up/-down where no local cluster runs: one line that says what to do, no traceback."""
+    for target in ("cluster-kueue-up", "cluster-kueue-down"):
+        ran = subprocess.run(["make", target, f"CLUSTER_ROOT={tmp_path / 'none'}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert ran.returncode != 0
+        errors = [line for line in ran.stderr.splitlines() if not line.startswith("make")]
+        assert errors == [f"error: no local cluster runs at {tmp_path / 'none'}: make cluster-up first"], ran.stderr
+
+
 class Watch:
     """`xray jobs watch ARGS` running beside the test, as a user runs it in another terminal: its output read line by
     line until a word shows (what was read is kept), then to its end; killed if the test leaves first."""

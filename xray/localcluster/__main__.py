@@ -15,13 +15,16 @@ USAGE = """usage: python -m xray.localcluster COMMAND
                         node's containerd under each NAME
   image-archive         build the project image's archive only (no cluster needed); prints its path
   derived NAME:TAG DIR  build DIR/Dockerfile FROM the project image (build argument PROJECT_IMAGE; cached by
-                        content) and load it into the node under NAME:TAG"""
+                        content) and load it into the node under NAME:TAG
+  kueue up|down|build   install Kueue (built from its Go module, cached) on the running cluster, take it out
+                        again, or only build it (no cluster needed)"""
 
 
 def main(argv: list[str]) -> int:
-    from xray.localcluster import images
+    from xray.localcluster import images, kueue
 
-    if not argv or argv[0] not in ("up", "down", "build", "image", "image-archive", "derived") \
+    if not argv or argv[0] not in ("up", "down", "build", "image", "image-archive", "derived", "kueue") \
+            or argv[0] == "kueue" and (len(argv) != 2 or argv[1] not in ("up", "down", "build")) \
             or argv[0] != "up" and "--no-node" in argv or argv[0] == "image" and len(argv) < 2 \
             or argv[0] == "derived" and (len(argv) != 3 or ":" not in argv[1]) \
             or argv[0] in ("down", "build", "image-archive") and len(argv) > 1:
@@ -37,6 +40,19 @@ def main(argv: list[str]) -> int:
             kubeconfig = plane.up(node=node)
             what = "control plane, node xray-node and 2 KWOK nodes" if node else "control plane and 2 KWOK nodes"
             print(f"{what} up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
+        elif argv[0] == "kueue":
+            log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+            if argv[1] == "build":
+                print(kueue.build(log))
+            elif not plane.running():
+                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
+            elif argv[1] == "up":
+                kueue.up(plane, log=log)
+                print(f"Kueue {kueue.VERSION} runs in namespace {kueue.NAMESPACE}: make a ClusterQueue and a "
+                      "LocalQueue (docs/kubernetes.md, Gang admission with Kueue), then QUEUE=<local queue>")
+            else:
+                kueue.down(plane)
+                print(f"Kueue {kueue.VERSION} removed (its CRDs, queues and workloads with it)")
         elif argv[0] == "image-archive":
             print(images.project_archive(log=lambda line: print(line, file=sys.stderr)))
         elif argv[0] == "derived":
@@ -58,7 +74,7 @@ def main(argv: list[str]) -> int:
         else:
             stopped = plane.down()
             print(f"stopped {', '.join(stopped) or 'nothing (not running)'}; data removed, logs kept in {plane.logs}")
-    except (ControlPlaneError, host.HostError, images.ImageError) as error:
+    except (ControlPlaneError, host.HostError, images.ImageError, kueue.KueueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

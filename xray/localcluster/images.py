@@ -67,15 +67,18 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def write_archive(out: Path, layer: Path, reference: str, entrypoint: list[str]) -> None:
-    """A one-layer image archive (docker save layout: manifest.json, the config, the layer tar)."""
+def write_archive(out: Path, layer: Path, reference: str, entrypoint: list[str], user: str | None = None) -> None:
+    """A one-layer image archive (docker save layout: manifest.json, the config, the layer tar); `user` is the
+    image's USER ("uid:gid"), which a pod with runAsNonRoot and no runAsUser needs."""
     digest = hashlib.sha256()
     with open(layer, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    image_config = {"Entrypoint": entrypoint, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+    if user:
+        image_config["User"] = user
     config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "architecture": "amd64", "os": "linux", "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
         "history": [{"created_by": "xray.localcluster.images"}]}, sort_keys=True).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
@@ -89,22 +92,29 @@ def write_archive(out: Path, layer: Path, reference: str, entrypoint: list[str])
     os.replace(tmp, out)
 
 
-def pause_archive(pause_binary: Path) -> Path:
-    out = IMAGES / f"pause-{hashlib.sha256(pause_binary.read_bytes()).hexdigest()[:12]}.tar"
+def binary_archive(binary: Path, reference: str, path: str, user: str | None = None) -> Path:
+    """A one-layer image holding one static program at /`path`, run as its entrypoint: cached in IMAGES, keyed on
+    the program's bytes, the reference and the user."""
+    key = hashlib.sha256(binary.read_bytes() + f"\0{reference}\0{path}\0{user}".encode()).hexdigest()[:12]
+    out = IMAGES / f"{path}-{key}.tar"
     if out.exists():
         return out
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=IMAGES) as tmp:
         layer = Path(tmp) / "layer.tar"
         with tarfile.open(layer, "w") as archive:
-            info = archive.gettarinfo(str(pause_binary), arcname="pause")
+            info = archive.gettarinfo(str(binary), arcname=path)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mode = 0o755
-            with open(pause_binary, "rb") as f:
+            with open(binary, "rb") as f:
                 archive.addfile(info, f)
-        write_archive(out, layer, PAUSE_IMAGE, ["/pause"])
+        write_archive(out, layer, reference, [f"/{path}"], user)
     return out
+
+
+def pause_archive(pause_binary: Path) -> Path:
+    return binary_archive(pause_binary, PAUSE_IMAGE, "pause")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -286,6 +286,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         for name in names:
             if source is None:
                 raise NodeError(f"ctr images import of {archive} named no image")
+            if images.normalize(name) == source:
+                continue  # imported under that name already
             self.ctr("images", "rm", images.normalize(name), check=False)
             self.ctr("images", "tag", source, images.normalize(name))
 
