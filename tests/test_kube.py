@@ -761,6 +761,17 @@ esac
     assert f"--image tensorflow/serving@{digest}" in plan.stdout, plan.stdout
 
 
+def test_the_makefile_and_the_overlays_pin_the_same_tf_serving():
+    """make serve / pin-serving name TF Serving once (TFSERVING_IMAGE); the overlays pin the same tag, -gpu on gpu."""
+    (image,) = re.findall(r"^TFSERVING_IMAGE = (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    name, tag = image.rsplit(":", 1)
+    for overlay, suffix in (("local", ""), ("gpu", "-gpu")):
+        kustomization = yaml.safe_load((REPO / "xray" / "k8s" / "overlays" / overlay / "serving" /
+                                        "kustomization.yaml").read_text())
+        (pin,) = [i for i in kustomization["images"] if i["name"] == name]
+        assert pin["newTag"] == tag + suffix, overlay
+
+
 def _literals(objects, name: str) -> set[str]:
     (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(name + "-")
                  and "config.json" not in o.get("data", {})]

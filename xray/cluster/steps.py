@@ -160,10 +160,8 @@ def weights(file: str, upload: RenderRequest, out_dir: str | Path, how: Follow =
     with open(path, "rb") as f:
         if f.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
             raise ClusterError(f"weights file {file} is not an HDF5 file; give {IMAGENET_WEIGHTS_FILE}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        f.seek(0)
+        digest = hashlib.file_digest(f, "sha256")
     status = run(upload, Path(out_dir) / "upload", how, out=out)
     if status != 0:
         return status
