@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 
 import pytest
@@ -533,3 +534,45 @@ def test_files_directly_in_train_are_found(tmp_path):
     src = _source(tmp_path / "src", {"train/a.jpeg": b"a", "test/b.jpeg": b"b"})
     assert {s: [m.path for m in ms] for s, ms in upload.list_source(src).items()} == {"train": ["a.jpeg"],
                                                                                      "test": ["b.jpeg"]}
+
+
+def _bytes_read(pid: int) -> int:
+    """rchar of /proc/PID/io: bytes the process has read (0 before it starts)."""
+    try:
+        fields = dict(line.split(": ") for line in open(f"/proc/{pid}/io").read().splitlines())
+    except FileNotFoundError:
+        return 0
+    return int(fields["rchar"])
+
+
+def test_receiver_file_writes_one_file_whole_and_a_kill_mid_stream_leaves_the_previous_one(tmp_path):
+    """`python -m xray.data.receiver file DEST NAME` (what make weights-cluster runs in the uploader pod through
+    kubectl exec -i), as a process: stdin lands as DEST/NAME and the sha256 printed is the bytes'; a second copy
+    killed half-way (SIGKILL, the stream open) leaves the first file as it was and no partial file behind."""
+    dest = tmp_path / "weights"
+    first = bytes(range(256)) * 8192  # 2 MiB: more than one read block
+    ran = subprocess.run([sys.executable, "-m", "xray.data.receiver", "file", str(dest), "w.h5"], input=first,
+                         capture_output=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.decode().strip() == hashlib.sha256(first).hexdigest()
+    assert (dest / "w.h5").read_bytes() == first
+    process = subprocess.Popen([sys.executable, "-m", "xray.data.receiver", "file", str(dest), "w.h5"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(b"\0" * (3 << 20))
+    process.stdin.flush()
+    # The write returned, so the receiver has read all but a pipe's buffer (64 KiB) of it; its own count says so.
+    deadline = time.monotonic() + 30
+    while _bytes_read(process.pid) < (2 << 20) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _bytes_read(process.pid) >= (2 << 20), "the receiver never read its input"
+    process.kill()
+    process.communicate()
+    assert (dest / "w.h5").read_bytes() == first
+    second = b"\x89HDF" * 1000
+    again = subprocess.run([sys.executable, "-m", "xray.data.receiver", "file", str(dest), "w.h5"], input=second,
+                           capture_output=True)
+    assert again.returncode == 0 and (dest / "w.h5").read_bytes() == second
+    assert sorted(p.name for p in dest.iterdir()) == ["w.h5"]  # the killed copy's partial file went with it
+    refused = subprocess.run([sys.executable, "-m", "xray.data.receiver", "file", str(dest), "../w.h5"], input=b"x",
+                             capture_output=True)
+    assert refused.returncode == 1 and refused.stderr.decode().startswith("receiver: file name '../w.h5' is refused")

@@ -130,21 +130,6 @@ def data(src: str, dest: str, upload: RenderRequest, shards: RenderRequest, out_
 
 WEIGHTS_DIR = "/mnt/xray/weights"  # on the volume; the train and tune pods' XRAY_WEIGHTS_PATH starts with it
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-# Runs in the uploader pod: standard input to a temporary name, flushed, then renamed (a kill mid-copy leaves the
-# previous file whole); prints the sha256 of what it wrote.
-_RECEIVE_FILE = ("import hashlib, os, sys\n"
-                 "folder, name = sys.argv[1], sys.argv[2]\n"
-                 "os.makedirs(folder, exist_ok=True)\n"
-                 "temporary = os.path.join(folder, '.' + name + '.tmp')\n"
-                 "digest = hashlib.sha256()\n"
-                 "with open(temporary, 'wb') as f:\n"
-                 "    for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b''):\n"
-                 "        digest.update(block)\n"
-                 "        f.write(block)\n"
-                 "    f.flush()\n"
-                 "    os.fsync(f.fileno())\n"
-                 "os.replace(temporary, os.path.join(folder, name))\n"
-                 "print(digest.hexdigest())\n")
 
 
 def weights(file: str, upload: RenderRequest, out_dir: str | Path, how: Follow = Follow(), out=print) -> int:
@@ -165,8 +150,8 @@ def weights(file: str, upload: RenderRequest, out_dir: str | Path, how: Follow =
     status = run(upload, Path(out_dir) / "upload", how, out=out)
     if status != 0:
         return status
-    command = ["kubectl", "exec", "-i", "-n", upload.namespace, "xray-upload", "--", "python", "-c", _RECEIVE_FILE,
-               WEIGHTS_DIR, IMAGENET_WEIGHTS_FILE]
+    command = ["kubectl", "exec", "-i", "-n", upload.namespace, "xray-upload", "--", "python", "-m", "xray.data.receiver",
+               "file", WEIGHTS_DIR, IMAGENET_WEIGHTS_FILE]
     try:
         with open(path, "rb") as f:
             result = subprocess.run(command, stdin=f, capture_output=True)

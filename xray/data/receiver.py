@@ -4,6 +4,8 @@
     python -m xray.data.receiver state DEST            each split's index (path -> size, sha256), as JSON
     python -m xray.data.receiver receive DEST SPLIT    a tar stream on stdin -> DEST/SPLIT, swapped in when verified
     python -m xray.data.receiver remove DEST SPLIT     a split gone from the source
+    python -m xray.data.receiver file DEST NAME        one file on stdin -> DEST/NAME, swapped in whole; prints
+                                                       its sha256 (make weights-cluster)
 
 What it guarantees is in xray.data.upload's docstring. Standard library only. The names and errors both sides share
 live here, the lower of the two.
@@ -159,6 +161,30 @@ def remove(dest: str, split: str) -> None:
         shutil.rmtree(root / f".old-{split}")
 
 
+def receive_file(dest: str, name: str, stream) -> str:
+    """One file from `stream` into DEST/NAME: written under a temporary name beside it, flushed to disk, then renamed
+    over it, so a stream cut anywhere leaves the previous DEST/NAME whole. Returns the sha256 of what was written,
+    for the sender to compare with its own."""
+    problem = "a single name, without folders" if "/" in name or name in (".", "..") else name_problem(name)
+    if problem:
+        raise UploadError(f"file name {name!r} is refused: {problem}")
+    folder = Path(dest)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.partial"
+    digest = hashlib.sha256()
+    try:
+        with open(temporary, "wb") as f:
+            while block := stream.read(CHUNK):
+                digest.update(block)
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, folder / name)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return digest.hexdigest()
+
+
 def main(argv: list[str]) -> int:
     try:
         if argv[:1] == ["state"] and len(argv) == 2:
@@ -167,8 +193,11 @@ def main(argv: list[str]) -> int:
             print(json.dumps(receive(argv[1], argv[2], sys.stdin.buffer)))
         elif argv[:1] == ["remove"] and len(argv) == 3:
             remove(argv[1], argv[2])
+        elif argv[:1] == ["file"] and len(argv) == 3:
+            print(receive_file(argv[1], argv[2], sys.stdin.buffer))
         else:
-            print("usage: python -m xray.data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT", file=sys.stderr)
+            print("usage: python -m xray.data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT | "
+                  "file DEST NAME", file=sys.stderr)
             return 2
     except (UploadError, OSError) as error:
         print(f"receiver: {error}", file=sys.stderr)
