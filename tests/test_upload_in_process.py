@@ -229,7 +229,8 @@ def test_the_receiver_refuses_a_member_it_must_not_write(tmp_path, name, kind, m
 def test_the_receivers_command_line(tmp_path, capsys, monkeypatch):
     assert receiver.main(["state", str(tmp_path)]) == 0 and json.loads(capsys.readouterr().out) == {}
     assert receiver.main(["bogus"]) == 2
-    assert capsys.readouterr().err == "usage: python -m xray.data.receiver state DEST | receive DEST SPLIT | remove DEST SPLIT\n"
+    assert capsys.readouterr().err == ("usage: python -m xray.data.receiver state DEST | receive DEST SPLIT | "
+                                       "remove DEST SPLIT | file DEST NAME\n")
     assert receiver.main(["remove", str(tmp_path), "nope"]) == 1
     assert capsys.readouterr().err == "receiver: unknown split 'nope'\n"
     files = {"a.jpeg": b"a"}
