@@ -20,6 +20,17 @@ USAGE = """usage: python -m xray.localcluster COMMAND
                         again, or only build it (no cluster needed)"""
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _running(plane: ControlPlane, root: Path) -> ControlPlane:
+    """The cluster the command works on, or the one line that says to start it."""
+    if not plane.running():
+        raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
+    return plane
+
+
 def main(argv: list[str]) -> int:
     from xray.localcluster import images, kueue
 
@@ -41,34 +52,29 @@ def main(argv: list[str]) -> int:
             what = "control plane, node xray-node and 2 KWOK nodes" if node else "control plane and 2 KWOK nodes"
             print(f"{what} up: KUBECONFIG={kubeconfig} (logs in {plane.logs})")
         elif argv[0] == "kueue":
-            log = lambda line: print(line, file=sys.stderr)  # noqa: E731
             if argv[1] == "build":
-                print(kueue.build(log))
-            elif not plane.running():
-                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
+                print(kueue.build(_log))
             elif argv[1] == "up":
-                kueue.up(plane, log=log)
+                kueue.up(_running(plane, root), log=_log)
                 print(f"Kueue {kueue.VERSION} runs in namespace {kueue.NAMESPACE}: make a ClusterQueue and a "
                       "LocalQueue (docs/kubernetes.md, Gang admission with Kueue), then QUEUE=<local queue>")
             else:
-                kueue.down(plane)
+                kueue.down(_running(plane, root))
                 print(f"Kueue {kueue.VERSION} removed (its CRDs, queues and workloads with it)")
         elif argv[0] == "image-archive":
-            print(images.project_archive(log=lambda line: print(line, file=sys.stderr)))
+            print(images.project_archive(log=_log))
         elif argv[0] == "derived":
-            if not plane.running():
-                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
+            _running(plane, root)
             context = Path(argv[2])
             if not (context / "Dockerfile").is_file():
                 raise ControlPlaneError(f"{context} has no Dockerfile")
             name = argv[1].split(":", 1)[0].rsplit("/", 1)[-1]
-            archive = images.derived_archive(name, context, log=lambda line: print(line, file=sys.stderr))
+            archive = images.derived_archive(name, context, log=_log)
             plane.load_image(archive, argv[1])
             print(f"loaded {argv[1]} into node xray-node ({archive.name})")
         elif argv[0] == "image":
-            if not plane.running():
-                raise ControlPlaneError(f"no local cluster runs at {root}: make cluster-up first")
-            archive = images.project_archive(log=lambda line: print(line, file=sys.stderr))
+            _running(plane, root)
+            archive = images.project_archive(log=_log)
             plane.load_image(archive, *argv[1:])
             print(f"loaded {', '.join(argv[1:])} into node xray-node ({archive.name})")
         else:

@@ -35,7 +35,6 @@ VERSION = "v0.17.0"
 MODULE = "sigs.k8s.io/kueue"
 IMAGE = f"registry.k8s.io/kueue/kueue:{VERSION}"
 NAMESPACE = "kueue-system"
-DEPLOYMENT = "kueue-controller-manager"
 USER = "65532:65532"  # Kueue's Dockerfile: USER 65532:65532 (its Deployment says runAsNonRoot, no runAsUser)
 # Removed first on the way out: while they exist and the manager does not answer, the API server refuses what
 # they cover (failurePolicy Fail), pods and Jobs in every namespace included.
